@@ -1,0 +1,8 @@
+"""Core types and periodic geometry. Imports nothing else from crystalforge."""
+
+from __future__ import annotations
+
+from crystalforge.core.crystal import Crystal, CrystalBatch
+from crystalforge.core.errors import CrystalError
+
+__all__ = ["Crystal", "CrystalBatch", "CrystalError"]

@@ -1,0 +1,392 @@
+"""``Crystal`` (one structure, NumPy, the IO-level record) and ``CrystalBatch`` (ragged torch batch).
+
+Conventions (see ``docs/architecture.md``): rows of ``lattice`` are lattice vectors in Å,
+``cart = frac @ lattice``, fractional coordinates wrapped to [0, 1), atomic numbers are Z.
+Both types are frozen; change them with ``replace``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from crystalforge.core.elements import MASK_Z, MAX_Z, element_table, z_to_symbol
+from crystalforge.core.errors import CrystalError
+from crystalforge.core.fields import ATOM_FIELDS, CRYSTAL_FIELDS, FIELDS
+from crystalforge.core.lattice import lattice_to_params
+from crystalforge.core.periodic import frac_to_cart, wrap_frac
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ase
+    from pymatgen.core import Structure
+
+AVOGADRO = 6.02214076e23
+MIN_RELATIVE_VOLUME = 1e-6
+"""A cell is degenerate when ``volume / (a·b·c)`` (the sine-product of its angles) is below this."""
+
+
+def _freeze(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class Crystal:
+    """One periodic crystal.
+
+    Construction normalises and validates: arrays are copied to float64/int64 and made read-only,
+    fractional coordinates are wrapped to [0, 1), and a left-handed lattice is made right-handed
+    by negating all three vectors and the fractional coordinates (the same Cartesian structure).
+    Bad data raises ``CrystalError`` naming ``material_id`` when one is given.
+    """
+
+    atomic_numbers: np.ndarray  # [n] int64, Z in 1..118
+    frac_coords: np.ndarray  # [n, 3] float64 in [0, 1)
+    lattice: np.ndarray  # [3, 3] float64, rows are lattice vectors, Å
+    properties: Mapping[str, float] = field(default_factory=dict)
+    material_id: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            z = np.array(self.atomic_numbers, dtype=np.int64).reshape(-1)
+            frac = np.array(self.frac_coords, dtype=np.float64)
+            lat = np.array(self.lattice, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise CrystalError(f"cannot convert to arrays: {exc}", source=self.material_id) from None
+        self._check(z, frac, lat)
+        if np.linalg.det(lat) < 0:
+            lat, frac = -lat, -frac
+        props = {str(k): float(v) for k, v in dict(self.properties).items()}
+        object.__setattr__(self, "atomic_numbers", _freeze(z))
+        object.__setattr__(self, "frac_coords", _freeze(wrap_frac(frac)))
+        object.__setattr__(self, "lattice", _freeze(lat))
+        object.__setattr__(self, "properties", props)
+
+    def _check(self, z: np.ndarray, frac: np.ndarray, lat: np.ndarray) -> None:
+        def fail(problem: str) -> CrystalError:
+            return CrystalError(problem, source=self.material_id)
+
+        if lat.shape != (3, 3):
+            raise fail(f"lattice must have shape (3, 3), got {lat.shape}")
+        if frac.ndim != 2 or frac.shape[1] != 3:
+            raise fail(f"frac_coords must have shape (n, 3), got {frac.shape}")
+        if frac.shape[0] != z.shape[0]:
+            raise fail(f"{z.shape[0]} atomic numbers but {frac.shape[0]} coordinate rows")
+        if z.shape[0] == 0:
+            raise fail("structure has no atoms")
+        if not np.isfinite(lat).all():
+            raise fail("lattice contains NaN or infinite values")
+        if not np.isfinite(frac).all():
+            rows = np.flatnonzero(~np.isfinite(frac).all(axis=1))
+            raise fail(f"fractional coordinates of atom(s) {rows[:5].tolist()} are NaN or infinite")
+        bad = z[(z < 1) | (z > MAX_Z)]
+        if bad.size:
+            raise fail(f"unknown element: atomic number {int(bad[0])} is outside 1..{MAX_Z}")
+        lengths = np.linalg.norm(lat, axis=1)
+        vol = abs(float(np.linalg.det(lat)))
+        if lengths.min() <= 0 or vol <= MIN_RELATIVE_VOLUME * float(np.prod(lengths)):
+            raise fail(f"lattice is degenerate (volume {vol:.3g} Å³ for vector lengths {np.round(lengths, 3).tolist()} Å)")
+
+    # ---- derived quantities -------------------------------------------------------------
+    @property
+    def num_atoms(self) -> int:
+        """Number of atoms in the cell."""
+        return int(self.atomic_numbers.shape[0])
+
+    @property
+    def cart_coords(self) -> np.ndarray:
+        """Cartesian coordinates ``[n, 3]`` in Å."""
+        return frac_to_cart(self.frac_coords, self.lattice)
+
+    @property
+    def volume(self) -> float:
+        """Cell volume in Å³."""
+        return float(np.linalg.det(self.lattice))
+
+    @property
+    def density(self) -> float:
+        """Mass density in g/cm³."""
+        mass = float(element_table().masses[self.atomic_numbers].sum())
+        return mass / AVOGADRO / (self.volume * 1e-24)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Lattice lengths a, b, c ``[3]`` in Å."""
+        return lattice_to_params(self.lattice)[0]
+
+    @property
+    def angles(self) -> np.ndarray:
+        """Lattice angles alpha, beta, gamma ``[3]`` in degrees."""
+        return lattice_to_params(self.lattice)[1]
+
+    @property
+    def composition(self) -> dict[str, int]:
+        """Element symbol → count in the cell, in order of first appearance."""
+        out: dict[str, int] = {}
+        for z in self.atomic_numbers.tolist():
+            sym = z_to_symbol(z)
+            out[sym] = out.get(sym, 0) + 1
+        return out
+
+    @property
+    def formula(self) -> str:
+        """Reduced formula in order of first appearance, e.g. ``"SrTiO3"``."""
+        counts = self.composition
+        g = 0
+        for c in counts.values():
+            g = math.gcd(g, c)
+        return "".join(f"{s}{c // g if c // g > 1 else ''}" for s, c in counts.items())
+
+    # ---- changes and comparisons ----------------------------------------------------------
+    def replace(self, **changes: Any) -> Crystal:
+        """A copy with some fields changed (validated like any new ``Crystal``)."""
+        return dataclasses.replace(self, **changes)
+
+    def allclose(self, other: Crystal, *, atol: float = 1e-8) -> bool:
+        """Same atoms in the same order, same lattice and coordinates (periodically) within ``atol``."""
+        if self.num_atoms != other.num_atoms or not np.array_equal(self.atomic_numbers, other.atomic_numbers):
+            return False
+        diff = self.frac_coords - other.frac_coords
+        diff -= np.round(diff)
+        return bool(np.allclose(self.lattice, other.lattice, atol=atol) and np.abs(diff).max() <= atol)
+
+    def __repr__(self) -> str:
+        lengths, angles = lattice_to_params(self.lattice)
+        ident = f"{self.material_id!r}, " if self.material_id else ""
+        return (
+            f"Crystal({ident}{self.formula}, {self.num_atoms} atoms, "
+            f"abc={np.round(lengths, 3).tolist()}, angles={np.round(angles, 2).tolist()})"
+        )
+
+    # ---- conversions (implemented in crystalforge.io) -------------------------------------
+    @classmethod
+    def from_pymatgen(cls, structure: Structure, *, material_id: str | None = None) -> Crystal:
+        """From a pymatgen ``Structure`` (ordered sites only); see ``crystalforge.io.pymatgen``."""
+        from crystalforge.io.pymatgen import structure_to_crystal
+
+        return structure_to_crystal(structure, material_id=material_id)
+
+    def to_pymatgen(self) -> Structure:
+        """To a pymatgen ``Structure`` with the same atom order and lattice."""
+        from crystalforge.io.pymatgen import crystal_to_structure
+
+        return crystal_to_structure(self)
+
+    @classmethod
+    def from_ase(cls, atoms: ase.Atoms, *, material_id: str | None = None) -> Crystal:
+        """From an ASE ``Atoms`` with a full 3-D cell."""
+        from crystalforge.io.ase import atoms_to_crystal
+
+        return atoms_to_crystal(atoms, material_id=material_id)
+
+    def to_ase(self) -> ase.Atoms:
+        """To an ASE ``Atoms`` with ``pbc=True``."""
+        from crystalforge.io.ase import crystal_to_atoms
+
+        return crystal_to_atoms(self)
+
+
+@dataclass(frozen=True, eq=False)
+class CrystalBatch:
+    """A batch of periodic crystals; atoms of all crystals are concatenated along dim 0.
+
+    ``properties[name]`` is ``[B]`` (or ``[B, ...]``) float with NaN where a crystal has no
+    value; ``condition_mask[name]`` is ``[B]`` bool, True where the value is visible to a model.
+    Construct with ``collate``; change with ``replace``; check with ``validate`` (cheap, but it
+    synchronises with the device, so hot loops call it only in tests).
+    """
+
+    atomic_numbers: Tensor  # [N] int64
+    frac_coords: Tensor  # [N, 3] float
+    lattice: Tensor  # [B, 3, 3] float, rows are lattice vectors, Å
+    num_atoms: Tensor  # [B] int64
+    properties: Mapping[str, Tensor] = field(default_factory=dict)  # each [B, ...]
+    condition_mask: Mapping[str, Tensor] = field(default_factory=dict)  # each [B] bool
+    material_ids: tuple[str | None, ...] | None = None  # [B] labels, or None
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def collate(
+        cls, crystals: Sequence[Crystal], *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> CrystalBatch:
+        """Stack crystals into one batch (float fields in ``dtype``, default torch's default dtype).
+
+        Properties are the union over crystals; a crystal without a value gets NaN and
+        ``condition_mask`` False for it.
+        """
+        if len(crystals) == 0:
+            raise ValueError("cannot collate an empty list of crystals")
+        dtype = dtype or torch.get_default_dtype()
+        keys = sorted({k for c in crystals for k in c.properties})
+        props = {
+            k: torch.tensor([c.properties.get(k, math.nan) for c in crystals], dtype=dtype, device=device) for k in keys
+        }
+        ids = tuple(c.material_id for c in crystals)
+        batch = cls(
+            atomic_numbers=torch.from_numpy(np.concatenate([c.atomic_numbers for c in crystals])).to(device),
+            frac_coords=torch.from_numpy(np.concatenate([c.frac_coords for c in crystals])).to(device=device, dtype=dtype),
+            lattice=torch.from_numpy(np.stack([c.lattice for c in crystals])).to(device=device, dtype=dtype),
+            num_atoms=torch.tensor([c.num_atoms for c in crystals], dtype=torch.int64, device=device),
+            properties=props,
+            condition_mask={k: ~torch.isnan(v) for k, v in props.items()},
+            material_ids=ids if any(i is not None for i in ids) else None,
+        )
+        batch.validate()
+        return batch
+
+    def split(self) -> list[Crystal]:
+        """Back to a list of ``Crystal`` (float64 NumPy); properties with a False mask are dropped."""
+        z = self.atomic_numbers.detach().cpu().numpy()
+        frac = self.frac_coords.detach().cpu().double().numpy()
+        lat = self.lattice.detach().cpu().double().numpy()
+        props = {k: v.detach().cpu().double().numpy() for k, v in self.properties.items()}
+        masks = {k: self._mask_for(k).cpu().numpy() for k in self.properties}
+        out = []
+        bounds = np.concatenate([[0], np.cumsum(self.num_atoms.cpu().numpy())])
+        for b in range(self.num_crystals):
+            s, e = bounds[b], bounds[b + 1]
+            p = {k: float(v[b]) for k, v in props.items() if masks[k][b] and v.ndim == 1}
+            ident = self.material_ids[b] if self.material_ids else None
+            out.append(Crystal(z[s:e], frac[s:e], lat[b], properties=p, material_id=ident))
+        return out
+
+    def _mask_for(self, key: str) -> Tensor:
+        mask = self.condition_mask.get(key)
+        if mask is None:
+            value = self.properties[key]
+            finite = ~torch.isnan(value)
+            return finite if finite.dim() == 1 else finite.flatten(1).all(1)
+        return mask
+
+    # ---- basic views ----------------------------------------------------------------------
+    @property
+    def num_crystals(self) -> int:
+        """B, the number of crystals."""
+        return int(self.num_atoms.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_crystals
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the tensors."""
+        return self.frac_coords.device
+
+    @cached_property
+    def crystal_idx(self) -> Tensor:
+        """Owning crystal of each atom ``[N]`` int64."""
+        return torch.repeat_interleave(torch.arange(self.num_crystals, device=self.device), self.num_atoms)
+
+    @cached_property
+    def atom_offsets(self) -> Tensor:
+        """Index of each crystal's first atom ``[B]``."""
+        return torch.cumsum(self.num_atoms, 0) - self.num_atoms
+
+    @property
+    def cart_coords(self) -> Tensor:
+        """Cartesian coordinates ``[N, 3]`` in Å."""
+        return frac_to_cart(self.frac_coords, self.lattice[self.crystal_idx])
+
+    @property
+    def volume(self) -> Tensor:
+        """Cell volumes ``[B]`` in Å³."""
+        return torch.linalg.det(self.lattice)
+
+    # ---- changes ------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> CrystalBatch:
+        """A copy with some fields changed. Not validated: call ``validate()`` where it matters."""
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CrystalBatch:
+        """Move to ``device`` and/or cast float fields (and properties) to ``dtype``."""
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+
+        return self.replace(
+            atomic_numbers=move(self.atomic_numbers),
+            frac_coords=move(self.frac_coords),
+            lattice=move(self.lattice),
+            num_atoms=move(self.num_atoms),
+            properties={k: move(v) for k, v in self.properties.items()},
+            condition_mask={k: move(v) for k, v in self.condition_mask.items()},
+        )
+
+    def index_select(self, index: Sequence[int] | Tensor) -> CrystalBatch:
+        """The sub-batch of crystals ``index`` (in that order)."""
+        idx = torch.as_tensor(index, dtype=torch.int64, device=self.device)
+        atom_mask_parts = [
+            torch.arange(int(self.atom_offsets[i]), int(self.atom_offsets[i] + self.num_atoms[i]), device=self.device)
+            for i in idx.tolist()
+        ]
+        atoms = torch.cat(atom_mask_parts) if atom_mask_parts else idx.new_zeros(0)
+        return self.replace(
+            atomic_numbers=self.atomic_numbers[atoms],
+            frac_coords=self.frac_coords[atoms],
+            lattice=self.lattice[idx],
+            num_atoms=self.num_atoms[idx],
+            properties={k: v[idx] for k, v in self.properties.items()},
+            condition_mask={k: v[idx] for k, v in self.condition_mask.items()},
+            material_ids=tuple(self.material_ids[i] for i in idx.tolist()) if self.material_ids else None,
+        )
+
+    # ---- checks ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check shapes, dtypes and values; raises ``ValueError`` naming the offending field."""
+        n, b = self.atomic_numbers.shape[0] if self.atomic_numbers.dim() == 1 else -1, self.num_atoms.shape[0]
+        expected = {
+            "atomic_numbers": (n,),
+            "frac_coords": (n, 3),
+            "lattice": (b, 3, 3),
+            "num_atoms": (b,),
+        }
+        for name in ATOM_FIELDS + CRYSTAL_FIELDS:
+            value = getattr(self, name)
+            spec = FIELDS[name]
+            if not isinstance(value, Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            if tuple(value.shape) != expected[name]:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {expected[name]}")
+            if spec.dtype is None and not value.is_floating_point():
+                raise ValueError(f"{name} must be floating point, got {value.dtype}")
+            if spec.dtype is not None and value.dtype != spec.dtype:
+                raise ValueError(f"{name} must be {spec.dtype}, got {value.dtype}")
+        if self.frac_coords.dtype != self.lattice.dtype:
+            raise ValueError(f"frac_coords ({self.frac_coords.dtype}) and lattice ({self.lattice.dtype}) differ in dtype")
+        if b == 0:
+            raise ValueError("batch holds no crystals")
+        if int(self.num_atoms.min()) < 1:
+            raise ValueError("every crystal needs at least one atom (num_atoms has a value < 1)")
+        if int(self.num_atoms.sum()) != n:
+            raise ValueError(f"sum(num_atoms) = {int(self.num_atoms.sum())} but there are {n} atoms")
+        if n and (int(self.atomic_numbers.min()) < MASK_Z or int(self.atomic_numbers.max()) > MAX_Z):
+            raise ValueError(f"atomic_numbers must be in {MASK_Z}..{MAX_Z}")
+        if not bool(torch.isfinite(self.frac_coords).all()) or not bool(torch.isfinite(self.lattice).all()):
+            raise ValueError("frac_coords or lattice contain NaN or infinite values")
+        dets = torch.linalg.det(self.lattice)
+        if bool((dets <= 0).any()):
+            raise ValueError(f"lattice of crystal(s) {torch.nonzero(dets <= 0).flatten()[:5].tolist()} has det <= 0")
+        for key, value in self.properties.items():
+            if value.shape[:1] != (b,):
+                raise ValueError(f"property {key!r} has shape {tuple(value.shape)}, expected ({b}, ...)")
+        for key, mask in self.condition_mask.items():
+            if key not in self.properties:
+                raise ValueError(f"condition_mask has key {key!r} with no matching property")
+            if mask.dtype != torch.bool or tuple(mask.shape) != (b,):
+                raise ValueError(f"condition_mask[{key!r}] must be bool of shape ({b},)")
+        if self.material_ids is not None and len(self.material_ids) != b:
+            raise ValueError(f"material_ids has {len(self.material_ids)} entries for {b} crystals")
+
+    def __repr__(self) -> str:
+        return (
+            f"CrystalBatch({self.num_crystals} crystals, {self.atomic_numbers.shape[0]} atoms, "
+            f"properties={sorted(self.properties)}, device={self.device}, dtype={self.frac_coords.dtype})"
+        )

@@ -1,0 +1,86 @@
+"""Lattice conventions: rows of ``lattice`` are the lattice vectors a, b, c in Å; angles in degrees.
+
+Functions accept NumPy arrays or torch tensors with any leading batch shape ``[..., 3, 3]``.
+``lattice_from_params`` returns the standard orientation (a along x, b in the xy plane), the same
+convention as pymatgen's ``Lattice.from_parameters`` with ``vesta=False``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+
+def _lib(x: object):  # noqa: ANN202 - returns the module matching the array type
+    return torch if isinstance(x, torch.Tensor) else np
+
+
+def lattice_to_params(lattice: Array) -> tuple[Array, Array]:
+    """Lengths ``[..., 3]`` (Å) and angles ``[..., 3]`` (alpha, beta, gamma; degrees)."""
+    xp = _lib(lattice)
+    lengths = xp.linalg.norm(lattice, axis=-1) if xp is np else torch.linalg.norm(lattice, dim=-1)
+    a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
+
+    def angle(u, v, nu, nv):  # noqa: ANN001, ANN202
+        cos = (u * v).sum(-1) / (nu * nv)
+        cos = xp.clip(cos, -1.0, 1.0) if xp is np else cos.clamp(-1.0, 1.0)
+        return xp.rad2deg(xp.arccos(cos)) if xp is np else torch.rad2deg(torch.arccos(cos))
+
+    la, lb, lc = lengths[..., 0], lengths[..., 1], lengths[..., 2]
+    angles = xp.stack([angle(b, c, lb, lc), angle(a, c, la, lc), angle(a, b, la, lb)], -1)
+    return lengths, angles
+
+
+def lattice_from_params(lengths: Array, angles: Array) -> Array:
+    """Lattice matrix ``[..., 3, 3]`` in the standard orientation from lengths and angles.
+
+    Raises ``ValueError`` when the angles do not describe a cell (non-positive volume).
+    """
+    xp = _lib(lengths)
+    alpha, beta, gamma = (xp.deg2rad(angles[..., i]) for i in range(3))
+    ca, cb, cg = xp.cos(alpha), xp.cos(beta), xp.cos(gamma)
+    sg = xp.sin(gamma)
+    a, b, c = lengths[..., 0], lengths[..., 1], lengths[..., 2]
+    zero = xp.zeros_like(a)
+    cx = c * cb
+    cy = c * (ca - cb * cg) / sg
+    cz_sq = c**2 - cx**2 - cy**2
+    if bool((cz_sq <= 0).any()):
+        raise ValueError("lattice angles do not form a cell with positive volume")
+    cz = xp.sqrt(cz_sq)
+    rows = [
+        xp.stack([a, zero, zero], -1),
+        xp.stack([b * cg, b * sg, zero], -1),
+        xp.stack([cx, cy, cz], -1),
+    ]
+    return xp.stack(rows, -2)
+
+
+def volume(lattice: Array) -> Array:
+    """Signed cell volume ``det(lattice)`` in Å³ (positive for a right-handed cell)."""
+    xp = _lib(lattice)
+    return xp.linalg.det(lattice)
+
+
+def metric_tensor(lattice: Array) -> Array:
+    """Gram matrix ``L Lᵀ`` ``[..., 3, 3]``: invariant under rotations of the Cartesian frame."""
+    return lattice @ lattice.swapaxes(-1, -2) if isinstance(lattice, np.ndarray) else lattice @ lattice.transpose(-1, -2)
+
+
+def reciprocal(lattice: Array) -> Array:
+    """Reciprocal lattice without the 2π factor: rows b_i with a_i · b_j = δ_ij."""
+    xp = _lib(lattice)
+    inv = xp.linalg.inv(lattice)
+    return inv.swapaxes(-1, -2) if xp is np else inv.transpose(-1, -2)
+
+
+def plane_spacings(lattice: Array) -> Array:
+    """Distances between adjacent lattice planes ``[..., 3]``: 1 / |b_i| (Å)."""
+    rec = reciprocal(lattice)
+    xp = _lib(lattice)
+    norms = xp.linalg.norm(rec, axis=-1) if xp is np else torch.linalg.norm(rec, dim=-1)
+    return 1.0 / norms

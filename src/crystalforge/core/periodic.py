@@ -1,0 +1,77 @@
+"""Periodicity in one place: wrapping, minimum image and frac ⇄ Cartesian maps.
+
+Conventions: ``cart = frac @ lattice`` (rows of ``lattice`` are lattice vectors). The conversions
+are pure linear maps and never wrap; wrapping is always an explicit ``wrap_frac`` call.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+
+def wrap_frac(frac_coords: Array) -> Array:
+    """Wrap fractional coordinates into [0, 1) exactly (values that round to 1.0 become 0.0)."""
+    if isinstance(frac_coords, torch.Tensor):
+        wrapped = torch.remainder(frac_coords, 1.0)
+        return torch.where(wrapped >= 1.0, torch.zeros_like(wrapped), wrapped)
+    wrapped = np.mod(frac_coords, 1.0)
+    return np.where(wrapped >= 1.0, 0.0, wrapped)
+
+
+def pbc_diff(frac_a: Array, frac_b: Array) -> Array:
+    """Fractional difference ``a − b`` mapped to [−0.5, 0.5) per component.
+
+    This is the minimum image in fractional space; for skewed cells it is not always the shortest
+    Cartesian vector (use ``min_image_cart`` for that).
+    """
+    diff = frac_a - frac_b
+    if isinstance(diff, torch.Tensor):
+        return diff - torch.floor(diff + 0.5)
+    return diff - np.floor(diff + 0.5)
+
+
+def frac_to_cart(frac_coords: Array, lattice: Array) -> Array:
+    """Cartesian coordinates ``[..., 3]`` (Å) from fractional ones; ``lattice`` broadcastable ``[..., 3, 3]``."""
+    return (frac_coords[..., None, :] @ lattice)[..., 0, :]
+
+
+def cart_to_frac(cart_coords: Array, lattice: Array) -> Array:
+    """Fractional coordinates from Cartesian ones (inverse of ``frac_to_cart``; no wrapping)."""
+    if isinstance(cart_coords, torch.Tensor):
+        inv = torch.linalg.inv(lattice)
+    else:
+        inv = np.linalg.inv(lattice)
+    return (cart_coords[..., None, :] @ inv)[..., 0, :]
+
+
+def min_image_cart(frac_diff: Array, lattice: Array) -> tuple[Array, Array]:
+    """Shortest Cartesian vector among the images of a fractional displacement.
+
+    Searches the 27 neighbouring images of ``pbc_diff``-reduced displacements, which is exact for
+    Niggli/Minkowski-reduced cells and a very good approximation otherwise. ``lattice`` is
+    ``[3, 3]`` or ``[..., 3, 3]`` matching the leading dims of ``frac_diff [..., 3]``. Returns
+    ``(vectors [..., 3], distances [...])``.
+    """
+    is_torch = isinstance(frac_diff, torch.Tensor)
+    if is_torch:
+        base = frac_diff - torch.floor(frac_diff + 0.5)
+        grid = torch.tensor(_IMAGE_GRID, dtype=frac_diff.dtype, device=frac_diff.device)
+        cand = (base[..., None, :] + grid) @ lattice
+        dist = torch.linalg.norm(cand, dim=-1)
+        best = dist.argmin(-1)
+        vec = torch.gather(cand, -2, best[..., None, None].expand(*best.shape, 1, 3))[..., 0, :]
+        return vec, torch.linalg.norm(vec, dim=-1)
+    base = frac_diff - np.floor(frac_diff + 0.5)
+    cand = (base[..., None, :] + _IMAGE_GRID) @ lattice
+    dist = np.linalg.norm(cand, axis=-1)
+    best = dist.argmin(-1)
+    vec = np.take_along_axis(cand, best[..., None, None], axis=-2)[..., 0, :]
+    return vec, np.linalg.norm(vec, axis=-1)
+
+
+_IMAGE_GRID = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=np.float64)

@@ -1,0 +1,263 @@
+"""Read and write structure files: CIF, POSCAR, extxyz and our ``.npz`` archive.
+
+Reading yields ``Record``s so batch jobs can skip a bad structure, say which file (and which
+block or frame) it was and why, and go on. ``read_structures`` is the simple list-returning API.
+Every writer writes atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from crystalforge.core.crystal import Crystal
+from crystalforge.core.errors import CrystalError
+from crystalforge.io.archive import CrystalArrays
+from crystalforge.io.atomic import atomic_write
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("cif", "poscar", "extxyz", "npz")
+_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".extxyz": "extxyz", ".xyz": "extxyz", ".npz": "npz"}
+_POSCAR_NAMES = ("POSCAR", "CONTCAR")
+DEFAULT_SYMPREC = 0.1
+"""spglib distance tolerance (Å) for symmetrised CIF output, as pymatgen's default."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One structure read from a source: either ``crystal`` or ``error`` is set."""
+
+    source: str  # "path", "path:block" or "path:frame"
+    crystal: Crystal | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the record parsed into a valid crystal."""
+        return self.crystal is not None
+
+
+def detect_format(path: str | Path) -> str:
+    """Format name from a file name; raises ``ValueError`` for an unknown one."""
+    p = Path(path)
+    if p.suffix.lower() in _SUFFIXES:
+        return _SUFFIXES[p.suffix.lower()]
+    if any(p.name.upper().startswith(n) for n in _POSCAR_NAMES):
+        return "poscar"
+    raise ValueError(f"{path}: cannot tell the format from the name (known: {', '.join(FORMATS)}; or pass fmt=)")
+
+
+def structure_files(folder: Path) -> list[Path]:
+    """Files in ``folder`` (recursively, sorted) whose names have a known structure format."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            try:
+                detect_format(p)
+            except ValueError:
+                continue
+            out.append(p)
+    return out
+
+
+def iter_records(path: str | Path, *, fmt: str | None = None) -> Iterator[Record]:
+    """Every structure in a file or folder, as ``Record``s (errors are records, not exceptions).
+
+    A missing path, an empty folder or a folder with no structure files raises
+    ``FileNotFoundError``/``CrystalError`` at once: there is nothing to skip to.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    if p.is_dir():
+        files = structure_files(p)
+        if not files:
+            raise CrystalError(f"folder holds no structure files ({', '.join(sorted(set(_SUFFIXES)))}, POSCAR)", source=str(p))
+        for f in files:
+            yield from _file_records(f, detect_format(f))
+        return
+    yield from _file_records(p, fmt or detect_format(p))
+
+
+def _file_records(path: Path, fmt: str) -> Iterator[Record]:
+    try:
+        if path.stat().st_size == 0:
+            yield Record(str(path), error="file is empty")
+            return
+        if fmt == "npz":
+            arrays = CrystalArrays.load(path)
+            yield from (Record(f"{path}:{i}", crystal=c) for i, c in enumerate(arrays))
+            return
+        text = path.read_text(errors="replace")
+        if not text.strip():
+            yield Record(str(path), error="file is empty")
+            return
+        reader = {"cif": _cif_records, "poscar": _poscar_records, "extxyz": _extxyz_records}.get(fmt)
+        if reader is None:
+            raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+        yield from reader(path, text)
+    except (OSError, ValueError) as exc:
+        yield Record(str(path), error=str(exc).removeprefix(f"{path}: "))
+
+
+def _cif_records(path: Path, text: str) -> Iterator[Record]:
+    from pymatgen.io.cif import CifFile, CifParser
+
+    try:
+        blocks = list(CifFile.from_str(text).data.items())
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on malformed text
+        yield Record(str(path), error=f"malformed CIF: {exc}")
+        return
+    if not blocks:
+        yield Record(str(path), error="malformed CIF: no data_ block found")
+        return
+    for name, block in blocks:
+        source = str(path) if len(blocks) == 1 else f"{path}:{name}"
+        ident = path.stem if len(blocks) == 1 else f"{path.stem}:{name}"
+        yield _parse_cif_block(CifParser, str(block), source, ident)
+
+
+def cif_to_crystal(text: str, *, material_id: str | None = None, source: str | None = None) -> Crystal:
+    """Parse one CIF data block; raises ``CrystalError`` naming ``source`` (or ``material_id``)."""
+    from pymatgen.io.cif import CifParser
+
+    record = _parse_cif_block(CifParser, text, source or material_id or "<cif>", material_id)
+    if record.crystal is None:
+        raise CrystalError(record.error or "unreadable CIF", source=record.source)
+    return record.crystal
+
+
+def _parse_cif_block(parser_cls: type, text: str, source: str, ident: str | None) -> Record:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            structures = parser_cls.from_str(text, occupancy_tolerance=1.0).parse_structures(primitive=False, on_error="raise")
+        except Exception as exc:  # noqa: BLE001
+            detail = "; ".join(str(w.message) for w in caught[:2])
+            return Record(source, error=f"malformed CIF: {exc}" + (f" ({detail})" if detail else ""))
+    if not structures:
+        detail = "; ".join(str(w.message) for w in caught[:2])
+        return Record(source, error=f"malformed CIF: no structure could be built{': ' + detail if detail else ''}")
+    try:
+        return Record(source, crystal=Crystal.from_pymatgen(structures[0], material_id=ident))
+    except CrystalError as exc:
+        return Record(source, error=exc.problem)
+
+
+def _poscar_records(path: Path, text: str) -> Iterator[Record]:
+    from pymatgen.io.vasp import Poscar
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Poscar.from_str(text).structure
+        yield Record(str(path), crystal=Crystal.from_pymatgen(structure, material_id=path.stem if path.suffix else path.name))
+    except CrystalError as exc:
+        yield Record(str(path), error=exc.problem)
+    except Exception as exc:  # noqa: BLE001
+        yield Record(str(path), error=f"malformed POSCAR: {exc}")
+
+
+def _extxyz_records(path: Path, text: str) -> Iterator[Record]:
+    from ase.io import read
+
+    try:
+        frames = read(io.StringIO(text), index=":", format="extxyz")
+    except Exception as exc:  # noqa: BLE001
+        yield Record(str(path), error=f"malformed extxyz: {exc}")
+        return
+    for i, atoms in enumerate(frames):
+        source = f"{path}:{i}"
+        ident = str(atoms.info.get("material_id") or (path.stem if len(frames) == 1 else f"{path.stem}:{i}"))
+        try:
+            yield Record(source, crystal=Crystal.from_ase(atoms, material_id=ident))
+        except CrystalError as exc:
+            yield Record(source, error=exc.problem)
+
+
+def read_structures(path: str | Path, *, fmt: str | None = None, skip_bad: bool = False) -> list[Crystal]:
+    """All crystals in a file or folder (CIF, POSCAR, extxyz, npz).
+
+    With ``skip_bad=False`` the first bad record raises ``CrystalError`` naming it; with
+    ``skip_bad=True`` bad records are logged as warnings and left out (use ``iter_records`` to
+    collect them).
+    """
+    out = []
+    for record in iter_records(path, fmt=fmt):
+        if record.crystal is not None:
+            out.append(record.crystal)
+        elif skip_bad:
+            log.warning("skipped %s: %s", record.source, record.error)
+        else:
+            raise CrystalError(record.error or "unreadable", source=record.source)
+    return out
+
+
+def write_structures(
+    crystals: Iterable[Crystal],
+    path: str | Path,
+    *,
+    fmt: str | None = None,
+    symmetrize: bool = False,
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = 5.0,
+) -> Path:
+    """Write crystals to one file (atomically): CIF (P1, or symmetrised via spglib), POSCAR, extxyz or npz.
+
+    POSCAR holds one structure; CIF holds one data block per crystal. ``symmetrize`` (CIF only)
+    writes the conventional standard cell with symmetry operations found at ``symprec`` (Å) and
+    ``angle_tolerance`` (degrees).
+    """
+    items: Sequence[Crystal] = list(crystals)
+    target = Path(path)
+    kind = fmt or detect_format(target)
+    if not items:
+        raise ValueError(f"{target}: nothing to write (no crystals)")
+    if symmetrize and kind != "cif":
+        raise ValueError("symmetrize=True is only meaningful for CIF output")
+    if kind == "npz":
+        CrystalArrays.from_crystals(items).save(target)
+        return target
+    if kind == "cif":
+        text = "".join(crystal_to_cif(c, symmetrize=symmetrize, symprec=symprec, angle_tolerance=angle_tolerance, index=i) for i, c in enumerate(items))
+    elif kind == "poscar":
+        if len(items) != 1:
+            raise ValueError(f"{target}: POSCAR holds one structure, got {len(items)} (write a folder of files instead)")
+        from pymatgen.io.vasp import Poscar
+
+        text = Poscar(items[0].to_pymatgen(), comment=items[0].material_id or items[0].formula).get_str()
+    elif kind == "extxyz":
+        from ase.io import write
+
+        buffer = io.StringIO()
+        write(buffer, [c.to_ase() for c in items], format="extxyz")
+        text = buffer.getvalue()
+    else:
+        raise ValueError(f"unknown format {kind!r} (known: {', '.join(FORMATS)})")
+    with atomic_write(target, "w") as handle:
+        handle.write(text)
+    return target
+
+
+def crystal_to_cif(
+    crystal: Crystal, *, symmetrize: bool = False, symprec: float = DEFAULT_SYMPREC, angle_tolerance: float = 5.0, index: int = 0
+) -> str:
+    """One CIF data block; P1 by default, or symmetrised (spglib via pymatgen's ``CifWriter``)."""
+    from pymatgen.io.cif import CifWriter
+
+    structure = crystal.to_pymatgen()
+    writer = (
+        CifWriter(structure, symprec=symprec, angle_tolerance=angle_tolerance) if symmetrize else CifWriter(structure)
+    )
+    text = str(writer)
+    name = crystal.material_id or f"{crystal.formula}_{index}"
+    safe = "".join(ch if ch.isalnum() or ch in "-_.:" else "_" for ch in name)
+    lines = text.splitlines()
+    if lines and lines[0].startswith("data_"):
+        lines[0] = f"data_{safe}"
+    return "\n".join(lines) + "\n"
