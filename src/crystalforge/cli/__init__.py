@@ -1,0 +1,1 @@
+"""The ``crystalforge`` command line: a thin layer over ``crystalforge.api``."""

@@ -1,0 +1,265 @@
+"""``crystalforge`` command: one small function per subcommand, each a thin call into ``api``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from crystalforge import __version__
+
+EPILOG_MAIN = """\
+examples:
+  crystalforge data list
+  crystalforge data info perov_5 --root ../shared/data
+  crystalforge data prepare mp_20_reduced --workers 2
+  crystalforge convert structures/ all.extxyz
+  crystalforge convert mp-1234.cif mp-1234.vasp
+  crystalforge convert generated.extxyz cifs/ --to cif --symmetrize
+"""
+
+
+def _progress_bar(total: int | None, desc: str):  # noqa: ANN202 - tqdm instance
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="struct", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def cmd_data_list(args: argparse.Namespace) -> int:
+    """List the benchmark datasets and reduced protocols, and whether their files are present."""
+    from crystalforge.data.paths import data_dir
+    from crystalforge.data.sources import BENCHMARKS, REDUCED, SPLITS
+
+    root = data_dir(args.root)
+    print(f"data directory: {root}")
+    for spec in BENCHMARKS.values():
+        present = []
+        for split in SPLITS + spec.extra_splits:
+            try:
+                spec.split_file(root, split)
+                present.append(split)
+            except FileNotFoundError:
+                pass
+        print(f"  {spec.name:<18} {spec.description}  [present: {', '.join(present) or 'none'}]")
+    for proto in REDUCED.values():
+        print(f"  {proto.name:<18} {proto.describe()}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    """Print the split sizes of a dataset (and statistics with --stats)."""
+    from crystalforge import api
+    from crystalforge.data.benchmark import expected_rows
+    from crystalforge.data.paths import data_dir
+    from crystalforge.data.sources import BENCHMARKS, REDUCED, SPLITS
+
+    name = args.name
+    if name in BENCHMARKS or name in REDUCED:
+        spec = BENCHMARKS[REDUCED[name].base if name in REDUCED else name]
+        splits = SPLITS + (() if name in REDUCED else spec.extra_splits)
+        print(f"{name}: {REDUCED[name].describe() if name in REDUCED else spec.description}")
+        print(f"data directory: {data_dir(args.root)}")
+        print(f"{'split':<14}{'structures':>11}")
+        for split in splits:
+            try:
+                count = f"{expected_rows(name, split, root=args.root):>11,}"
+            except FileNotFoundError:
+                count = f"{'missing':>11}"
+            print(f"{split:<14}{count}")
+        datasets = [(s, api.load_dataset(name, s, root=args.root, workers=args.workers)) for s in args.stats] if args.stats else []
+    else:
+        dataset = api.load_dataset(name, properties=args.properties)
+        print(f"{name}: user dataset, {len(dataset)} structures, properties {dataset.property_names or 'none'}")
+        for failure in dataset.failures:
+            print(f"  skipped {failure}", file=sys.stderr)
+        datasets = [("all", dataset)] if args.stats is not None else []
+    for split, dataset in datasets:
+        stats = api.dataset_stats(dataset)
+        print(f"\n[{split}] statistics ({stats.num_structures} structures)")
+        print(json.dumps(_stats_summary(stats), indent=2))
+    return 0
+
+
+def _stats_summary(stats) -> dict:  # noqa: ANN001 - DatasetStats
+    from crystalforge.core.elements import z_to_symbol
+
+    top = sorted(((c, z) for z, c in enumerate(stats.element_structures) if c), reverse=True)[:10]
+    return {
+        "num_atoms_histogram": {n: c for n, c in enumerate(stats.num_atoms_hist) if c},
+        "density_g_cm3": [round(stats.density_mean, 4), round(stats.density_std, 4)],
+        "volume_per_atom_A3": [round(stats.volume_per_atom_mean, 3), round(stats.volume_per_atom_std, 3)],
+        "lengths_log_mean": [round(x, 4) for x in stats.log_lengths_mean],
+        "angles_mean_deg": [round(x, 2) for x in stats.angles_mean],
+        "num_elements_histogram": {k: c for k, c in enumerate(stats.num_elements_hist) if c},
+        "most_common_elements": {z_to_symbol(z): c for c, z in top},
+    }
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Parse and cache dataset splits (progress bar; later loads take well under a second)."""
+    from crystalforge import api
+    from crystalforge.data.benchmark import expected_rows
+    from crystalforge.data.preprocess import PreprocessOptions
+
+    options = PreprocessOptions(niggli=not args.no_niggli, primitive=args.primitive)
+    failed = 0
+    for split in args.splits:
+        try:
+            total = expected_rows(args.name, split, root=args.root)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        with _progress_bar(total, f"{args.name}/{split}") as bar:
+            dataset = api.load_dataset(
+                args.name, split, root=args.root, preprocess=options, workers=args.workers, cache=True, progress=bar.update
+            )
+            bar.update(total - bar.n)
+        print(f"{args.name}/{split}: {len(dataset)} structures cached, {len(dataset.failures)} skipped")
+        for failure in dataset.failures:
+            print(f"  skipped {failure}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ---- convert ------------------------------------------------------------------------------------
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert structures between CIF, POSCAR, extxyz, npz and crystal text; bad records are skipped and reported."""
+    from crystalforge import api
+    from crystalforge.io.files import detect_format
+
+    out = Path(args.output)
+    to_folder = args.output.endswith(("/", "\\")) or out.is_dir()
+    fmt = args.to
+    if fmt is None and not to_folder:
+        fmt = "text" if out.suffix.lower() in api.TEXT_SUFFIXES else detect_format(out)
+    if to_folder and fmt is None:
+        print("error: converting into a folder needs --to FORMAT", file=sys.stderr)
+        return 2
+    good, bad = [], []
+    with _progress_bar(None, "reading") as bar:
+        for record in api.iter_records(args.input, fmt=args.from_format):
+            (good if record.crystal is not None else bad).append(record)
+            bar.update(1)
+    if good:
+        crystals = [r.crystal for r in good]
+        if to_folder:
+            suffix = {"cif": ".cif", "poscar": ".vasp", "extxyz": ".extxyz", "npz": ".npz", "text": ".txt"}[fmt]
+            for i, crystal in enumerate(crystals):
+                stem = (crystal.material_id or f"structure_{i}").replace("/", "_").replace(":", "_")
+                api.write_structures([crystal], out / f"{stem}{suffix}", fmt=fmt, symmetrize=args.symmetrize, symprec=args.symprec)
+        else:
+            api.write_structures(crystals, out, fmt=fmt, symmetrize=args.symmetrize, symprec=args.symprec)
+    print(f"converted {len(good)} structure(s) to {out}; skipped {len(bad)}")
+    for record in bad:
+        print(f"  skipped {record.source}: {record.error}", file=sys.stderr)
+    if not good:
+        return 1
+    return 1 if (bad and args.strict) else 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the --help smoke tests)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="crystalforge",
+        description="Generative inverse design of crystalline materials.",
+        epilog=EPILOG_MAIN,
+        formatter_class=fmt,
+    )
+    parser.add_argument("--version", action="version", version=f"crystalforge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="list, inspect and prepare datasets", formatter_class=fmt)
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser(
+        "list",
+        help="list benchmark datasets and reduced protocols",
+        formatter_class=fmt,
+        epilog="example:\n  crystalforge data list --root ../shared/data",
+    )
+    p.add_argument("--root", help="data directory (default: $CRYSTALFORGE_DATA_DIR or ~/.local/share/crystalforge/data)")
+    p.set_defaults(func=cmd_data_list)
+
+    p = data_sub.add_parser(
+        "info",
+        help="split sizes (and statistics) of a dataset",
+        formatter_class=fmt,
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              crystalforge data info perov_5 --root ../shared/data
+              crystalforge data info mp_20_reduced --stats train
+              crystalforge data info my_cifs/ --properties props.csv --stats"""
+        ),
+    )
+    p.add_argument("name", help="benchmark (perov_5, carbon_24, mp_20, mpts_52), reduced protocol (mp_20_reduced) or path")
+    p.add_argument("--root", help="data directory")
+    p.add_argument("--stats", nargs="*", metavar="SPLIT", help="also parse these splits and print statistics")
+    p.add_argument("--properties", help="CSV property table for a user dataset")
+    p.add_argument("--workers", type=int, default=None, help="parsing processes (default: all cores, at most 8)")
+    p.set_defaults(func=cmd_data_info)
+
+    p = data_sub.add_parser(
+        "prepare",
+        help="parse and cache dataset splits",
+        formatter_class=fmt,
+        epilog="examples:\n  crystalforge data prepare perov_5\n  crystalforge data prepare mp_20 --splits val test --workers 2",
+    )
+    p.add_argument("name", help="benchmark or reduced protocol name")
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to prepare")
+    p.add_argument("--root", help="data directory")
+    p.add_argument("--workers", type=int, default=None, help="parsing processes")
+    p.add_argument("--primitive", action="store_true", help="reduce to the primitive cell before Niggli reduction")
+    p.add_argument("--no-niggli", action="store_true", help="keep cells as in the CIFs (no Niggli reduction)")
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert structures between CIF, POSCAR, extxyz, npz and crystal text",
+        formatter_class=fmt,
+        epilog=textwrap.dedent(
+            """\
+            Input is a file or a folder (all structure files in it). Output is a file, or a folder
+            (name ending in / or an existing folder) with one file per structure. Bad records are
+            skipped and listed at the end; the output is written atomically.
+
+            examples:
+              crystalforge convert structures/ all.extxyz
+              crystalforge convert all.extxyz cifs/ --to cif --symmetrize --symprec 0.01
+              crystalforge convert POSCAR structure.txt          # crystal text format"""
+        ),
+    )
+    p.add_argument("input", help="file or folder")
+    p.add_argument("output", help="file, or folder ending in /")
+    p.add_argument("--from", dest="from_format", choices=["cif", "poscar", "extxyz", "npz", "text"], help="input format")
+    p.add_argument("--to", choices=["cif", "poscar", "extxyz", "npz", "text"], help="output format (default: from the name)")
+    p.add_argument("--symmetrize", action="store_true", help="CIF: write the symmetrised conventional cell (spglib)")
+    p.add_argument("--symprec", type=float, default=0.1, help="symmetry tolerance in Å for --symmetrize (default 0.1)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any record was skipped")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    from crystalforge.core.errors import CrystalError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (CrystalError, FileNotFoundError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

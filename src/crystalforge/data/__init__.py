@@ -1,0 +1,1 @@
+"""Datasets: the CDVAE-format benchmarks, user folders of structure files, statistics and loaders."""

@@ -1,0 +1,252 @@
+"""``CrystalDataset``: a sized, indexable set of ``Crystal``s over flat arrays, built once and cached.
+
+Building parses every CIF (in worker processes), applies the recorded preprocessing, skips and
+reports bad rows, and stores the result as a ``CrystalArrays`` archive in the cache directory.
+The cache key is the source's content hash plus the preprocessing options and the cache format,
+so editing the CSV or changing an option rebuilds it; reloading 10k structures is one ``np.load``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crystalforge.core.crystal import Crystal
+from crystalforge.core.errors import CrystalError
+from crystalforge.data.paths import cache_dir
+from crystalforge.data.preprocess import PreprocessOptions, preprocess_structure
+from crystalforge.io.archive import CrystalArrays
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+"""Bump when the parsing or array layout changes, to invalidate every cache."""
+CHUNK_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A record that could not be used, and why."""
+
+    source: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class CrystalDataset(Sequence[Crystal]):
+    """Crystals of one dataset split. ``dataset[i]`` builds a ``Crystal`` from the flat arrays."""
+
+    arrays: CrystalArrays
+    name: str
+    split: str
+    failures: tuple[Failure, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, index: int) -> Crystal:  # type: ignore[override]
+        return self.arrays[index]
+
+    def __iter__(self) -> Iterator[Crystal]:
+        return iter(self.arrays)
+
+    @property
+    def property_names(self) -> list[str]:
+        """Names of the per-crystal properties."""
+        return sorted(self.arrays.properties)
+
+    @property
+    def material_ids(self) -> list[str]:
+        """Identifier of each crystal, in order."""
+        return [str(i) for i in self.arrays.material_ids]
+
+    def subset(self, indices: Sequence[int] | np.ndarray, *, split: str | None = None) -> CrystalDataset:
+        """A dataset of the crystals at ``indices`` (in that order)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        a = self.arrays
+        offsets = np.concatenate([[0], np.cumsum(a.num_atoms, dtype=np.int64)])
+        atoms = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx]) if len(idx) else np.zeros(0, np.int64)
+        sub = CrystalArrays(
+            atomic_numbers=a.atomic_numbers[atoms],
+            frac_coords=a.frac_coords[atoms],
+            lattice=a.lattice[idx],
+            num_atoms=a.num_atoms[idx],
+            material_ids=a.material_ids[idx],
+            properties={k: v[idx] for k, v in a.properties.items()},
+            metadata=a.metadata,
+        )
+        return CrystalDataset(sub, self.name, split or self.split, self.failures, dict(self.metadata))
+
+    def __repr__(self) -> str:
+        return f"CrystalDataset({self.name!r}, split={self.split!r}, {len(self)} crystals, properties={self.property_names})"
+
+
+# ---- building from a CDVAE-format CSV -------------------------------------------------------------
+def _parse_rows(args: tuple[list[tuple[int, str, str, dict[str, float]]], dict[str, Any], str]) -> list[Any]:
+    """Worker: parse CIF rows into ``(row, Crystal | None, problem | None)``."""
+    import warnings
+
+    from pymatgen.core import Structure
+
+    rows, opt_dict, label = args
+    options = PreprocessOptions(**opt_dict)
+    out = []
+    for row, ident, cif, props in rows:
+        source = f"{label} row {row} ({ident})"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                structure = Structure.from_str(cif, fmt="cif")
+            structure = preprocess_structure(structure, options)
+            crystal = Crystal.from_pymatgen(structure, material_id=ident).replace(properties=props)
+            out.append((row, crystal, None))
+        except CrystalError as exc:
+            out.append((row, None, Failure(source, exc.problem)))
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on malformed CIFs
+            out.append((row, None, Failure(source, f"malformed CIF: {type(exc).__name__}: {exc}")))
+    return out
+
+
+def _numeric_columns(frame: Any, skip: set[str]) -> dict[str, np.ndarray]:
+    import pandas as pd
+
+    out = {}
+    for column in frame.columns:
+        if column in skip or str(column).startswith("Unnamed") or str(column) == "":
+            continue
+        series = frame[column]
+        if series.dtype == bool:
+            out[str(column)] = series.to_numpy(dtype=np.float64)
+        elif pd.api.types.is_numeric_dtype(series):
+            out[str(column)] = series.to_numpy(dtype=np.float64)
+    return out
+
+
+def parse_csv(
+    path: Path,
+    *,
+    id_column: str = "material_id",
+    cif_column: str = "cif",
+    options: PreprocessOptions = PreprocessOptions(),
+    rows: np.ndarray | None = None,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    label: str | None = None,
+) -> tuple[list[Crystal], list[Failure]]:
+    """Parse a CDVAE-format CSV into crystals (numeric columns become properties).
+
+    ``rows`` selects row indices (after reading). Bad rows are returned as ``Failure``s naming the
+    file, the row and the material id. ``progress`` is called with the number of rows done.
+    """
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001
+        raise CrystalError(f"cannot read CSV: {exc}", source=str(path)) from None
+    for column in (cif_column,):
+        if column not in frame.columns:
+            raise CrystalError(f"no {column!r} column (columns: {list(frame.columns)})", source=str(path))
+    ids = frame[id_column].astype(str).to_numpy() if id_column in frame.columns else np.asarray([str(i) for i in range(len(frame))])
+    props = _numeric_columns(frame, {id_column, cif_column})
+    cifs = frame[cif_column].to_numpy()
+    selected = np.arange(len(frame)) if rows is None else np.asarray(rows)
+    work = []
+    for r in selected.tolist():
+        row_props = {k: float(v[r]) for k, v in props.items() if not np.isnan(v[r])}
+        work.append((r, str(ids[r]), cifs[r] if isinstance(cifs[r], str) else "", row_props))
+    chunks = [work[i : i + CHUNK_ROWS] for i in range(0, len(work), CHUNK_ROWS)]
+    label = label or path.name
+    opt = options.to_dict()
+    results: list[Any] = []
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for part in pool.map(_parse_rows, [(c, opt, label) for c in chunks]):
+                results.extend(part)
+                if progress:
+                    progress(len(part))
+    else:
+        for chunk in chunks:
+            part = _parse_rows((chunk, opt, label))
+            results.extend(part)
+            if progress:
+                progress(len(part))
+    crystals = [c for _, c, _ in results if c is not None]
+    failures = [f for _, _, f in results if f is not None]
+    return crystals, failures
+
+
+# ---- cache ----------------------------------------------------------------------------------------
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """Stable short hash of JSON-compatible ``parts`` (with the cache format)."""
+    blob = json.dumps({"cache_format": CACHE_FORMAT, **parts}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def cached_build(
+    name: str,
+    split: str,
+    key_parts: dict[str, Any],
+    build: Callable[[], tuple[list[Crystal], list[Failure]]],
+    *,
+    use_cache: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> CrystalDataset:
+    """Load ``name/split`` from the cache if its key matches, else ``build`` it and store it."""
+    key = cache_key(key_parts)
+    path = cache_dir() / name / f"{split}-{key}.npz"
+    meta = {"name": name, "split": split, "cache_key": key, **(metadata or {})}
+    if use_cache and path.is_file():
+        try:
+            arrays = CrystalArrays.load(path)
+            failures = tuple(Failure(**f) for f in arrays.metadata.get("failures", []))
+            return CrystalDataset(arrays, name, split, failures, {**arrays.metadata, "cache_file": str(path)})
+        except ValueError as exc:
+            log.warning("ignoring unreadable cache %s (%s); rebuilding", path, exc)
+    crystals, failures = build()
+    if not crystals:
+        detail = f"; first problem: {failures[0]}" if failures else ""
+        raise CrystalError(f"no usable structures ({len(failures)} bad records){detail}", source=f"{name}/{split}")
+    meta["failures"] = [{"source": f.source, "problem": f.problem} for f in failures]
+    arrays = CrystalArrays.from_crystals(crystals, metadata=meta)
+    if use_cache:
+        try:
+            arrays.save(path)
+            _remove_stale(path)
+        except OSError as exc:
+            log.warning("could not write cache %s: %s", path, exc)
+    for f in failures:
+        log.warning("skipped %s", f)
+    return CrystalDataset(arrays, name, split, tuple(failures), meta)
+
+
+def _remove_stale(current: Path) -> None:
+    prefix = current.name.split("-", 1)[0] + "-"
+    for other in current.parent.glob(prefix + "*.npz"):
+        if other != current and other.name.split("-", 1)[0] + "-" == prefix:
+            try:
+                os.unlink(other)
+            except OSError:
+                pass

@@ -1,0 +1,34 @@
+"""DataLoader factory: batches of ``CrystalBatch`` from any sequence of ``Crystal``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch.utils.data import DataLoader
+
+from crystalforge.core.crystal import Crystal, CrystalBatch
+
+
+def make_loader(
+    dataset: Sequence[Crystal],
+    *,
+    batch_size: int = 64,
+    shuffle: bool = False,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    drop_last: bool = False,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A ``DataLoader`` yielding ``CrystalBatch``es (seeded shuffling, float fields in ``dtype``)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        collate_fn=partial(CrystalBatch.collate, dtype=dtype),
+    )
