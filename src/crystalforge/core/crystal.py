@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crystalforge.core.elements import MASK_Z, MAX_Z, element_table, z_to_symbol
+from crystalforge.core.elements import MASK_Z, MAX_Z, element_table, symbol_to_z, z_to_symbol
 from crystalforge.core.errors import CrystalError
 from crystalforge.core.fields import ATOM_FIELDS, CRYSTAL_FIELDS, FIELDS
 from crystalforge.core.lattice import lattice_to_params
@@ -138,12 +138,18 @@ class Crystal:
 
     @property
     def formula(self) -> str:
-        """Reduced formula in order of first appearance, e.g. ``"SrTiO3"``."""
+        """Reduced formula, elements by increasing electronegativity (pymatgen's order): ``"SrTiO3"``."""
         counts = self.composition
         g = 0
         for c in counts.values():
             g = math.gcd(g, c)
-        return "".join(f"{s}{c // g if c // g > 1 else ''}" for s, c in counts.items())
+        chi = element_table().electronegativity
+
+        def order(symbol: str) -> tuple[float, str]:
+            x = chi[symbol_to_z(symbol)]
+            return (float("inf") if np.isnan(x) else float(x), symbol)
+
+        return "".join(f"{s}{counts[s] // g if counts[s] // g > 1 else ''}" for s in sorted(counts, key=order))
 
     # ---- changes and comparisons ----------------------------------------------------------
     def replace(self, **changes: Any) -> Crystal:

@@ -1,8 +1,10 @@
 """Lattice conventions: rows of ``lattice`` are the lattice vectors a, b, c in Å; angles in degrees.
 
 Functions accept NumPy arrays or torch tensors with any leading batch shape ``[..., 3, 3]``.
-``lattice_from_params`` returns the standard orientation (a along x, b in the xy plane), the same
-convention as pymatgen's ``Lattice.from_parameters`` with ``vesta=False``.
+``lattice_from_params`` returns the orientation with a along x and b in the xy plane (ASE's
+``cellpar_to_cell`` convention). pymatgen's ``Lattice.from_parameters`` (used by the benchmark
+preprocessing, as CDVAE does) puts c along z instead; both describe the same cell, so compare
+lattices through ``metric_tensor`` or parameters, never raw matrices.
 """
 
 from __future__ import annotations

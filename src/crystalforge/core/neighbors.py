@@ -26,7 +26,7 @@ DEFAULT_CHUNK_CANDIDATES = 2_000_000
 
 @dataclass(frozen=True)
 class PeriodicEdges:
-    """Directed periodic edges of a batch, sorted by centre atom then distance."""
+    """Directed periodic edges of a batch, grouped by centre atom in increasing order."""
 
     edge_index: Tensor  # [2, E] int64, (centre i, neighbour j), global atom indices
     cell_shift: Tensor  # [E, 3] int64 image of j
@@ -57,28 +57,52 @@ def _chunks(cost: list[int], limit: int) -> list[tuple[int, int]]:
     return out
 
 
-def _candidates(batch: CrystalBatch, bounds: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
-    """All (i, j, shift) triples for crystals lo..hi-1 with shifts inside ``bounds``."""
+def _radius_chunk(
+    batch: CrystalBatch, bounds: Tensor, cut: Tensor, lo: int, hi: int, self_loops: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Edges of crystals lo..hi-1, in (centre, neighbour, image) order.
+
+    Work is split in two small tables and one large gather: per atom pair the pbc-reduced
+    Cartesian displacement, per crystal its image shifts in Cartesian form; each candidate is one
+    (pair, shift) sum.
+    """
     device = batch.device
-    n = batch.num_atoms[lo:hi]
+    n = batch.num_atoms[lo:hi]  # [b]
+    b_count = hi - lo
+    # pair table: all (i, j) within each crystal, centre-major
+    pairs = n * n
+    pair_owner = torch.repeat_interleave(torch.arange(b_count, device=device), pairs)
+    pair_local = torch.arange(int(pairs.sum()), device=device) - (torch.cumsum(pairs, 0) - pairs)[pair_owner]
+    offset = batch.atom_offsets[lo:hi][pair_owner]
+    pi = pair_local // n[pair_owner] + offset
+    pj = pair_local % n[pair_owner] + offset
+    lattice = batch.lattice[lo:hi]
+    diff = batch.frac_coords[pj] - batch.frac_coords[pi]
+    fold = torch.round(diff)  # reduce to [-1/2, 1/2] so the image bound holds
+    pair_vec = ((diff - fold)[:, None, :] @ lattice[pair_owner])[:, 0, :]  # [P, 3]
+    # shift table: the box of images of each crystal, in integer and Cartesian form
     widths = 2 * bounds[lo:hi] + 1  # [b, 3]
-    num_shifts = widths.prod(1)  # [b]
-    per_crystal = n * n * num_shifts
-    owner = torch.repeat_interleave(torch.arange(hi - lo, device=device), per_crystal)
-    start = torch.cumsum(per_crystal, 0) - per_crystal
-    local = torch.arange(int(per_crystal.sum()), device=device) - start[owner]
-    s_count = num_shifts[owner]
-    pair, s = local // s_count, local % s_count
-    n_o = n[owner]
-    offset = batch.atom_offsets[lo:hi][owner]
-    i, j = pair // n_o + offset, pair % n_o + offset
-    w = widths[owner]
-    s0 = s // (w[:, 1] * w[:, 2])
-    s1 = (s // w[:, 2]) % w[:, 1]
-    s2 = s % w[:, 2]
-    b = bounds[lo:hi][owner]
-    shift = torch.stack([s0 - b[:, 0], s1 - b[:, 1], s2 - b[:, 2]], 1)
-    return i, j, shift
+    num_shifts = widths.prod(1)
+    shift_owner = torch.repeat_interleave(torch.arange(b_count, device=device), num_shifts)
+    s = torch.arange(int(num_shifts.sum()), device=device) - (torch.cumsum(num_shifts, 0) - num_shifts)[shift_owner]
+    w = widths[shift_owner]
+    bnd = bounds[lo:hi][shift_owner]
+    shift_int = torch.stack([s // (w[:, 1] * w[:, 2]) - bnd[:, 0], (s // w[:, 2]) % w[:, 1] - bnd[:, 1], s % w[:, 2] - bnd[:, 2]], 1)
+    shift_vec = (shift_int.to(lattice.dtype)[:, None, :] @ lattice[shift_owner])[:, 0, :]  # [S, 3]
+    # candidates: every pair with every shift of its crystal
+    per_pair = num_shifts[pair_owner]
+    cand_pair = torch.repeat_interleave(torch.arange(pi.shape[0], device=device), per_pair)
+    shift_start = (torch.cumsum(num_shifts, 0) - num_shifts)[pair_owner]
+    cand_shift = torch.arange(cand_pair.shape[0], device=device) - (torch.cumsum(per_pair, 0) - per_pair)[cand_pair]
+    cand_shift = cand_shift + shift_start[cand_pair]
+    vec = pair_vec[cand_pair] + shift_vec[cand_shift]
+    dist2 = (vec * vec).sum(1)
+    limit = cut[lo:hi][pair_owner][cand_pair]
+    keep = dist2 <= limit * limit
+    if not self_loops:
+        keep &= ~((pi[cand_pair] == pj[cand_pair]) & (dist2 < 1e-16))
+    kp, ks = cand_pair[keep], cand_shift[keep]
+    return pi[kp], pj[kp], shift_int[ks] - fold[kp].to(torch.int64), vec[keep]
 
 
 def radius_graph(
@@ -90,48 +114,32 @@ def radius_graph(
 ) -> PeriodicEdges:
     """Every (i, j, image) with 0 < |r_ij| <= cutoff (and |r| = 0 self-images only if ``self_loops``).
 
-    ``cutoff`` is one value or one per crystal ``[B]`` (Å).
+    ``cutoff`` is one value or one per crystal ``[B]`` (Å). Edges come grouped by centre atom in
+    increasing order (within a centre: by neighbour index, then image); ``knn_graph`` sorts by
+    distance.
     """
     b_count = batch.num_crystals
     cut = torch.as_tensor(cutoff, dtype=batch.lattice.dtype, device=batch.device).expand(b_count).clone()
     if bool((cut <= 0).any()):
         raise ValueError("cutoff must be positive")
     bounds = _image_bounds(batch.lattice, cut)
-    frac = batch.frac_coords
     cost = (batch.num_atoms**2 * (2 * bounds + 1).prod(1)).tolist()
-    parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    for lo, hi in _chunks(cost, max_candidates):
-        i, j, shift = _candidates(batch, bounds, lo, hi)
-        # reduce the frac difference so the bound above holds, and fold that integer into the shift
-        diff = frac[j] - frac[i]
-        fold = torch.round(diff)
-        total = shift.to(frac.dtype) + diff - fold
-        lat = batch.lattice[batch.crystal_idx[i]]
-        vec = frac_to_cart(total, lat)
-        dist = torch.linalg.norm(vec, dim=1)
-        keep = dist <= cut[batch.crystal_idx[i]]
-        if not self_loops:
-            keep &= ~((i == j) & (dist < 1e-8))
-        image = shift - fold.to(torch.int64)
-        parts.append((i[keep], j[keep], image[keep], vec[keep]))
-    i = torch.cat([p[0] for p in parts])
-    j = torch.cat([p[1] for p in parts])
-    image = torch.cat([p[2] for p in parts])
+    parts = [_radius_chunk(batch, bounds, cut, lo, hi, self_loops) for lo, hi in _chunks(cost, max_candidates)]
     vec = torch.cat([p[3] for p in parts])
-    dist = torch.linalg.norm(vec, dim=1)
-    return _sorted_edges(i, j, image, vec, dist)
-
-
-def _sorted_edges(i: Tensor, j: Tensor, image: Tensor, vec: Tensor, dist: Tensor) -> PeriodicEdges:
-    # sort by centre, then distance (stable: ties keep candidate order, which is deterministic)
-    order = torch.argsort(dist, stable=True)
-    order = order[torch.argsort(i[order], stable=True)]
     return PeriodicEdges(
-        edge_index=torch.stack([i[order], j[order]]),
-        cell_shift=image[order],
-        vectors=vec[order],
-        distances=dist[order],
+        edge_index=torch.stack([torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])]),
+        cell_shift=torch.cat([p[2] for p in parts]),
+        vectors=vec,
+        distances=torch.linalg.norm(vec, dim=1),
     )
+
+
+def _sort_by_distance(edges: PeriodicEdges) -> PeriodicEdges:
+    """Edges grouped by centre, nearest first (ties keep their order: the sort is stable)."""
+    i = edges.edge_index[0]
+    span = float(edges.distances.max()) + 1.0 if edges.num_edges else 1.0
+    order = torch.argsort(i.to(torch.float64) * span + edges.distances.to(torch.float64), stable=True)
+    return PeriodicEdges(edges.edge_index[:, order], edges.cell_shift[order], edges.vectors[order], edges.distances[order])
 
 
 def knn_graph(batch: CrystalBatch, k: int, *, max_candidates: int = DEFAULT_CHUNK_CANDIDATES) -> PeriodicEdges:
@@ -151,7 +159,7 @@ def knn_graph(batch: CrystalBatch, k: int, *, max_candidates: int = DEFAULT_CHUN
     while bool(pending.any()):
         idx = torch.nonzero(pending).flatten()
         sub = batch.index_select(idx)
-        edges = radius_graph(sub, radius[idx], max_candidates=max_candidates)
+        edges = _sort_by_distance(radius_graph(sub, radius[idx], max_candidates=max_candidates))
         centre = edges.edge_index[0]
         counts = torch.bincount(centre, minlength=int(sub.num_atoms.sum()))
         fewest = torch.full((len(idx),), 2**62, dtype=torch.int64, device=device)
@@ -167,9 +175,10 @@ def knn_graph(batch: CrystalBatch, k: int, *, max_candidates: int = DEFAULT_CHUN
         )
         pending[idx[enough]] = False
         radius[idx[~enough]] *= 2.0
-    i = torch.cat([p[0][0] for p in parts])
-    j = torch.cat([p[0][1] for p in parts])
-    image = torch.cat([p[1] for p in parts])
-    vec = torch.cat([p[2] for p in parts])
-    dist = torch.cat([p[3] for p in parts])
-    return _sorted_edges(i, j, image, vec, dist)
+    merged = PeriodicEdges(
+        edge_index=torch.cat([p[0] for p in parts], 1),
+        cell_shift=torch.cat([p[1] for p in parts]),
+        vectors=torch.cat([p[2] for p in parts]),
+        distances=torch.cat([p[3] for p in parts]),
+    )
+    return _sort_by_distance(merged)

@@ -1,7 +1,8 @@
 """The field's canonical preprocessing of benchmark structures, as an explicit, recorded option.
 
 CDVAE and DiffCSP build each crystal as: parse the CIF; optionally reduce to the primitive cell;
-Niggli-reduce; rebuild the lattice from its six parameters (standard orientation, a along x).
+Niggli-reduce; rebuild the lattice from its six parameters with pymatgen's
+``Lattice.from_parameters`` (c along z).
 Their shipped configs for perov_5, carbon_24, mp_20 and mpts_52 use ``niggli: true`` and
 ``primitive: false``, which is our default, so our cells match theirs; ``primitive=True`` is one
 flag away. The options are part of the cache key and of every dataset's metadata.

@@ -1,0 +1,36 @@
+"""Shared fixtures: seeds, an isolated cache, and the benchmark data directory."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def shared_data_dir() -> Path:
+    """Benchmark CSVs: $CRYSTALFORGE_DATA_DIR, else ../shared/data beside the repo."""
+    env = os.environ.get("CRYSTALFORGE_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    monkeypatch.setenv("CRYSTALFORGE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def data_root() -> Path:
+    root = shared_data_dir()
+    if not (root / "perov_5").is_dir():
+        pytest.skip(f"benchmark data not found in {root} (set CRYSTALFORGE_DATA_DIR)")
+    return root
