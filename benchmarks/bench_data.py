@@ -15,7 +15,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import data_root, machine  # noqa: E402
+from _common import data_root, machine
 
 
 def main() -> None:
@@ -49,8 +49,14 @@ def main() -> None:
     print(f"| structures (mp_20 val+test) | {count} |")
     print(f"| parse + preprocess + cache, s | {statistics.mean(prepare):.1f} ± {statistics.pstdev(prepare):.1f} |")
     print(f"| structures/s | {statistics.mean(rate):.0f} ± {statistics.pstdev(rate):.0f} |")
-    print(f"| cache reload (both splits), ms | {1e3 * statistics.mean(reload_s):.1f} ± {1e3 * statistics.pstdev(reload_s):.1f} |")
-    print(f"| build all {count} Crystal objects after reload, s | {statistics.mean(first_access):.2f} ± {statistics.pstdev(first_access):.2f} |")
+    print(
+        f"| cache reload (both splits), ms | {1e3 * statistics.mean(reload_s):.1f}"
+        f" ± {1e3 * statistics.pstdev(reload_s):.1f} |"
+    )
+    print(
+        f"| build all {count} Crystal objects after reload, s | {statistics.mean(first_access):.2f}"
+        f" ± {statistics.pstdev(first_access):.2f} |"
+    )
 
 
 if __name__ == "__main__":

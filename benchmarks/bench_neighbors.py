@@ -18,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import data_root, machine  # noqa: E402
+from _common import data_root, machine
 
 
 def main() -> None:
@@ -32,9 +32,15 @@ def main() -> None:
 
     ds = load_dataset("mp_20", "test", root=data_root())
     crystals = list(ds)[: args.limit]
-    batches = [CrystalBatch.collate(crystals[i : i + args.batch], dtype=torch.float64) for i in range(0, len(crystals), args.batch)]
+    batches = [
+        CrystalBatch.collate(crystals[i : i + args.batch], dtype=torch.float64)
+        for i in range(0, len(crystals), args.batch)
+    ]
     structures = [c.to_pymatgen() for c in crystals]
-    print(f"machine: {machine()}; torch threads={torch.get_num_threads()}; structures={len(crystals)}; repeats={args.repeats}")
+    print(
+        f"machine: {machine()}; torch threads={torch.get_num_threads()}; "
+        f"structures={len(crystals)}; repeats={args.repeats}"
+    )
     print("| cutoff Å | crystalforge struct/s | pymatgen struct/s | ratio | edges (ours / pymatgen) |")
     print("|---|---|---|---|---|")
     for cutoff in (5.0, 8.0):

@@ -14,7 +14,9 @@ def test_import_boundaries_hold():
     exe = shutil.which("lint-imports")
     if exe is None:
         pytest.skip("import-linter is not installed (pip install -e '.[test]')")
-    result = subprocess.run([exe, "--config", str(REPO / "pyproject.toml")], cwd=REPO, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [exe, "--config", str(REPO / "pyproject.toml")], cwd=REPO, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -50,7 +50,9 @@ def load_dataset(
     if key in BENCHMARKS or key in REDUCED:
         if properties is not None:
             raise ValueError("properties= applies to user datasets; benchmarks carry their own property columns")
-        return load_benchmark(key, split, root=root, options=preprocess, workers=workers, use_cache=cache, progress=progress)
+        return load_benchmark(
+            key, split, root=root, options=preprocess, workers=workers, use_cache=cache, progress=progress
+        )
     path = Path(key).expanduser()
     if path.exists():
         return load_user_dataset(path, properties=properties, options=preprocess, use_cache=cache)
@@ -113,7 +115,11 @@ def write_structures(
     symmetrize: bool = False,
     symprec: float = _files.DEFAULT_SYMPREC,
 ) -> Path:
-    """Write crystals to ``path`` atomically: ``cif`` (P1 or ``symmetrize``), ``poscar``, ``extxyz``, ``npz`` or ``text``."""
+    """Write crystals to ``path`` atomically.
+
+    Formats: ``cif`` (P1, or the symmetrised cell with ``symmetrize``), ``poscar``, ``extxyz``,
+    ``npz`` or ``text``; by default from the file name.
+    """
     p = Path(path)
     if _is_text(p, fmt):
         from crystalforge.io.atomic import atomic_write

@@ -54,7 +54,12 @@ def tiny_crystals() -> list[Crystal]:
             triclinic,
             material_id="triclinic_5",
         ),
-        Crystal([6, 6, 6], [[0.0, 0.0, 0.0], [1.0, 0.5, 0.5], [0.5, 1.0, 0.0]], np.diag([2.5, 3.0, 3.5]), material_id="edge_3"),
+        Crystal(
+            [6, 6, 6],
+            [[0.0, 0.0, 0.0], [1.0, 0.5, 0.5], [0.5, 1.0, 0.0]],
+            np.diag([2.5, 3.0, 3.5]),
+            material_id="edge_3",
+        ),
     ]
 
 
@@ -83,7 +88,13 @@ def crystals(*, max_atoms: int = 8, elements: tuple[int, ...] = tuple(range(1, 8
         except ValueError:
             assume(False)
         assume(abs(np.linalg.det(lattice)) >= 0.3 * float(np.prod(lengths)))
-        frac = np.array(draw(st.lists(st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=3, max_size=3), min_size=n, max_size=n)))
+        frac = np.array(
+            draw(
+                st.lists(
+                    st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=3, max_size=3), min_size=n, max_size=n
+                )
+            )
+        )
         z = draw(st.lists(st.sampled_from(elements), min_size=n, max_size=n))
         crystal = Crystal(z, frac, lattice)
         if min_distance > 0 and n > 1:

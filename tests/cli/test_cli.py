@@ -24,7 +24,11 @@ def test_data_info_prints_split_sizes(tmp_path, capsys):
     _write_benchmark(tmp_path)
     assert main(["data", "info", "perov_5", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    lines = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.split() and line.split()[0] in ("train", "val", "test")}
+    lines = {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line.split() and line.split()[0] in ("train", "val", "test")
+    }
     assert lines == {"train": "missing", "val": "5", "test": "missing"}
 
 
@@ -34,7 +38,9 @@ def test_data_info_stats_and_prepare(tmp_path, capsys):
     _write_benchmark(tmp_path)
     assert main(["data", "info", "perov_5", "--root", str(tmp_path), "--stats", "val"]) == 0
     assert "density_g_cm3" in capsys.readouterr().out
-    assert main(["data", "prepare", "perov_5", "--root", str(tmp_path), "--splits", "val", "test"]) == 1  # test is missing
+    assert (
+        main(["data", "prepare", "perov_5", "--root", str(tmp_path), "--splits", "val", "test"]) == 1
+    )  # test is missing
     captured = capsys.readouterr()
     assert "perov_5/val: 5 structures cached" in captured.out and "test split not found" in captured.err
 

@@ -6,7 +6,14 @@ from hypothesis import given, settings
 from crystalforge import Crystal, CrystalBatch, CrystalError
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import MASK_Z, TypeVocabulary, element_table, symbol_to_z, z_to_symbol
-from crystalforge.core.symmetry_ops import change_basis, permute, random_permutation, random_unimodular, supercell, translate
+from crystalforge.core.symmetry_ops import (
+    change_basis,
+    permute,
+    random_permutation,
+    random_unimodular,
+    supercell,
+    translate,
+)
 from crystalforge.testing import crystal_batches, crystals, tiny_batch, tiny_crystals
 
 
@@ -22,7 +29,7 @@ def test_crystal_is_frozen_and_read_only():
     c = tiny_crystals()[1]
     with pytest.raises(AttributeError):
         c.lattice = np.eye(3)  # type: ignore[misc]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         c.frac_coords[0, 0] = 0.3
 
 
@@ -43,7 +50,10 @@ def test_left_handed_lattice_becomes_right_handed_with_same_cartesian_structure(
         ({"atomic_numbers": [1, 200], "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]]}, "unknown element"),
         ({"atomic_numbers": [1], "frac_coords": [[np.nan, 0, 0]]}, "NaN"),
         ({"atomic_numbers": [1], "frac_coords": [[0, 0, 0]], "lattice": np.zeros((3, 3))}, "degenerate"),
-        ({"atomic_numbers": [1], "frac_coords": [[0, 0, 0]], "lattice": [[1, 0, 0], [2, 0, 0], [0, 0, 1]]}, "degenerate"),
+        (
+            {"atomic_numbers": [1], "frac_coords": [[0, 0, 0]], "lattice": [[1, 0, 0], [2, 0, 0], [0, 0, 1]]},
+            "degenerate",
+        ),
         ({"atomic_numbers": [], "frac_coords": np.zeros((0, 3))}, "no atoms"),
         ({"atomic_numbers": [1, 2], "frac_coords": [[0, 0, 0]]}, "coordinate rows"),
         ({"atomic_numbers": [1], "frac_coords": [[0, 0, 0]], "lattice": np.full((3, 3), np.inf)}, "NaN or infinite"),

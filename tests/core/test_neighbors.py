@@ -18,7 +18,9 @@ from crystalforge.testing import (
 
 def _edge_set(edges, offset=0):
     out = set()
-    for (i, j), s, d in zip(edges.edge_index.T.tolist(), edges.cell_shift.tolist(), edges.distances.tolist(), strict=True):
+    for (i, j), s, d in zip(
+        edges.edge_index.T.tolist(), edges.cell_shift.tolist(), edges.distances.tolist(), strict=True
+    ):
         out.add((i - offset, j - offset, *s, round(d, 6)))
     return out
 
@@ -26,7 +28,10 @@ def _edge_set(edges, offset=0):
 def _pymatgen_set(crystal: Crystal, cutoff: float):
     s = crystal.to_pymatgen()
     centre, point, offsets, dist = s.get_neighbor_list(cutoff, exclude_self=True)
-    return {(int(i), int(j), *map(int, o), round(float(d), 6)) for i, j, o, d in zip(centre, point, offsets, dist, strict=True)}
+    return {
+        (int(i), int(j), *map(int, o), round(float(d), 6))
+        for i, j, o, d in zip(centre, point, offsets, dist, strict=True)
+    }
 
 
 def _near_cutoff(pairs, cutoff):
@@ -61,9 +66,18 @@ def test_batched_equals_one_by_one_and_chunking_changes_nothing():
     for crystal in batch.split():
         single = radius_graph(CrystalBatch.collate([crystal], dtype=torch.float64), 6.0)
         mask = (full.edge_index[0] >= offset) & (full.edge_index[0] < offset + crystal.num_atoms)
-        assert _edge_set(single) == {(i - offset, j - offset, *s, round(d, 6)) for (i, j, *s, d) in [
-            (*e, *c, d) for e, c, d in zip(full.edge_index[:, mask].T.tolist(), full.cell_shift[mask].tolist(), full.distances[mask].tolist(), strict=True)
-        ]}
+        assert _edge_set(single) == {
+            (i - offset, j - offset, *s, round(d, 6))
+            for (i, j, *s, d) in [
+                (*e, *c, d)
+                for e, c, d in zip(
+                    full.edge_index[:, mask].T.tolist(),
+                    full.cell_shift[mask].tolist(),
+                    full.distances[mask].tolist(),
+                    strict=True,
+                )
+            ]
+        }
         offset += crystal.num_atoms
 
 

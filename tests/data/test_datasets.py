@@ -15,10 +15,20 @@ from crystalforge.testing import tiny_crystals
 
 
 def _write_benchmark(root, name="perov_5", split="val", rows=None, gz=True):
-    rows = rows if rows is not None else [
-        {"material_id": f"id-{i}", "cif": crystal_to_cif(c), "heat_all": float(i), "formula": c.formula, "flag": i % 2 == 0}
-        for i, c in enumerate(tiny_crystals())
-    ]
+    rows = (
+        rows
+        if rows is not None
+        else [
+            {
+                "material_id": f"id-{i}",
+                "cif": crystal_to_cif(c),
+                "heat_all": float(i),
+                "formula": c.formula,
+                "flag": i % 2 == 0,
+            }
+            for i, c in enumerate(tiny_crystals())
+        ]
+    )
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)

@@ -24,7 +24,9 @@ def test_in_cell_graph_has_all_ordered_pairs():
 def _edge_feature_sums(batch):
     g = in_cell_graph(batch)
     feats = fourier_features(g.frac_diff, 4)
-    per_atom = torch.zeros(batch.atomic_numbers.shape[0], feats.shape[1], dtype=feats.dtype).index_add_(0, g.edge_index[0], feats)
+    per_atom = torch.zeros(batch.atomic_numbers.shape[0], feats.shape[1], dtype=feats.dtype).index_add_(
+        0, g.edge_index[0], feats
+    )
     return {"atom": per_atom, "gram": lattice_gram_features(batch.lattice)}
 
 

@@ -207,5 +207,7 @@ def test_decode_rejects_inconsistent_encodings():
     with pytest.raises(CrystalError, match="multiplicity"):
         WyckoffRepresentation().decode(moved)
     assert WyckoffRepresentation(strict=False).decode(moved).num_atoms == 2 * 192
+    with pytest.raises(CrystalError, match="degenerate"):
+        WyckoffEncoding(1, 1, np.diag([1.0, 1.0, 0.0]), [1], ["a"], [[0, 0, 0]], [1])
     with pytest.raises(CrystalError, match="hall_number"):
         WyckoffEncoding(1, 999, np.eye(3), [1], ["a"], [[0, 0, 0]], [1])

@@ -71,7 +71,11 @@ def cmd_data_info(args: argparse.Namespace) -> int:
             except FileNotFoundError:
                 count = f"{'missing':>11}"
             print(f"{split:<14}{count}")
-        datasets = [(s, api.load_dataset(name, s, root=args.root, workers=args.workers)) for s in args.stats] if args.stats else []
+        datasets = (
+            [(s, api.load_dataset(name, s, root=args.root, workers=args.workers)) for s in args.stats]
+            if args.stats
+            else []
+        )
     else:
         dataset = api.load_dataset(name, properties=args.properties)
         print(f"{name}: user dataset, {len(dataset)} structures, properties {dataset.property_names or 'none'}")
@@ -117,7 +121,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
             continue
         with _progress_bar(total, f"{args.name}/{split}") as bar:
             dataset = api.load_dataset(
-                args.name, split, root=args.root, preprocess=options, workers=args.workers, cache=True, progress=bar.update
+                args.name,
+                split,
+                root=args.root,
+                preprocess=options,
+                workers=args.workers,
+                cache=True,
+                progress=bar.update,
             )
             bar.update(total - bar.n)
         print(f"{args.name}/{split}: {len(dataset)} structures cached, {len(dataset.failures)} skipped")
@@ -151,7 +161,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
             suffix = {"cif": ".cif", "poscar": ".vasp", "extxyz": ".extxyz", "npz": ".npz", "text": ".txt"}[fmt]
             for i, crystal in enumerate(crystals):
                 stem = (crystal.material_id or f"structure_{i}").replace("/", "_").replace(":", "_")
-                api.write_structures([crystal], out / f"{stem}{suffix}", fmt=fmt, symmetrize=args.symmetrize, symprec=args.symprec)
+                api.write_structures(
+                    [crystal], out / f"{stem}{suffix}", fmt=fmt, symmetrize=args.symmetrize, symprec=args.symprec
+                )
         else:
             api.write_structures(crystals, out, fmt=fmt, symmetrize=args.symmetrize, symprec=args.symprec)
     print(f"converted {len(good)} structure(s) to {out}; skipped {len(bad)}")
@@ -184,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         epilog="example:\n  crystalforge data list --root ../shared/data",
     )
-    p.add_argument("--root", help="data directory (default: $CRYSTALFORGE_DATA_DIR or ~/.local/share/crystalforge/data)")
+    p.add_argument(
+        "--root", help="data directory (default: $CRYSTALFORGE_DATA_DIR or ~/.local/share/crystalforge/data)"
+    )
     p.set_defaults(func=cmd_data_list)
 
     p = data_sub.add_parser(
@@ -199,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
               crystalforge data info my_cifs/ --properties props.csv --stats"""
         ),
     )
-    p.add_argument("name", help="benchmark (perov_5, carbon_24, mp_20, mpts_52), reduced protocol (mp_20_reduced) or path")
+    p.add_argument(
+        "name", help="benchmark (perov_5, carbon_24, mp_20, mpts_52), reduced protocol (mp_20_reduced) or path"
+    )
     p.add_argument("--root", help="data directory")
     p.add_argument("--stats", nargs="*", metavar="SPLIT", help="also parse these splits and print statistics")
     p.add_argument("--properties", help="CSV property table for a user dataset")
@@ -210,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare",
         help="parse and cache dataset splits",
         formatter_class=fmt,
-        epilog="examples:\n  crystalforge data prepare perov_5\n  crystalforge data prepare mp_20 --splits val test --workers 2",
+        epilog=(
+            "examples:\n  crystalforge data prepare perov_5\n"
+            "  crystalforge data prepare mp_20 --splits val test --workers 2"
+        ),
     )
     p.add_argument("name", help="benchmark or reduced protocol name")
     p.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to prepare")
@@ -238,8 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="file or folder")
     p.add_argument("output", help="file, or folder ending in /")
-    p.add_argument("--from", dest="from_format", choices=["cif", "poscar", "extxyz", "npz", "text"], help="input format")
-    p.add_argument("--to", choices=["cif", "poscar", "extxyz", "npz", "text"], help="output format (default: from the name)")
+    p.add_argument(
+        "--from", dest="from_format", choices=["cif", "poscar", "extxyz", "npz", "text"], help="input format"
+    )
+    p.add_argument(
+        "--to", choices=["cif", "poscar", "extxyz", "npz", "text"], help="output format (default: from the name)"
+    )
     p.add_argument("--symmetrize", action="store_true", help="CIF: write the symmetrised conventional cell (spglib)")
     p.add_argument("--symprec", type=float, default=0.1, help="symmetry tolerance in Å for --symmetrize (default 0.1)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any record was skipped")
@@ -252,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from crystalforge.core.errors import CrystalError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except (CrystalError, FileNotFoundError, KeyError, ValueError) as exc:

@@ -93,7 +93,9 @@ class Crystal:
         lengths = np.linalg.norm(lat, axis=1)
         vol = abs(float(np.linalg.det(lat)))
         if lengths.min() <= 0 or vol <= MIN_RELATIVE_VOLUME * float(np.prod(lengths)):
-            raise fail(f"lattice is degenerate (volume {vol:.3g} Å³ for vector lengths {np.round(lengths, 3).tolist()} Å)")
+            raise fail(
+                f"lattice is degenerate (volume {vol:.3g} Å³ for vector lengths {np.round(lengths, 3).tolist()} Å)"
+            )
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -238,7 +240,9 @@ class CrystalBatch:
         ids = tuple(c.material_id for c in crystals)
         batch = cls(
             atomic_numbers=torch.from_numpy(np.concatenate([c.atomic_numbers for c in crystals])).to(device),
-            frac_coords=torch.from_numpy(np.concatenate([c.frac_coords for c in crystals])).to(device=device, dtype=dtype),
+            frac_coords=torch.from_numpy(np.concatenate([c.frac_coords for c in crystals])).to(
+                device=device, dtype=dtype
+            ),
             lattice=torch.from_numpy(np.stack([c.lattice for c in crystals])).to(device=device, dtype=dtype),
             num_atoms=torch.tensor([c.num_atoms for c in crystals], dtype=torch.int64, device=device),
             properties=props,
@@ -366,7 +370,9 @@ class CrystalBatch:
             if spec.dtype is not None and value.dtype != spec.dtype:
                 raise ValueError(f"{name} must be {spec.dtype}, got {value.dtype}")
         if self.frac_coords.dtype != self.lattice.dtype:
-            raise ValueError(f"frac_coords ({self.frac_coords.dtype}) and lattice ({self.lattice.dtype}) differ in dtype")
+            raise ValueError(
+                f"frac_coords ({self.frac_coords.dtype}) and lattice ({self.lattice.dtype}) differ in dtype"
+            )
         if b == 0:
             raise ValueError("batch holds no crystals")
         if int(self.num_atoms.min()) < 1:

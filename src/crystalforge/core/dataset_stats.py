@@ -64,5 +64,7 @@ class DatasetStats:
         """Inverse of ``to_dict``; unknown or missing keys are errors."""
         names = {f.name for f in fields(cls)}
         if set(data) != names:
-            raise ValueError(f"DatasetStats keys differ: missing {sorted(names - set(data))}, unknown {sorted(set(data) - names)}")
+            raise ValueError(
+                f"DatasetStats keys differ: missing {sorted(names - set(data))}, unknown {sorted(set(data) - names)}"
+            )
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -54,7 +54,7 @@ def element_table() -> ElementTable:
     metals = np.asarray([False] + [bool(r["is_metal"]) for r in rows])
     metals.setflags(write=False)
     return ElementTable(
-        symbols=("X",) + tuple(r["symbol"] for r in rows),
+        symbols=("X", *tuple(r["symbol"] for r in rows)),
         masses=column("mass"),
         electronegativity=column("electronegativity"),
         atomic_radius=column("atomic_radius"),
@@ -114,5 +114,5 @@ class TypeVocabulary:
 
     def decode(self, classes: np.ndarray) -> np.ndarray:
         """Map class indices back to Z (class 0 → ``MASK_Z``)."""
-        table = np.asarray((MASK_Z,) + self.atomic_numbers, dtype=np.int64)
+        table = np.asarray((MASK_Z, *self.atomic_numbers), dtype=np.int64)
         return table[np.asarray(classes, dtype=np.int64)]

@@ -70,7 +70,9 @@ def volume(lattice: Array) -> Array:
 
 def metric_tensor(lattice: Array) -> Array:
     """Gram matrix ``L Lᵀ`` ``[..., 3, 3]``: invariant under rotations of the Cartesian frame."""
-    return lattice @ lattice.swapaxes(-1, -2) if isinstance(lattice, np.ndarray) else lattice @ lattice.transpose(-1, -2)
+    return (
+        lattice @ lattice.swapaxes(-1, -2) if isinstance(lattice, np.ndarray) else lattice @ lattice.transpose(-1, -2)
+    )
 
 
 def reciprocal(lattice: Array) -> Array:

@@ -18,7 +18,6 @@ from torch import Tensor
 
 from crystalforge.core.crystal import CrystalBatch
 from crystalforge.core.lattice import plane_spacings
-from crystalforge.core.periodic import frac_to_cart
 
 DEFAULT_CHUNK_CANDIDATES = 2_000_000
 """Upper bound on candidate (pair, image) triples examined at once."""
@@ -87,7 +86,9 @@ def _radius_chunk(
     s = torch.arange(int(num_shifts.sum()), device=device) - (torch.cumsum(num_shifts, 0) - num_shifts)[shift_owner]
     w = widths[shift_owner]
     bnd = bounds[lo:hi][shift_owner]
-    shift_int = torch.stack([s // (w[:, 1] * w[:, 2]) - bnd[:, 0], (s // w[:, 2]) % w[:, 1] - bnd[:, 1], s % w[:, 2] - bnd[:, 2]], 1)
+    shift_int = torch.stack(
+        [s // (w[:, 1] * w[:, 2]) - bnd[:, 0], (s // w[:, 2]) % w[:, 1] - bnd[:, 1], s % w[:, 2] - bnd[:, 2]], 1
+    )
     shift_vec = (shift_int.to(lattice.dtype)[:, None, :] @ lattice[shift_owner])[:, 0, :]  # [S, 3]
     # candidates: every pair with every shift of its crystal
     per_pair = num_shifts[pair_owner]
@@ -139,7 +140,9 @@ def _sort_by_distance(edges: PeriodicEdges) -> PeriodicEdges:
     i = edges.edge_index[0]
     span = float(edges.distances.max()) + 1.0 if edges.num_edges else 1.0
     order = torch.argsort(i.to(torch.float64) * span + edges.distances.to(torch.float64), stable=True)
-    return PeriodicEdges(edges.edge_index[:, order], edges.cell_shift[order], edges.vectors[order], edges.distances[order])
+    return PeriodicEdges(
+        edges.edge_index[:, order], edges.cell_shift[order], edges.vectors[order], edges.distances[order]
+    )
 
 
 def knn_graph(batch: CrystalBatch, k: int, *, max_candidates: int = DEFAULT_CHUNK_CANDIDATES) -> PeriodicEdges:

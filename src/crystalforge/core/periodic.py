@@ -42,10 +42,7 @@ def frac_to_cart(frac_coords: Array, lattice: Array) -> Array:
 
 def cart_to_frac(cart_coords: Array, lattice: Array) -> Array:
     """Fractional coordinates from Cartesian ones (inverse of ``frac_to_cart``; no wrapping)."""
-    if isinstance(cart_coords, torch.Tensor):
-        inv = torch.linalg.inv(lattice)
-    else:
-        inv = np.linalg.inv(lattice)
+    inv = torch.linalg.inv(lattice) if isinstance(cart_coords, torch.Tensor) else np.linalg.inv(lattice)
     return (cart_coords[..., None, :] @ inv)[..., 0, :]
 
 

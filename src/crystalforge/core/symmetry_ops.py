@@ -21,7 +21,9 @@ from crystalforge.core.crystal import CrystalBatch
 from crystalforge.core.periodic import wrap_frac
 
 
-def random_rotations(num: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
+def random_rotations(
+    num: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+) -> Tensor:
     """Uniform random proper rotations ``[num, 3, 3]`` (QR of a Gaussian matrix, sign-fixed)."""
     g = torch.randn(num, 3, 3, generator=generator, dtype=dtype)
     q, r = torch.linalg.qr(g)
@@ -93,7 +95,9 @@ def supercell(batch: CrystalBatch, repeats: tuple[int, int, int]) -> CrystalBatc
     if min(repeats) < 1:
         raise ValueError("repeats must be positive")
     reps = torch.tensor(repeats, dtype=batch.frac_coords.dtype, device=batch.device)
-    images = torch.tensor(list(itertools.product(*(range(r) for r in repeats))), dtype=batch.frac_coords.dtype, device=batch.device)
+    images = torch.tensor(
+        list(itertools.product(*(range(r) for r in repeats))), dtype=batch.frac_coords.dtype, device=batch.device
+    )
     count = images.shape[0]
     # order atoms crystal by crystal: for crystal b, all images of its atoms
     order = torch.argsort(batch.crystal_idx, stable=True)

@@ -33,7 +33,9 @@ def load_benchmark(
     reduced = REDUCED.get(name)
     spec = BENCHMARKS.get(reduced.base if reduced else name)
     if spec is None:
-        raise KeyError(f"unknown dataset {name!r} (known: {', '.join(sorted(BENCHMARKS) + sorted(REDUCED))}, or a path)")
+        raise KeyError(
+            f"unknown dataset {name!r} (known: {', '.join(sorted(BENCHMARKS) + sorted(REDUCED))}, or a path)"
+        )
     source_split = reduced.source_split(split) if reduced else split
     path = spec.split_file(base_dir, source_split)
     digest = file_digest(path)

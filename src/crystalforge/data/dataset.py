@@ -8,6 +8,7 @@ so editing the CSV or changing an option rebuilds it; reloading 10k structures i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -78,7 +79,9 @@ class CrystalDataset(Sequence[Crystal]):
         idx = np.asarray(indices, dtype=np.int64)
         a = self.arrays
         offsets = np.concatenate([[0], np.cumsum(a.num_atoms, dtype=np.int64)])
-        atoms = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx]) if len(idx) else np.zeros(0, np.int64)
+        atoms = (
+            np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx]) if len(idx) else np.zeros(0, np.int64)
+        )
         sub = CrystalArrays(
             atomic_numbers=a.atomic_numbers[atoms],
             frac_coords=a.frac_coords[atoms],
@@ -91,7 +94,10 @@ class CrystalDataset(Sequence[Crystal]):
         return CrystalDataset(sub, self.name, split or self.split, self.failures, dict(self.metadata))
 
     def __repr__(self) -> str:
-        return f"CrystalDataset({self.name!r}, split={self.split!r}, {len(self)} crystals, properties={self.property_names})"
+        return (
+            f"CrystalDataset({self.name!r}, split={self.split!r}, {len(self)} crystals, "
+            f"properties={self.property_names})"
+        )
 
 
 # ---- building from a CDVAE-format CSV -------------------------------------------------------------
@@ -128,9 +134,7 @@ def _numeric_columns(frame: Any, skip: set[str]) -> dict[str, np.ndarray]:
         if column in skip or str(column).startswith("Unnamed") or str(column) == "":
             continue
         series = frame[column]
-        if series.dtype == bool:
-            out[str(column)] = series.to_numpy(dtype=np.float64)
-        elif pd.api.types.is_numeric_dtype(series):
+        if series.dtype == bool or pd.api.types.is_numeric_dtype(series):
             out[str(column)] = series.to_numpy(dtype=np.float64)
     return out
 
@@ -140,7 +144,7 @@ def parse_csv(
     *,
     id_column: str = "material_id",
     cif_column: str = "cif",
-    options: PreprocessOptions = PreprocessOptions(),
+    options: PreprocessOptions | None = None,
     rows: np.ndarray | None = None,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
@@ -160,7 +164,11 @@ def parse_csv(
     for column in (cif_column,):
         if column not in frame.columns:
             raise CrystalError(f"no {column!r} column (columns: {list(frame.columns)})", source=str(path))
-    ids = frame[id_column].astype(str).to_numpy() if id_column in frame.columns else np.asarray([str(i) for i in range(len(frame))])
+    ids = (
+        frame[id_column].astype(str).to_numpy()
+        if id_column in frame.columns
+        else np.asarray([str(i) for i in range(len(frame))])
+    )
     props = _numeric_columns(frame, {id_column, cif_column})
     cifs = frame[cif_column].to_numpy()
     selected = np.arange(len(frame)) if rows is None else np.asarray(rows)
@@ -170,7 +178,7 @@ def parse_csv(
         work.append((r, str(ids[r]), cifs[r] if isinstance(cifs[r], str) else "", row_props))
     chunks = [work[i : i + CHUNK_ROWS] for i in range(0, len(work), CHUNK_ROWS)]
     label = label or path.name
-    opt = options.to_dict()
+    opt = (options or PreprocessOptions()).to_dict()
     results: list[Any] = []
     if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -246,7 +254,5 @@ def _remove_stale(current: Path) -> None:
     prefix = current.name.split("-", 1)[0] + "-"
     for other in current.parent.glob(prefix + "*.npz"):
         if other != current and other.name.split("-", 1)[0] + "-" == prefix:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(other)
-            except OSError:
-                pass

@@ -81,7 +81,7 @@ class ReducedProtocol:
             return np.arange(len(material_ids))
         order = np.argsort(material_ids, kind="stable")  # independent of row order in the file
         perm = order[np.random.default_rng(self.seed).permutation(len(order))]
-        n_hold = int(round(self.holdout_fraction * len(order)))
+        n_hold = round(self.holdout_fraction * len(order))
         chosen = perm[:n_hold] if split == "val" else perm[n_hold:]
         return np.sort(chosen)
 
@@ -128,7 +128,9 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     )
 }
 
-REDUCED: dict[str, ReducedProtocol] = {p.name: p for p in (ReducedProtocol(b) for b in ("mp_20", "mpts_52", "carbon_24"))}
+REDUCED: dict[str, ReducedProtocol] = {
+    p.name: p for p in (ReducedProtocol(b) for b in ("mp_20", "mpts_52", "carbon_24"))
+}
 
 
 def known_datasets() -> list[str]:

@@ -34,7 +34,9 @@ def read_property_table(path: str | Path) -> dict[str, dict[str, float]]:
         raise CrystalError(f"cannot read property table: {exc}", source=str(path)) from None
     id_col = next((c for c in ID_COLUMNS if c in frame.columns), None)
     if id_col is None:
-        raise CrystalError(f"property table needs one of the columns {ID_COLUMNS}; found {list(frame.columns)}", source=str(path))
+        raise CrystalError(
+            f"property table needs one of the columns {ID_COLUMNS}; found {list(frame.columns)}", source=str(path)
+        )
     numeric = [c for c in frame.columns if c != id_col and pd.api.types.is_numeric_dtype(frame[c])]
     if not numeric:
         raise CrystalError("property table has no numeric property column", source=str(path))
@@ -118,7 +120,9 @@ def load_user_dataset(
             if table:
                 extra = table.get(str(c.material_id)) or table.get(Path(str(c.material_id)).stem)
                 if extra is None:
-                    failures.append(Failure(str(c.material_id), "no row in the property table (kept without properties)"))
+                    failures.append(
+                        Failure(str(c.material_id), "no row in the property table (kept without properties)")
+                    )
                 else:
                     c = c.replace(properties={**c.properties, **extra})
             out.append(c)

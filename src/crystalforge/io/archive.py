@@ -67,7 +67,9 @@ class CrystalArrays:
         s, e = self._offsets[index], self._offsets[index + 1]  # type: ignore[attr-defined]
         props = {k: float(v[index]) for k, v in self.properties.items() if not np.isnan(v[index])}
         ident = str(self.material_ids[index]) or None
-        return Crystal(self.atomic_numbers[s:e], self.frac_coords[s:e], self.lattice[index], properties=props, material_id=ident)
+        return Crystal(
+            self.atomic_numbers[s:e], self.frac_coords[s:e], self.lattice[index], properties=props, material_id=ident
+        )
 
     def __iter__(self) -> Iterator[Crystal]:
         for i in range(len(self)):

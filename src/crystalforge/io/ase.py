@@ -17,7 +17,9 @@ def atoms_to_crystal(atoms: ase.Atoms, *, material_id: str | None = None) -> Cry
     """Convert ASE ``Atoms`` with a full 3-D cell; numeric ``atoms.info`` entries become properties."""
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     if atoms.cell.rank < 3:
-        raise CrystalError(f"cell has rank {atoms.cell.rank}; a crystal needs three lattice vectors", source=material_id)
+        raise CrystalError(
+            f"cell has rank {atoms.cell.rank}; a crystal needs three lattice vectors", source=material_id
+        )
     numbers = np.asarray(atoms.numbers, dtype=np.int64)
     if numbers.size and numbers.min() < 1:
         raise CrystalError("unknown element (atomic number 0) in atoms", source=material_id)
@@ -34,7 +36,9 @@ def crystal_to_atoms(crystal: Crystal) -> ase.Atoms:
     """Convert to ASE ``Atoms`` with ``pbc=True``; properties and ``material_id`` go to ``info``."""
     import ase
 
-    atoms = ase.Atoms(numbers=crystal.atomic_numbers, cell=crystal.lattice, scaled_positions=crystal.frac_coords, pbc=True)
+    atoms = ase.Atoms(
+        numbers=crystal.atomic_numbers, cell=crystal.lattice, scaled_positions=crystal.frac_coords, pbc=True
+    )
     atoms.info.update(crystal.properties)
     if crystal.material_id is not None:
         atoms.info["material_id"] = crystal.material_id

@@ -22,7 +22,14 @@ from crystalforge.io.atomic import atomic_write
 log = logging.getLogger(__name__)
 
 FORMATS = ("cif", "poscar", "extxyz", "npz")
-_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".extxyz": "extxyz", ".xyz": "extxyz", ".npz": "npz"}
+_SUFFIXES = {
+    ".cif": "cif",
+    ".vasp": "poscar",
+    ".poscar": "poscar",
+    ".extxyz": "extxyz",
+    ".xyz": "extxyz",
+    ".npz": "npz",
+}
 _POSCAR_NAMES = ("POSCAR", "CONTCAR")
 DEFAULT_SYMPREC = 0.1
 """spglib distance tolerance (Å) for symmetrised CIF output, as pymatgen's default."""
@@ -77,7 +84,9 @@ def iter_records(path: str | Path, *, fmt: str | None = None) -> Iterator[Record
     if p.is_dir():
         files = structure_files(p)
         if not files:
-            raise CrystalError(f"folder holds no structure files ({', '.join(sorted(set(_SUFFIXES)))}, POSCAR)", source=str(p))
+            raise CrystalError(
+                f"folder holds no structure files ({', '.join(sorted(set(_SUFFIXES)))}, POSCAR)", source=str(p)
+            )
         for f in files:
             yield from _file_records(f, detect_format(f))
         return
@@ -136,7 +145,9 @@ def _parse_cif_block(parser_cls: type, text: str, source: str, ident: str | None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            structures = parser_cls.from_str(text, occupancy_tolerance=1.0).parse_structures(primitive=False, on_error="raise")
+            structures = parser_cls.from_str(text, occupancy_tolerance=1.0).parse_structures(
+                primitive=False, on_error="raise"
+            )
         except Exception as exc:  # noqa: BLE001
             detail = "; ".join(str(w.message) for w in caught[:2])
             return Record(source, error=f"malformed CIF: {exc}" + (f" ({detail})" if detail else ""))
@@ -156,7 +167,9 @@ def _poscar_records(path: Path, text: str) -> Iterator[Record]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure = Poscar.from_str(text).structure
-        yield Record(str(path), crystal=Crystal.from_pymatgen(structure, material_id=path.stem if path.suffix else path.name))
+        yield Record(
+            str(path), crystal=Crystal.from_pymatgen(structure, material_id=path.stem if path.suffix else path.name)
+        )
     except CrystalError as exc:
         yield Record(str(path), error=exc.problem)
     except Exception as exc:  # noqa: BLE001
@@ -224,10 +237,15 @@ def write_structures(
         CrystalArrays.from_crystals(items).save(target)
         return target
     if kind == "cif":
-        text = "".join(crystal_to_cif(c, symmetrize=symmetrize, symprec=symprec, angle_tolerance=angle_tolerance, index=i) for i, c in enumerate(items))
+        text = "".join(
+            crystal_to_cif(c, symmetrize=symmetrize, symprec=symprec, angle_tolerance=angle_tolerance, index=i)
+            for i, c in enumerate(items)
+        )
     elif kind == "poscar":
         if len(items) != 1:
-            raise ValueError(f"{target}: POSCAR holds one structure, got {len(items)} (write a folder of files instead)")
+            raise ValueError(
+                f"{target}: POSCAR holds one structure, got {len(items)} (write a folder of files instead)"
+            )
         from pymatgen.io.vasp import Poscar
 
         text = Poscar(items[0].to_pymatgen(), comment=items[0].material_id or items[0].formula).get_str()
@@ -245,7 +263,12 @@ def write_structures(
 
 
 def crystal_to_cif(
-    crystal: Crystal, *, symmetrize: bool = False, symprec: float = DEFAULT_SYMPREC, angle_tolerance: float = 5.0, index: int = 0
+    crystal: Crystal,
+    *,
+    symmetrize: bool = False,
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = 5.0,
+    index: int = 0,
 ) -> str:
     """One CIF data block; P1 by default, or symmetrised (spglib via pymatgen's ``CifWriter``)."""
     from pymatgen.io.cif import CifWriter

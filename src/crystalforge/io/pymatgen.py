@@ -24,7 +24,9 @@ def structure_to_crystal(structure: Structure, *, material_id: str | None = None
             raise CrystalError(f"unknown element {site.species_string!r} at site {index}", source=material_id)
         numbers.append(z)
     properties = {
-        k: float(v) for k, v in (structure.properties or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        k: float(v)
+        for k, v in (structure.properties or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     return Crystal(
         atomic_numbers=np.asarray(numbers, dtype=np.int64),

@@ -26,7 +26,15 @@ from crystalforge.core.lattice import metric_tensor
 from crystalforge.core.neighbors import PeriodicEdges, knn_graph, radius_graph
 from crystalforge.core.periodic import pbc_diff
 
-__all__ = ["InCellGraph", "PeriodicEdges", "fourier_features", "in_cell_graph", "knn_graph", "lattice_gram_features", "radius_graph"]
+__all__ = [
+    "InCellGraph",
+    "PeriodicEdges",
+    "fourier_features",
+    "in_cell_graph",
+    "knn_graph",
+    "lattice_gram_features",
+    "radius_graph",
+]
 
 
 @dataclass(frozen=True)

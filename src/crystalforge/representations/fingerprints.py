@@ -1,0 +1,449 @@
+"""Fixed-length descriptors of crystals from the field's libraries, behind one ``Featurizer`` protocol.
+
+``featurize(crystals)`` returns a ``[B, D]`` float64 array. A crystal the library cannot handle
+(an element without tabulated data, too many atoms, ...) gives a NaN row, never an exception; the
+featurizer's ``failures`` then lists it (index, ``material_id``, reason) and one warning is logged
+per call. ``workers > 1`` spreads crystals over a process pool.
+
+The two fingerprints of the coverage metrics (CDVAE/DiffCSP protocol) are reproduced exactly:
+
+- ``CrystalNNFingerprint``: matminer ``CrystalNNFingerprint.from_preset("ops")`` per site,
+  averaged over sites (61 values).
+- ``MagpieComposition``: matminer ``ElementProperty.from_preset("magpie")`` on the composition
+  (132 values). matminer >= 0.9 imputes missing element data by default (``impute_nan=True``); the
+  protocol used matminer 0.7, which left NaN, so the default here is ``impute_nan=False``. With a
+  ``scaler`` the values become ``(x − mean) / std`` and NaN becomes 0 *after* that normalisation
+  (rows of failed crystals stay NaN).
+
+matminer is an optional extra (``pip install "crystalforge[descriptors]"``) imported only when a
+matminer featurizer is first used. ``XRDPattern`` needs only pymatgen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from crystalforge.core.crystal import Crystal
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = 'pip install "crystalforge[descriptors]"'
+MAGPIE_DIM = 132
+CRYSTALNN_DIM = 61
+
+
+def _import_matminer(module: str) -> Any:
+    """Import a matminer module, or explain how to install the optional extra."""
+    try:
+        return import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"this featurizer needs matminer, an optional extra: {INSTALL_HINT}") from exc
+
+
+@dataclass(frozen=True)
+class FeaturizationFailure:
+    """A crystal that got a NaN row, and why."""
+
+    index: int  # position in the featurized sequence
+    material_id: str | None
+    reason: str  # "ExceptionType: message"
+
+    def __str__(self) -> str:
+        ident = f" ({self.material_id})" if self.material_id else ""
+        return f"crystal {self.index}{ident}: {self.reason}"
+
+
+@runtime_checkable
+class Featurizer(Protocol):
+    """Maps crystals to fixed-length float64 vectors; NaN rows for crystals it cannot featurize."""
+
+    name: str
+    dim: int
+    failures: list[FeaturizationFailure]  # failures of the last ``featurize`` call
+
+    def labels(self) -> list[str]:
+        """Names of the ``dim`` features."""
+        ...
+
+    def featurize(self, crystals: Sequence[Crystal]) -> np.ndarray:
+        """Features ``[B, dim]`` float64, NaN rows where featurization failed."""
+        ...
+
+
+# ---- shared machinery ---------------------------------------------------------------------------
+_WORKER_FEATURIZER: BaseFeaturizer | None = None
+"""The featurizer of a pool worker process (set once per worker by ``_init_worker``)."""
+
+
+def _init_worker(featurizer: BaseFeaturizer) -> None:
+    global _WORKER_FEATURIZER
+    _WORKER_FEATURIZER = featurizer
+
+
+def _featurize_chunk_in_worker(
+    start: int, crystals: Sequence[Crystal]
+) -> tuple[np.ndarray, list[FeaturizationFailure]]:
+    if _WORKER_FEATURIZER is None:  # pragma: no cover - the pool initializer always runs first
+        raise RuntimeError("featurizer worker was not initialised")
+    return _WORKER_FEATURIZER._featurize_chunk(start, crystals)
+
+
+class BaseFeaturizer(ABC):
+    """Common ``featurize`` loop: NaN rows and failure records, optional process pool.
+
+    Subclasses set ``name`` and ``dim``, and implement ``_build`` (create the library object,
+    called lazily once per process), ``_featurize_one`` and ``labels``.
+
+    Args:
+        workers: Processes used by ``featurize`` (1 = in this process).
+
+    """
+
+    name: str = ""
+    dim: int = 0
+
+    def __init__(self, *, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self.failures: list[FeaturizationFailure] = []
+        self._impl: Any = None
+
+    # -- for subclasses
+    @abstractmethod
+    def _build(self) -> Any:
+        """Create the library object doing the work (called lazily, once per process)."""
+
+    @abstractmethod
+    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+        """Features ``[dim]`` of one crystal; may raise for a crystal the library cannot handle."""
+
+    @abstractmethod
+    def labels(self) -> list[str]:
+        """Names of the ``dim`` features."""
+
+    def _postprocess(self, features: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """Transform ``[B, dim]`` features once all rows are in (``ok [B]`` marks successes); identity here."""
+        return features
+
+    # -- shared
+    @property
+    def impl(self) -> Any:
+        """The library featurizer (built on first use)."""
+        if self._impl is None:
+            self._impl = self._build()
+        return self._impl
+
+    def __getstate__(self) -> dict[str, Any]:
+        # library objects are rebuilt in worker processes rather than pickled
+        state = self.__dict__.copy()
+        state["_impl"] = None
+        state["failures"] = []
+        return state
+
+    def _featurize_chunk(
+        self, start: int, crystals: Sequence[Crystal]
+    ) -> tuple[np.ndarray, list[FeaturizationFailure]]:
+        out = np.full((len(crystals), self.dim), np.nan, dtype=np.float64)
+        failures: list[FeaturizationFailure] = []
+        impl = self.impl
+        for offset, crystal in enumerate(crystals):
+            try:
+                with warnings.catch_warnings():
+                    # per-site chatter from matminer/pymatgen ("no oxidation states", np.matrix use)
+                    # would flood logs; it never changes the numbers
+                    warnings.simplefilter("ignore", UserWarning)
+                    warnings.simplefilter("ignore", PendingDeprecationWarning)
+                    row = np.asarray(self._featurize_one(crystal, impl), dtype=np.float64).reshape(-1)
+                if row.shape != (self.dim,):
+                    raise ValueError(f"library returned {row.shape[0]} features, expected {self.dim}")
+                out[offset] = row
+            except Exception as exc:  # noqa: BLE001 - any library failure becomes a NaN row and a report
+                failures.append(
+                    FeaturizationFailure(start + offset, crystal.material_id, f"{type(exc).__name__}: {exc}")
+                )
+        return out, failures
+
+    def featurize(self, crystals: Sequence[Crystal]) -> np.ndarray:
+        """Features ``[B, dim]`` float64; NaN rows (listed in ``failures``) where the library failed."""
+        crystals = list(crystals)
+        for i, c in enumerate(crystals):
+            if not isinstance(c, Crystal):
+                raise TypeError(f"{self.name}: item {i} is a {type(c).__name__}, expected a Crystal")
+        if not crystals:
+            self.failures = []
+            return np.empty((0, self.dim), dtype=np.float64)
+        if self.workers == 1 or len(crystals) == 1:
+            features, failures = self._featurize_chunk(0, crystals)
+        else:
+            features, failures = self._featurize_in_pool(crystals)
+        self.failures = failures
+        ok = np.ones(len(crystals), dtype=bool)
+        ok[[f.index for f in failures]] = False
+        if failures:
+            logger.warning(
+                "%s: %d of %d crystals could not be featurized (NaN rows); first: %s",
+                self.name,
+                len(failures),
+                len(crystals),
+                failures[0],
+            )
+            for failure in failures:
+                logger.debug("%s: %s", self.name, failure)
+        return self._postprocess(features, ok)
+
+    def _featurize_in_pool(self, crystals: list[Crystal]) -> tuple[np.ndarray, list[FeaturizationFailure]]:
+        workers = min(self.workers, len(crystals))
+        size = max(1, math.ceil(len(crystals) / (4 * workers)))  # a few chunks per worker to balance load
+        starts = list(range(0, len(crystals), size))
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(self,)) as pool:
+            futures = [pool.submit(_featurize_chunk_in_worker, s, crystals[s : s + size]) for s in starts]
+            results = [f.result() for f in futures]
+        features = np.concatenate([r[0] for r in results], axis=0)
+        failures = [f for r in results for f in r[1]]
+        return features, failures
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, workers={self.workers})"
+
+
+# ---- composition ----------------------------------------------------------------------------------
+Scaler = tuple[Sequence[float], Sequence[float]] | str | os.PathLike
+
+
+def load_scaler(scaler: Scaler, *, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(means [dim], stds [dim])`` from a pair of sequences or a JSON file with "means" and "stds"."""
+    if isinstance(scaler, (str, os.PathLike)):
+        path = Path(scaler)
+        try:
+            raw = json.loads(path.read_text())
+            means, stds = raw["means"], raw["stds"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a scaler JSON with 'means' and 'stds' lists ({exc})") from None
+    else:
+        means, stds = scaler
+    m = np.asarray(means, dtype=np.float64).reshape(-1)
+    s = np.asarray(stds, dtype=np.float64).reshape(-1)
+    if m.shape != (dim,) or s.shape != (dim,):
+        raise ValueError(f"scaler needs {dim} means and {dim} stds, got {m.shape[0]} and {s.shape[0]}")
+    return m, s
+
+
+class MagpieComposition(BaseFeaturizer):
+    """matminer Magpie ``ElementProperty`` statistics of the composition (132 features).
+
+    Args:
+        scaler: Optional ``(means, stds)`` or path to a JSON file with ``"means"`` and ``"stds"``
+            (e.g. CDVAE's constants, ``cdvae_comp_scaler.json``); applied as ``(x − mean) / std``,
+            then NaN → 0 on successfully featurized rows.
+        impute_nan: matminer's imputation of missing element data (False reproduces matminer 0.7
+            and the CDVAE/DiffCSP coverage numbers).
+        workers: Processes used by ``featurize``.
+
+    """
+
+    name = "magpie"
+    dim = MAGPIE_DIM
+
+    def __init__(self, *, scaler: Scaler | None = None, impute_nan: bool = False, workers: int = 1) -> None:
+        super().__init__(workers=workers)
+        self.impute_nan = impute_nan
+        self.scaler = None if scaler is None else load_scaler(scaler, dim=self.dim)
+
+    def _build(self) -> Any:
+        composition = _import_matminer("matminer.featurizers.composition")
+        return composition.ElementProperty.from_preset("magpie", impute_nan=self.impute_nan)
+
+    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+        from pymatgen.core import Composition
+
+        return np.asarray(impl.featurize(Composition(crystal.composition)), dtype=np.float64)
+
+    def _postprocess(self, features: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        if self.scaler is None:
+            return features
+        means, stds = self.scaler
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = (features - means) / stds
+        scaled[ok] = np.nan_to_num(scaled[ok], nan=0.0, posinf=np.inf, neginf=-np.inf)
+        return scaled
+
+    def labels(self) -> list[str]:
+        """Matminer's feature names, e.g. ``"MagpieData mean Number"``."""
+        return list(self.impl.feature_labels())
+
+
+# ---- structure -------------------------------------------------------------------------------------
+class CrystalNNFingerprint(BaseFeaturizer):
+    """Mean over sites of matminer ``CrystalNNFingerprint.from_preset("ops")`` (61 features).
+
+    The structure fingerprint of the CDVAE/DiffCSP coverage metrics. About 15 ms per site.
+    Elements without the radius data CrystalNN needs (e.g. Cf and heavier) give a NaN row.
+
+    Args:
+        workers: Processes used by ``featurize``.
+
+    """
+
+    name = "crystalnn"
+    dim = CRYSTALNN_DIM
+
+    def _build(self) -> Any:
+        site = _import_matminer("matminer.featurizers.site")
+        return site.CrystalNNFingerprint.from_preset("ops")
+
+    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+        structure = crystal.to_pymatgen()
+        site_fps = np.array([impl.featurize(structure, i) for i in range(len(structure))], dtype=np.float64)  # [n, 61]
+        return site_fps.mean(axis=0)
+
+    def labels(self) -> list[str]:
+        """Matminer's feature names, e.g. ``"wt CN_1"``."""
+        return list(self.impl.feature_labels())
+
+
+class SineCoulombMatrix(BaseFeaturizer):
+    """Eigenvalues of matminer's sine Coulomb matrix, sorted, zero-padded to ``max_atoms``.
+
+    The values are those of matminer ``SineCoulombMatrix(flatten=True)``, except that they are
+    sorted in decreasing order (matminer keeps ``np.linalg.eig``'s order, which depends on the atom
+    order) and padded to a fixed ``max_atoms`` chosen here instead of by ``fit``. Crystals with more
+    than ``max_atoms`` atoms give NaN rows. Invariant to rotation, translation and atom order, but
+    not to the choice of unit cell (a property of the descriptor).
+
+    Args:
+        max_atoms: Feature length (largest crystal handled).
+        diag_elems: matminer's option: diagonal ``0.5 Z^2.4`` (True) or zero.
+        workers: Processes used by ``featurize``.
+
+    """
+
+    name = "sine_coulomb"
+
+    def __init__(self, *, max_atoms: int = 52, diag_elems: bool = True, workers: int = 1) -> None:
+        super().__init__(workers=workers)
+        if max_atoms < 1:
+            raise ValueError(f"max_atoms must be >= 1, got {max_atoms}")
+        self.dim = max_atoms
+        self.diag_elems = diag_elems
+
+    def _build(self) -> Any:
+        structure = _import_matminer("matminer.featurizers.structure")
+        return structure.SineCoulombMatrix(diag_elems=self.diag_elems, flatten=False)
+
+    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+        if crystal.num_atoms > self.dim:
+            raise ValueError(f"{crystal.num_atoms} atoms exceed max_atoms={self.dim}")
+        matrix = np.asarray(impl.featurize(crystal.to_pymatgen())[0], dtype=np.float64)  # [n, n], symmetric
+        eigs = np.sort(np.linalg.eigvalsh(matrix))[::-1]
+        out = np.zeros(self.dim, dtype=np.float64)
+        out[: len(eigs)] = eigs
+        return out
+
+    def labels(self) -> list[str]:
+        """``"sine coulomb matrix eig {i}"`` for i < ``max_atoms``."""
+        return [f"sine coulomb matrix eig {i}" for i in range(self.dim)]
+
+
+class XRDPattern(BaseFeaturizer):
+    """Powder XRD pattern (pymatgen ``XRDCalculator``) on a fixed 2θ grid, normalised to max 1.
+
+    Each peak is a Gaussian of standard deviation ``sigma`` (degrees) integrated over every bin, so
+    the pattern changes smoothly when a peak moves; ``sigma=0`` adds each peak's intensity to the bin
+    holding it. A crystal without peaks in range gives a zero row.
+
+    Args:
+        num_bins: Number of 2θ bins over ``two_theta_range``.
+        two_theta_range: (min, max) 2θ in degrees.
+        sigma: Gaussian broadening in degrees 2θ (0 for plain binning).
+        wavelength: Radiation name (pymatgen's table, e.g. ``"CuKa"``) or wavelength in Å.
+        workers: Processes used by ``featurize``.
+
+    """
+
+    name = "xrd"
+
+    def __init__(
+        self,
+        *,
+        num_bins: int = 512,
+        two_theta_range: tuple[float, float] = (5.0, 90.0),
+        sigma: float = 0.1,
+        wavelength: str | float = "CuKa",
+        workers: int = 1,
+    ) -> None:
+        super().__init__(workers=workers)
+        lo, hi = (float(v) for v in two_theta_range)
+        if num_bins < 1 or not 0 <= lo < hi <= 180 or sigma < 0:
+            raise ValueError(f"bad XRD grid: num_bins={num_bins}, two_theta_range={two_theta_range}, sigma={sigma}")
+        self.dim = num_bins
+        self.two_theta_range = (lo, hi)
+        self.sigma = float(sigma)
+        self.wavelength = wavelength
+
+    @property
+    def bin_edges(self) -> np.ndarray:
+        """2θ bin edges ``[num_bins + 1]`` in degrees."""
+        return np.linspace(*self.two_theta_range, self.dim + 1)
+
+    @property
+    def bin_centers(self) -> np.ndarray:
+        """2θ bin centres ``[num_bins]`` in degrees."""
+        edges = self.bin_edges
+        return 0.5 * (edges[1:] + edges[:-1])
+
+    def _build(self) -> Any:
+        from pymatgen.analysis.diffraction.xrd import XRDCalculator
+
+        return XRDCalculator(wavelength=self.wavelength)
+
+    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+        pattern = impl.get_pattern(crystal.to_pymatgen(), scaled=False, two_theta_range=self.two_theta_range)
+        two_theta = np.asarray(pattern.x, dtype=np.float64)  # [P]
+        intensity = np.asarray(pattern.y, dtype=np.float64)  # [P]
+        edges = self.bin_edges
+        if self.sigma > 0:
+            from scipy.special import erf
+
+            z = (edges[None, :] - two_theta[:, None]) / (self.sigma * math.sqrt(2.0))  # [P, num_bins + 1]
+            cdf = 0.5 * (1.0 + erf(z))
+            profile = (intensity[:, None] * np.diff(cdf, axis=1)).sum(axis=0)  # [num_bins]
+        else:
+            profile, _ = np.histogram(two_theta, bins=edges, weights=intensity)
+        peak = profile.max() if profile.size else 0.0
+        return profile / peak if peak > 0 else np.zeros(self.dim)
+
+    def labels(self) -> list[str]:
+        """``"xrd 2theta {centre:.3f}"`` per bin."""
+        return [f"xrd 2theta {c:.3f}" for c in self.bin_centers]
+
+
+# ---- registry ---------------------------------------------------------------------------------------
+FEATURIZERS: dict[str, Callable[..., BaseFeaturizer]] = {
+    "magpie": MagpieComposition,
+    "crystalnn": CrystalNNFingerprint,
+    "sine_coulomb": SineCoulombMatrix,
+    "xrd": XRDPattern,
+}
+
+
+def get_featurizer(name: str, **kwargs: Any) -> BaseFeaturizer:
+    """Build the featurizer registered as ``name`` with ``kwargs``; ``KeyError`` lists the known names."""
+    try:
+        factory = FEATURIZERS[name]
+    except KeyError:
+        raise KeyError(f"unknown featurizer {name!r}; known: {', '.join(sorted(FEATURIZERS))}") from None
+    return factory(**kwargs)
