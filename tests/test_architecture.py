@@ -35,4 +35,5 @@ def test_public_api_names():
 
     for name in ("Crystal", "CrystalBatch", "load_dataset", "read_structures", "write_structures"):
         assert hasattr(crystalforge, name)
+    assert set(crystalforge.__all__) == set(crystalforge._EXPORTS) | {"__version__"}
     assert callable(crystalforge.Crystal.from_pymatgen) and callable(crystalforge.Crystal.to_pymatgen)

@@ -21,7 +21,17 @@ _EXPORTS = {
     "dataset_stats": "crystalforge.api",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "Crystal",
+    "CrystalBatch",
+    "CrystalError",
+    "DatasetStats",
+    "__version__",
+    "dataset_stats",
+    "load_dataset",
+    "read_structures",
+    "write_structures",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.api import dataset_stats, load_dataset, read_structures, write_structures
