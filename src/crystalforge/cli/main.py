@@ -85,7 +85,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     for split, dataset in datasets:
         stats = api.dataset_stats(dataset)
         print(f"\n[{split}] statistics ({stats.num_structures} structures)")
-        print(json.dumps(_stats_summary(stats), indent=2))
+        for key, value in _stats_summary(stats).items():
+            print(f"  {key:<32} {json.dumps(value)}")
     return 0
 
 
@@ -95,8 +96,8 @@ def _stats_summary(stats) -> dict:  # noqa: ANN001 - DatasetStats
     top = sorted(((c, z) for z, c in enumerate(stats.element_structures) if c), reverse=True)[:10]
     return {
         "num_atoms_histogram": {n: c for n, c in enumerate(stats.num_atoms_hist) if c},
-        "density_g_cm3": [round(stats.density_mean, 4), round(stats.density_std, 4)],
-        "volume_per_atom_A3": [round(stats.volume_per_atom_mean, 3), round(stats.volume_per_atom_std, 3)],
+        "density_g_cm3 (mean, std)": [round(stats.density_mean, 4), round(stats.density_std, 4)],
+        "volume_per_atom_A3 (mean, std)": [round(stats.volume_per_atom_mean, 3), round(stats.volume_per_atom_std, 3)],
         "lengths_log_mean": [round(x, 4) for x in stats.log_lengths_mean],
         "angles_mean_deg": [round(x, 2) for x in stats.angles_mean],
         "num_elements_histogram": {k: c for k, c in enumerate(stats.num_elements_hist) if c},
