@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from crystalforge.data.stats import compute_dataset_stats
 from crystalforge.data.user import load_user_dataset
 from crystalforge.io import files as _files
 
-log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".cftxt")
 """File names that hold crystals in the crystal text format (one block per crystal)."""
@@ -96,15 +94,7 @@ def read_structures(path: str | Path, *, fmt: str | None = None, skip_bad: bool 
     The first bad record raises ``CrystalError`` naming it, unless ``skip_bad`` (then bad records
     are logged and left out).
     """
-    out = []
-    for record in iter_records(path, fmt=fmt):
-        if record.crystal is not None:
-            out.append(record.crystal)
-        elif skip_bad:
-            log.warning("skipped %s: %s", record.source, record.error)
-        else:
-            raise CrystalError(record.error or "unreadable", source=record.source)
-    return out
+    return _files.collect_crystals(iter_records(path, fmt=fmt), skip_bad=skip_bad)
 
 
 def write_structures(

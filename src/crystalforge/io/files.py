@@ -200,8 +200,13 @@ def read_structures(path: str | Path, *, fmt: str | None = None, skip_bad: bool 
     ``skip_bad=True`` bad records are logged as warnings and left out (use ``iter_records`` to
     collect them).
     """
+    return collect_crystals(iter_records(path, fmt=fmt), skip_bad=skip_bad)
+
+
+def collect_crystals(records: Iterable[Record], *, skip_bad: bool = False) -> list[Crystal]:
+    """The crystals of ``records``; a bad record raises ``CrystalError`` unless ``skip_bad`` (then it is logged)."""
     out = []
-    for record in iter_records(path, fmt=fmt):
+    for record in records:
         if record.crystal is not None:
             out.append(record.crystal)
         elif skip_bad:
