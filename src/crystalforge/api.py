@@ -20,7 +20,6 @@ from crystalforge.data.stats import compute_dataset_stats
 from crystalforge.data.user import load_user_dataset
 from crystalforge.io import files as _files
 
-
 TEXT_SUFFIXES = (".txt", ".cftxt")
 """File names that hold crystals in the crystal text format (one block per crystal)."""
 
