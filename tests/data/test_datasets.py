@@ -180,3 +180,18 @@ def test_real_benchmarks_sizes_and_fast_reload(data_root):
     val = load_dataset("mp_20_reduced", "val", root=data_root)
     test_ids = set(pd.read_csv(data_root / "mp_20" / "test.csv.gz", usecols=["material_id"])["material_id"])
     assert len(val) == 905 and not set(val.material_ids) & test_ids
+
+
+def test_augmented_batches_hold_the_same_crystals():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from crystalforge.data.augment import BatchAugment
+
+    crystals = tiny_crystals()
+    aug = BatchAugment(rotate=True, translate=True, permute=True, change_basis=True)
+    (batch,) = list(make_loader(crystals, batch_size=5, dtype=__import__("torch").float64, augment=aug))
+    batch.validate()
+    matcher = StructureMatcher(primitive_cell=False, scale=False)
+    for original, moved in zip(crystals, batch.split(), strict=True):
+        assert not moved.allclose(original)
+        assert matcher.fit(original.to_pymatgen(), moved.to_pymatgen())

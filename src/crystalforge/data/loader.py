@@ -9,6 +9,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from crystalforge.core.crystal import Crystal, CrystalBatch
+from crystalforge.data.augment import BatchAugment
+
+
+def _collate(crystals: Sequence[Crystal], *, dtype: torch.dtype, augment: BatchAugment | None) -> CrystalBatch:
+    batch = CrystalBatch.collate(crystals, dtype=dtype)
+    return augment(batch) if augment is not None else batch
 
 
 def make_loader(
@@ -20,8 +26,13 @@ def make_loader(
     dtype: torch.dtype = torch.float32,
     drop_last: bool = False,
     num_workers: int = 0,
+    augment: BatchAugment | None = None,
 ) -> DataLoader:
-    """A ``DataLoader`` yielding ``CrystalBatch``es (seeded shuffling, float fields in ``dtype``)."""
+    """A ``DataLoader`` yielding ``CrystalBatch``es (seeded shuffling, float fields in ``dtype``).
+
+    ``augment`` applies random symmetry transforms to every batch (torch's global RNG, seeded by
+    the caller as usual for training).
+    """
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,  # type: ignore[arg-type]
@@ -30,5 +41,5 @@ def make_loader(
         generator=generator,
         drop_last=drop_last,
         num_workers=num_workers,
-        collate_fn=partial(CrystalBatch.collate, dtype=dtype),
+        collate_fn=partial(_collate, dtype=dtype, augment=augment),
     )
