@@ -114,17 +114,22 @@ def crystal_batches(*, max_atoms: int = 8, max_crystals: int = 3, dtype: torch.d
 
 
 def min_pair_distance(crystal: Crystal) -> float:
-    """Shortest distance between two different atoms, images included (inf for one atom)."""
-    from crystalforge.core.periodic import min_image_cart
+    """Shortest distance between two different atoms, periodic images included (inf for one atom).
+
+    Exact for any cell: a radius search that grows until it finds a pair of different atoms.
+    """
+    from crystalforge.core.neighbors import radius_graph
 
     if crystal.num_atoms < 2:
         return float("inf")
-    f = crystal.frac_coords
-    diff = f[:, None, :] - f[None, :, :]
-    _, dist = min_image_cart(diff.reshape(-1, 3), crystal.lattice)
-    dist = dist.reshape(crystal.num_atoms, crystal.num_atoms)
-    np.fill_diagonal(dist, np.inf)
-    return float(dist.min())
+    batch = CrystalBatch.collate([crystal], dtype=torch.float64)
+    radius = (abs(crystal.volume) / crystal.num_atoms) ** (1.0 / 3.0)
+    while True:
+        edges = radius_graph(batch, radius)
+        other = edges.edge_index[0] != edges.edge_index[1]
+        if bool(other.any()):
+            return float(edges.distances[other].min())
+        radius *= 2.0
 
 
 # ---- symmetry assertions ----------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Evaluation of generated crystals: one pinned protocol; never imports generative code."""

@@ -1,0 +1,1 @@
+"""Metrics of the evaluation protocol, one module per metric (``validity``, ...)."""

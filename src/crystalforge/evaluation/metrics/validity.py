@@ -1,0 +1,586 @@
+"""Validity of generated crystals: structure validity, SMACT composition validity and their report.
+
+The rules are those of the CDVAE / DiffCSP protocol (``docs/metrics.md``, section "Validity"):
+
+- structure: cell volume >= ``min_volume`` Å³ and every distance between two *different* atoms,
+  over all periodic images, >= ``min_distance`` Å. An atom's distance to its own images is not
+  checked, so a one-atom cell is valid. The neighbour search is exact for any cell shape.
+- composition: the counts are reduced by their gcd; the formula is valid if it has one element,
+  if all its elements are metals (smact's list), or if one oxidation state per element makes the
+  reduced formula charge neutral and passes the Pauling test (every cation strictly less
+  electronegative than every anion).
+
+Element data (oxidation-state lists, Pauling electronegativities, the metal list) come from the
+installed ``smact`` package, imported lazily. ``reproduce_smact_221=True`` (the default) restores
+what smact 2.2.1, the version behind the published numbers, did differently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from crystalforge.core.crystal import Crystal, CrystalBatch
+from crystalforge.core.elements import MAX_Z, symbol_to_z, z_to_symbol
+from crystalforge.core.lattice import plane_spacings
+from crystalforge.core.neighbors import radius_graph
+
+__all__ = [
+    "MIN_DISTANCE",
+    "MIN_VOLUME",
+    "CrystalValidity",
+    "OxidationStateList",
+    "ValidityReport",
+    "ValidityResult",
+    "composition_validity",
+    "structure_validity",
+    "structure_validity_many",
+    "validity",
+]
+
+OxidationStateList = Literal["smact14", "icsd24"]
+"""``smact14``: the 2014 SMACT list CDVAE used (smact < 3 default); ``icsd24``: the smact >= 3 default."""
+
+MIN_DISTANCE = 0.5
+"""Shortest allowed distance between two different atoms (Å)."""
+
+MIN_VOLUME = 0.1
+"""Smallest allowed cell volume (Å³)."""
+
+SMACT_221_ZR_ELECTRONEGATIVITY = 0.33
+"""Pauling electronegativity of Zr in smact 2.2.1's element table (a typo for 1.33)."""
+
+SMACT_221_IR_LOWEST_STATE = -2
+"""Lowest oxidation state of Ir in smact 2.2.1's smact14 list (-3 in later releases)."""
+
+DEFAULT_MAX_CANDIDATES = 2_000_000
+"""Upper bound on (atom pair, image) candidates examined at once by the distance check."""
+
+MAX_EXACT_CANDIDATES = 200_000_000
+"""Cells whose exact distance check needs more candidates than this are reported invalid (degenerate)."""
+
+_CRYSTALS_PER_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class ValidityResult:
+    """One verdict and the reason for it (``bool(result)`` is ``result.valid``)."""
+
+    valid: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.valid
+
+
+@dataclass(frozen=True)
+class CrystalValidity:
+    """Validity of one crystal: structure, composition and both (``valid``)."""
+
+    struct_valid: bool
+    comp_valid: bool
+    valid: bool
+    reason: str  # "valid", or the failing checks' reasons joined by "; "
+
+
+@dataclass(frozen=True)
+class ValidityReport:
+    """Per-crystal verdicts, the three percentages (0-100) and the protocol that produced them.
+
+    Percentages are NaN for an empty input.
+    """
+
+    crystals: tuple[CrystalValidity, ...]
+    validity_struct: float
+    validity_comp: float
+    validity: float
+    protocol: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_crystals(self) -> int:
+        """Number of crystals evaluated."""
+        return len(self.crystals)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready): the percentages, the protocol and the per-crystal verdicts."""
+        return {
+            "num_crystals": self.num_crystals,
+            "validity_struct": self.validity_struct,
+            "validity_comp": self.validity_comp,
+            "validity": self.validity,
+            "protocol": dict(self.protocol),
+            "crystals": [
+                {"struct_valid": c.struct_valid, "comp_valid": c.comp_valid, "valid": c.valid, "reason": c.reason}
+                for c in self.crystals
+            ],
+        }
+
+
+# ---- structure validity ---------------------------------------------------------------------
+def structure_validity(
+    crystal: Crystal, *, min_distance: float = MIN_DISTANCE, min_volume: float = MIN_VOLUME
+) -> ValidityResult:
+    """Whether one crystal has a sane cell and no two different atoms closer than ``min_distance``.
+
+    Args:
+        crystal: the structure.
+        min_distance: shortest allowed distance between two different atoms, images included (Å).
+        min_volume: smallest allowed cell volume (Å³).
+
+    Returns:
+        The verdict; an invalid one names the volume or the closest pair and its distance.
+
+    """
+    return structure_validity_many([crystal], min_distance=min_distance, min_volume=min_volume)[0]
+
+
+def structure_validity_many(
+    crystals: Sequence[Crystal],
+    *,
+    min_distance: float = MIN_DISTANCE,
+    min_volume: float = MIN_VOLUME,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+) -> list[ValidityResult]:
+    """``structure_validity`` for many crystals, batched through one exact periodic neighbour search.
+
+    Skewed cells are first re-described by an LLL-reduced basis (the same crystal, fewer images
+    to search); cells too large for one search chunk are searched pair block by pair block.
+
+    Args:
+        crystals: the structures.
+        min_distance: shortest allowed distance between two different atoms (Å); 0 skips the check.
+        min_volume: smallest allowed cell volume (Å³).
+        max_candidates: bound on (pair, image) candidates held in memory at once.
+
+    Returns:
+        One verdict per crystal, in order.
+
+    """
+    if not (math.isfinite(min_distance) and min_distance >= 0):
+        raise ValueError(f"min_distance must be finite and >= 0, got {min_distance}")
+    if not math.isfinite(min_volume):
+        raise ValueError(f"min_volume must be finite, got {min_volume}")
+    results: list[ValidityResult | None] = [None] * len(crystals)
+    light: list[tuple[int, Crystal]] = []
+    heavy: list[tuple[int, Crystal]] = []
+    for k, crystal in enumerate(crystals):
+        volume = crystal.volume
+        if not volume >= min_volume:
+            results[k] = ValidityResult(False, f"cell volume {volume:.4g} Å³ is below {min_volume:g} Å³")
+        elif crystal.num_atoms == 1 or min_distance == 0:
+            results[k] = ValidityResult(True, "valid")
+        else:
+            cell, cost = _search_cell(crystal, min_distance)
+            if not cost <= MAX_EXACT_CANDIDATES:
+                results[k] = ValidityResult(
+                    False, f"degenerate cell: an exact distance check would need {cost:.3g} (pair, image) candidates"
+                )
+            elif cost <= max_candidates:
+                light.append((k, cell))
+            else:
+                heavy.append((k, cell))
+    for start in range(0, len(light), _CRYSTALS_PER_BATCH):
+        group = light[start : start + _CRYSTALS_PER_BATCH]
+        hits = _closest_pairs_batched([cell for _, cell in group], min_distance, max_candidates)
+        for (k, _), hit in zip(group, hits, strict=True):
+            results[k] = _distance_verdict(crystals[k], hit, min_distance)
+    for k, cell in heavy:
+        hit = _closest_pair_blocked(cell, min_distance, max_candidates)
+        results[k] = _distance_verdict(crystals[k], hit, min_distance)
+    return [r if r is not None else ValidityResult(False, "not checked") for r in results]
+
+
+def _distance_verdict(crystal: Crystal, hit: tuple[float, int, int] | None, min_distance: float) -> ValidityResult:
+    if hit is None:
+        return ValidityResult(True, "valid")
+    dist, i, j = hit
+    zi, zj = int(crystal.atomic_numbers[i]), int(crystal.atomic_numbers[j])
+    return ValidityResult(
+        False,
+        f"atoms {i} ({z_to_symbol(zi)}) and {j} ({z_to_symbol(zj)}) are {dist:.3f} Å apart "
+        f"(minimum {min_distance:g} Å)",
+    )
+
+
+def _image_bounds(lattice: np.ndarray, cutoff: float) -> np.ndarray:
+    """Images to search per axis ``[3]`` (float, may be huge): the bound ``core.neighbors`` uses."""
+    spacing = plane_spacings(lattice)  # [3]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.floor(cutoff / spacing + 0.5 + 1e-9)
+
+
+def _search_cost(crystal: Crystal, cutoff: float) -> float:
+    bounds = _image_bounds(crystal.lattice, cutoff)
+    cost = float(crystal.num_atoms) ** 2 * float(np.prod(2.0 * bounds + 1.0))
+    return cost if math.isfinite(cost) else math.inf
+
+
+def _search_cell(crystal: Crystal, cutoff: float) -> tuple[Crystal, float]:
+    """The crystal in the cheapest of its given and LLL-reduced bases, with the search cost."""
+    cost = _search_cost(crystal, cutoff)
+    if cost <= crystal.num_atoms**2:  # one image per pair already
+        return crystal, cost
+    m = _lll_transform(crystal.lattice)
+    if m is None:
+        return crystal, cost
+    inverse = np.round(np.linalg.inv(m.astype(np.float64)))
+    try:
+        reduced = Crystal(crystal.atomic_numbers, crystal.frac_coords @ inverse, m.astype(np.float64) @ crystal.lattice)
+    except ValueError:
+        return crystal, cost
+    reduced_cost = _search_cost(reduced, cutoff)
+    return (reduced, reduced_cost) if reduced_cost < cost else (crystal, cost)
+
+
+def _lll_transform(lattice: np.ndarray, *, delta: float = 0.75, max_steps: int = 1000) -> np.ndarray | None:
+    """Integer ``M [3, 3]`` (det ±1) with ``M @ lattice`` LLL-reduced (rows are basis vectors); None on failure."""
+    basis = np.array(lattice, dtype=np.float64)  # [3, 3]
+    m = np.eye(3, dtype=np.int64)
+    k = 1
+    for _ in range(max_steps):
+        if k >= 3:
+            break
+        ortho = _gram_schmidt(basis)
+        for j in range(k - 1, -1, -1):  # size reduction of b_k
+            q = round(float(basis[k] @ ortho[j]) / float(ortho[j] @ ortho[j]))
+            if q:
+                basis[k] -= q * basis[j]
+                m[k] -= q * m[j]
+        ortho = _gram_schmidt(basis)
+        prev = float(ortho[k - 1] @ ortho[k - 1])
+        mu = float(basis[k] @ ortho[k - 1]) / prev
+        if float(ortho[k] @ ortho[k]) >= (delta - mu * mu) * prev:
+            k += 1
+        else:  # Lovász condition fails: swap and step back
+            basis[[k - 1, k]] = basis[[k, k - 1]]
+            m[[k - 1, k]] = m[[k, k - 1]]
+            k = max(k - 1, 1)
+    if k < 3 or not np.isfinite(basis).all() or abs(round(float(np.linalg.det(m.astype(np.float64))))) != 1:
+        return None
+    return m
+
+
+def _gram_schmidt(basis: np.ndarray) -> np.ndarray:
+    """Gram-Schmidt orthogonalisation of the rows ``[3, 3]`` (not normalised)."""
+    ortho = np.array(basis, dtype=np.float64)
+    for i in range(1, 3):
+        for j in range(i):
+            ortho[i] -= (basis[i] @ ortho[j]) / (ortho[j] @ ortho[j]) * ortho[j]
+    return ortho
+
+
+def _closest_pairs_batched(
+    cells: list[Crystal], cutoff: float, max_candidates: int
+) -> list[tuple[float, int, int] | None]:
+    """Per crystal, the closest pair of different atoms nearer than ``cutoff`` (distance, i, j), or None."""
+    batch = CrystalBatch.collate(cells, dtype=torch.float64)
+    edges = radius_graph(batch, cutoff, max_candidates=max_candidates)
+    centre, neighbour = edges.edge_index  # [E], [E]
+    close = (centre != neighbour) & (edges.distances < cutoff)  # [E]
+    out: list[tuple[float, int, int] | None] = [None] * len(cells)
+    if not bool(close.any()):
+        return out
+    owner = batch.crystal_idx[centre[close]]  # [e]
+    offset = batch.atom_offsets[owner]
+    i = (centre[close] - offset).numpy()
+    j = (neighbour[close] - offset).numpy()
+    dist = edges.distances[close].numpy()
+    owner_np = owner.numpy()
+    order = np.lexsort((dist, owner_np))
+    first = order[np.r_[True, owner_np[order][1:] != owner_np[order][:-1]]]
+    for e in first.tolist():
+        out[int(owner_np[e])] = (float(dist[e]), int(min(i[e], j[e])), int(max(i[e], j[e])))
+    return out
+
+
+def _closest_pair_blocked(cell: Crystal, cutoff: float, max_candidates: int) -> tuple[float, int, int] | None:
+    """Exact closest pair of one large or very skewed cell, searching images block by block."""
+    n = cell.num_atoms
+    ii, jj = np.triu_indices(n, k=1)  # [P], [P]
+    diff = cell.frac_coords[jj] - cell.frac_coords[ii]
+    diff -= np.round(diff)  # in [-1/2, 1/2], so the image bounds hold
+    lattice = cell.lattice
+    pair_vec = diff @ lattice  # [P, 3]
+    bounds = _image_bounds(lattice, cutoff).astype(np.int64)  # [3]
+    outer = int(np.argmin(bounds))
+    a, b = (axis for axis in range(3) if axis != outer)
+    width_b = 2 * int(bounds[b]) + 1
+    plane = (2 * int(bounds[a]) + 1) * width_b
+    step = max(1, max_candidates // len(ii))
+    best = np.full(len(ii), np.inf)  # [P] squared distances
+    for n_outer in range(-int(bounds[outer]), int(bounds[outer]) + 1):
+        base = pair_vec + n_outer * lattice[outer]  # [P, 3]
+        for start in range(0, plane, step):
+            idx = np.arange(start, min(start + step, plane))
+            steps_a = (idx // width_b - bounds[a]).astype(np.float64)  # [m]
+            steps_b = (idx % width_b - bounds[b]).astype(np.float64)
+            shifts = steps_a[:, None] * lattice[a] + steps_b[:, None] * lattice[b]  # [m, 3]
+            vec = base[:, None, :] + shifts[None, :, :]  # [P, m, 3]
+            np.minimum(best, np.einsum("pmk,pmk->pm", vec, vec).min(axis=1), out=best)
+    k = int(np.argmin(best))
+    dist = math.sqrt(float(best[k]))
+    return (dist, int(ii[k]), int(jj[k])) if dist < cutoff else None
+
+
+# ---- composition validity -------------------------------------------------------------------
+@dataclass(frozen=True)
+class _ElementData:
+    symbol: str
+    states: tuple[int, ...]  # allowed oxidation states, increasing
+    electronegativity: float | None  # Pauling; None where smact has none
+
+
+def composition_validity(
+    composition: Mapping[str, int] | Mapping[int, int],
+    *,
+    oxidation_states: OxidationStateList = "smact14",
+    pauling_test: bool = True,
+    reproduce_smact_221: bool = True,
+) -> ValidityResult:
+    """SMACT composition validity of a formula (CDVAE's rule), cached per reduced formula.
+
+    With ``reproduce_smact_221`` the smact 2.2.1 behaviour is restored: Ir's lowest smact14 state
+    is -2 (not -3), Zr's Pauling electronegativity is 0.33 (not 1.33), and a missing
+    electronegativity decides the Pauling test as 2.2.1 under CDVAE did (see ``docs/metrics.md``).
+
+    Args:
+        composition: element symbol (or atomic number) → positive integer count.
+        oxidation_states: which smact oxidation-state list to use.
+        pauling_test: require the Pauling electronegativity ordering.
+        reproduce_smact_221: reproduce smact 2.2.1 (the published numbers) instead of modern smact.
+
+    Returns:
+        The verdict; elements unknown to smact or without oxidation states give an invalid
+        verdict with the reason, never an exception.
+
+    Raises:
+        ValueError: for a symbol that is no element, a non-positive or fractional count, an empty
+            composition or an unknown list name.
+
+    """
+    if oxidation_states not in ("smact14", "icsd24"):
+        raise ValueError(f"oxidation_states must be 'smact14' or 'icsd24', got {oxidation_states!r}")
+    return _composition_verdict(_reduced_formula(composition), oxidation_states, pauling_test, reproduce_smact_221)
+
+
+def _reduced_formula(composition: Mapping[str, int] | Mapping[int, int]) -> tuple[tuple[int, int], ...]:
+    """((Z, count), ...) in increasing Z with the counts divided by their gcd."""
+    counts: dict[int, int] = {}
+    for key, value in composition.items():
+        if isinstance(key, str):
+            try:
+                z = symbol_to_z(key)
+            except KeyError:
+                raise ValueError(f"unknown element symbol {key!r}") from None
+        else:
+            z = int(key)
+            if not 1 <= z <= MAX_Z:
+                raise ValueError(f"atomic number {key} is outside 1..{MAX_Z}")
+        if not (float(value) == int(value) and int(value) > 0):
+            raise ValueError(f"count of {key!r} must be a positive integer, got {value!r}")
+        counts[z] = counts.get(z, 0) + int(value)
+    if not counts:
+        raise ValueError("empty composition")
+    g = math.gcd(*counts.values())
+    return tuple((z, c // g) for z, c in sorted(counts.items()))
+
+
+@lru_cache(maxsize=1 << 16)
+def _composition_verdict(
+    formula: tuple[tuple[int, int], ...], list_name: str, pauling_test: bool, reproduce: bool
+) -> ValidityResult:
+    symbols = [z_to_symbol(z) for z, _ in formula]
+    counts = [c for _, c in formula]
+    label = "".join(f"{s}{c if c > 1 else ''}" for s, c in zip(symbols, counts, strict=True))
+    data = [_element_data(s, list_name, reproduce) for s in symbols]
+    unknown = [s for s, d in zip(symbols, data, strict=True) if d is None]
+    if unknown:
+        return ValidityResult(False, f"{label}: smact has no data for {', '.join(unknown)}")
+    if len(formula) == 1:
+        return ValidityResult(True, f"{label}: single element")
+    if all(s in _smact_metals() for s in symbols):
+        return ValidityResult(True, f"{label}: all elements are metals")
+    known = [d for d in data if d is not None]
+    stateless = [d.symbol for d in known if not d.states]
+    if stateless:
+        return ValidityResult(False, f"{label}: no {list_name} oxidation states for {', '.join(stateless)}")
+    enegs = [d.electronegativity for d in known]
+    # The Pauling test sees only the sign of each state, so search sign patterns first, then the
+    # states with those signs that balance the charge.
+    for signs in itertools.product(*(sorted({_sign(s) for s in d.states}, reverse=True) for d in known)):
+        if pauling_test and not _pauling_passes(signs, enegs, first_missing_decides=reproduce):
+            continue
+        options = [[s for s in d.states if _sign(s) == sign] for d, sign in zip(known, signs, strict=True)]
+        states = _neutral_states(options, counts)
+        if states is not None:
+            test = " and passes the Pauling test" if pauling_test else ""
+            return ValidityResult(True, f"{label}: charge neutral as {_species(symbols, states)}{test}")
+    states = _neutral_states([list(d.states) for d in known], counts) if pauling_test else None
+    if states is not None:
+        return ValidityResult(
+            False,
+            f"{label}: charge-neutral assignments (e.g. {_species(symbols, states)}) all fail the Pauling test",
+        )
+    return ValidityResult(False, f"{label}: no combination of {list_name} oxidation states is charge neutral")
+
+
+def _sign(state: int) -> int:
+    return (state > 0) - (state < 0)
+
+
+def _species(symbols: Sequence[str], states: Sequence[int]) -> str:
+    return " ".join(f"{s}{st:+d}" for s, st in zip(symbols, states, strict=True))
+
+
+def _pauling_passes(signs: Sequence[int], enegs: Sequence[float | None], *, first_missing_decides: bool) -> bool:
+    """Every cation strictly less electronegative than every anion, pair by pair in element order.
+
+    A pair with a missing electronegativity passes when its charges are opposite and fails
+    otherwise. With ``first_missing_decides`` (smact 2.2.1 under CDVAE) the first such
+    opposite-charge pair ends the test with a pass, before later pairs are looked at.
+    """
+    for a, b in itertools.combinations(range(len(signs)), 2):
+        sa, sb, ea, eb = signs[a], signs[b], enegs[a], enegs[b]
+        if ea is None or eb is None:
+            if sa * sb >= 0:
+                return False
+            if first_missing_decides:
+                return True
+            continue
+        if (sa > 0 > sb and ea >= eb) or (sa < 0 < sb and ea <= eb):
+            return False
+    return True
+
+
+def _neutral_states(options: Sequence[Sequence[int]], counts: Sequence[int]) -> tuple[int, ...] | None:
+    """One state per element from ``options`` with ``sum(count * state) == 0``, or None (depth-first)."""
+    n = len(options)
+    low = [0] * (n + 1)  # smallest / largest charge the elements k.. can still add
+    high = [0] * (n + 1)
+    for k in range(n - 1, -1, -1):
+        low[k] = low[k + 1] + counts[k] * min(options[k])
+        high[k] = high[k + 1] + counts[k] * max(options[k])
+    dead: set[tuple[int, int]] = set()
+    chosen: list[int] = []
+
+    def search(k: int, charge: int) -> bool:
+        if k == n:
+            return charge == 0
+        if not low[k] <= -charge <= high[k] or (k, charge) in dead:
+            return False
+        for state in options[k]:
+            chosen.append(state)
+            if search(k + 1, charge + counts[k] * state):
+                return True
+            chosen.pop()
+        dead.add((k, charge))
+        return False
+
+    return tuple(chosen) if search(0, 0) else None
+
+
+@cache
+def _element_data(symbol: str, list_name: str, reproduce: bool) -> _ElementData | None:
+    """The smact data of one element (with the 2.2.1 values if ``reproduce``), or None if smact lacks it."""
+    import smact
+
+    try:
+        element = smact.Element(symbol)
+    except (KeyError, NameError, ValueError):
+        return None
+    raw = element.oxidation_states_smact14 if list_name == "smact14" else element.oxidation_states_icsd24
+    states = sorted({int(s) for s in raw or ()})
+    eneg = element.pauling_eneg
+    if reproduce and symbol == "Ir" and list_name == "smact14":
+        states = sorted({SMACT_221_IR_LOWEST_STATE if s == -3 else s for s in states})
+    if reproduce and symbol == "Zr":
+        eneg = SMACT_221_ZR_ELECTRONEGATIVITY
+    return _ElementData(symbol, tuple(states), None if eneg is None else float(eneg))
+
+
+@lru_cache(maxsize=1)
+def _smact_metals() -> frozenset[str]:
+    import smact
+
+    return frozenset(smact.metals)
+
+
+def _smact_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("smact")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+# ---- the metric -----------------------------------------------------------------------------
+def validity(
+    crystals: Iterable[Crystal],
+    *,
+    min_distance: float = MIN_DISTANCE,
+    min_volume: float = MIN_VOLUME,
+    oxidation_states: OxidationStateList = "smact14",
+    pauling_test: bool = True,
+    reproduce_smact_221: bool = True,
+) -> ValidityReport:
+    """Structure, composition and overall validity of generated crystals (percentages 0-100).
+
+    Args:
+        crystals: the generated structures.
+        min_distance: shortest allowed distance between two different atoms (Å).
+        min_volume: smallest allowed cell volume (Å³).
+        oxidation_states: smact oxidation-state list for the composition check.
+        pauling_test: require the Pauling electronegativity ordering.
+        reproduce_smact_221: reproduce smact 2.2.1 (the published numbers).
+
+    Returns:
+        The report, with the protocol block recording every setting and the smact version.
+
+    """
+    items = list(crystals)
+    structure = structure_validity_many(items, min_distance=min_distance, min_volume=min_volume)
+    per_crystal = []
+    for crystal, struct in zip(items, structure, strict=True):
+        comp = composition_validity(
+            crystal.composition,
+            oxidation_states=oxidation_states,
+            pauling_test=pauling_test,
+            reproduce_smact_221=reproduce_smact_221,
+        )
+        failures = [r.reason for r in (struct, comp) if not r.valid]
+        per_crystal.append(
+            CrystalValidity(
+                struct_valid=struct.valid,
+                comp_valid=comp.valid,
+                valid=struct.valid and comp.valid,
+                reason="; ".join(failures) if failures else "valid",
+            )
+        )
+
+    def percent(flags: list[bool]) -> float:
+        return 100.0 * sum(flags) / len(flags) if flags else math.nan
+
+    protocol = {
+        "metric": "validity",
+        "min_distance": min_distance,
+        "min_volume": min_volume,
+        "oxidation_states": oxidation_states,
+        "pauling_test": pauling_test,
+        "reproduce_smact_221": reproduce_smact_221,
+        "smact_version": _smact_version(),
+    }
+    return ValidityReport(
+        crystals=tuple(per_crystal),
+        validity_struct=percent([c.struct_valid for c in per_crystal]),
+        validity_comp=percent([c.comp_valid for c in per_crystal]),
+        validity=percent([c.valid for c in per_crystal]),
+        protocol=protocol,
+    )
