@@ -38,6 +38,8 @@ def test_data_info_stats_and_prepare(tmp_path, capsys):
     _write_benchmark(tmp_path)
     assert main(["data", "info", "perov_5", "--root", str(tmp_path), "--stats", "val"]) == 0
     assert "density_g_cm3" in capsys.readouterr().out
+    assert main(["data", "info", "perov_5", "--root", str(tmp_path), "--stats"]) == 0  # bare: present splits
+    assert "[val] statistics (5 structures)" in capsys.readouterr().out
     assert (
         main(["data", "prepare", "perov_5", "--root", str(tmp_path), "--splits", "val", "test"]) == 1
     )  # test is missing

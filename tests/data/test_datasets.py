@@ -1,5 +1,4 @@
 import gzip
-import time
 
 import numpy as np
 import pandas as pd
@@ -169,14 +168,12 @@ def test_loader_batches_and_stats(tmp_path):
 
 
 @pytest.mark.data
-def test_real_benchmarks_sizes_and_fast_reload(data_root):
+def test_real_benchmarks_sizes_and_cached_reload(data_root):
     ds = load_dataset("perov_5", "val", root=data_root)
     assert len(ds) == 3787 and not ds.failures
     assert all(c.num_atoms == 5 for c in ds)
-    t0 = time.perf_counter()
-    again = load_dataset("perov_5", "val", root=data_root)
-    assert time.perf_counter() - t0 < 5.0  # functional check only; timing lives in BENCHMARKS.md
-    assert again.metadata.get("cache_file")
+    again = load_dataset("perov_5", "val", root=data_root)  # reload speed is measured in BENCHMARKS.md
+    assert again.metadata.get("cache_file") and again.material_ids == ds.material_ids
     val = load_dataset("mp_20_reduced", "val", root=data_root)
     test_ids = set(pd.read_csv(data_root / "mp_20" / "test.csv.gz", usecols=["material_id"])["material_id"])
     assert len(val) == 905 and not set(val.material_ids) & test_ids

@@ -65,17 +65,16 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         print(f"{name}: {REDUCED[name].describe() if name in REDUCED else spec.description}")
         print(f"data directory: {data_dir(args.root)}")
         print(f"{'split':<14}{'structures':>11}")
+        present = []
         for split in splits:
             try:
                 count = f"{expected_rows(name, split, root=args.root):>11,}"
+                present.append(split)
             except FileNotFoundError:
                 count = f"{'missing':>11}"
             print(f"{split:<14}{count}")
-        datasets = (
-            [(s, api.load_dataset(name, s, root=args.root, workers=args.workers)) for s in args.stats]
-            if args.stats
-            else []
-        )
+        wanted = [] if args.stats is None else (args.stats or present)  # bare --stats: every present split
+        datasets = [(s, api.load_dataset(name, s, root=args.root, workers=args.workers)) for s in wanted]
     else:
         dataset = api.load_dataset(name, properties=args.properties)
         print(f"{name}: user dataset, {len(dataset)} structures, properties {dataset.property_names or 'none'}")
@@ -218,7 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         "name", help="benchmark (perov_5, carbon_24, mp_20, mpts_52), reduced protocol (mp_20_reduced) or path"
     )
     p.add_argument("--root", help="data directory")
-    p.add_argument("--stats", nargs="*", metavar="SPLIT", help="also parse these splits and print statistics")
+    p.add_argument(
+        "--stats",
+        nargs="*",
+        metavar="SPLIT",
+        help="also parse these splits (all present ones if none named) and print statistics",
+    )
     p.add_argument("--properties", help="CSV property table for a user dataset")
     p.add_argument("--workers", type=int, default=None, help="parsing processes (default: all cores, at most 8)")
     p.set_defaults(func=cmd_data_info)

@@ -88,3 +88,44 @@ def plane_spacings(lattice: Array) -> Array:
     xp = _lib(lattice)
     norms = xp.linalg.norm(rec, axis=-1) if xp is np else torch.linalg.norm(rec, dim=-1)
     return 1.0 / norms
+
+
+def lll_reduction(lattice: np.ndarray, *, delta: float = 0.75, max_steps: int = 1000) -> np.ndarray | None:
+    """Integer ``M [3, 3]`` (det ±1) with ``M @ lattice`` LLL-reduced (rows are basis vectors); None on failure.
+
+    The reduced basis describes the same lattice with short, nearly orthogonal vectors, so far
+    fewer periodic images are needed to find close pairs in a skewed cell.
+    """
+    basis = np.array(lattice, dtype=np.float64)  # [3, 3]
+    m = np.eye(3, dtype=np.int64)
+    k = 1
+    for _ in range(max_steps):
+        if k >= 3:
+            break
+        ortho = _gram_schmidt(basis)
+        for j in range(k - 1, -1, -1):  # size reduction of b_k
+            q = round(float(basis[k] @ ortho[j]) / float(ortho[j] @ ortho[j]))
+            if q:
+                basis[k] -= q * basis[j]
+                m[k] -= q * m[j]
+        ortho = _gram_schmidt(basis)
+        prev = float(ortho[k - 1] @ ortho[k - 1])
+        mu = float(basis[k] @ ortho[k - 1]) / prev
+        if float(ortho[k] @ ortho[k]) >= (delta - mu * mu) * prev:
+            k += 1
+        else:  # Lovász condition fails: swap and step back
+            basis[[k - 1, k]] = basis[[k, k - 1]]
+            m[[k - 1, k]] = m[[k, k - 1]]
+            k = max(k - 1, 1)
+    if k < 3 or not np.isfinite(basis).all() or abs(round(float(np.linalg.det(m.astype(np.float64))))) != 1:
+        return None
+    return m
+
+
+def _gram_schmidt(basis: np.ndarray) -> np.ndarray:
+    """Gram-Schmidt orthogonalisation of the rows ``[3, 3]`` (not normalised)."""
+    ortho = np.array(basis, dtype=np.float64)
+    for i in range(1, 3):
+        for j in range(i):
+            ortho[i] -= (basis[i] @ ortho[j]) / (ortho[j] @ ortho[j]) * ortho[j]
+    return ortho

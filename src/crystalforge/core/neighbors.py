@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from crystalforge.core.crystal import CrystalBatch
 from crystalforge.core.lattice import plane_spacings
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 DEFAULT_CHUNK_CANDIDATES = 2_000_000
 """Upper bound on candidate (pair, image) triples examined at once."""
@@ -38,11 +42,18 @@ class PeriodicEdges:
         return int(self.edge_index.shape[1])
 
 
-def _image_bounds(lattice: Tensor, cutoff: Tensor) -> Tensor:
-    # frac differences are pbc-reduced to [-1/2, 1/2), so |n_k + df_k| * d_k <= cutoff needs
-    # |n_k| <= cutoff / d_k + 1/2
-    spacing = plane_spacings(lattice)  # [B, 3]
-    return torch.floor(cutoff[:, None] / spacing + 0.5 + 1e-9).to(torch.int64)  # [B, 3]
+def image_bounds(lattice: Array, cutoff: Array | float) -> Array:
+    """Largest image index ``|n_k|`` per axis ``[..., 3]`` that can hold a neighbour within ``cutoff``.
+
+    Fractional differences are first reduced to [−1/2, 1/2], so ``|n_k + Δf_k| · d_k <= cutoff``
+    needs ``|n_k| <= cutoff / d_k + 1/2`` with ``d_k`` the lattice-plane spacing. Returned as
+    floats (inf for a degenerate cell); ``cutoff`` broadcasts against ``[..., 3]``.
+    """
+    spacing = plane_spacings(lattice)
+    if isinstance(spacing, torch.Tensor):
+        return torch.floor(cutoff / spacing + 0.5 + 1e-9)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.floor(cutoff / spacing + 0.5 + 1e-9)
 
 
 def _chunks(cost: list[int], limit: int) -> list[tuple[int, int]]:
@@ -123,7 +134,7 @@ def radius_graph(
     cut = torch.as_tensor(cutoff, dtype=batch.lattice.dtype, device=batch.device).expand(b_count).clone()
     if bool((cut <= 0).any()):
         raise ValueError("cutoff must be positive")
-    bounds = _image_bounds(batch.lattice, cut)
+    bounds = image_bounds(batch.lattice, cut[:, None]).to(torch.int64)  # [B, 3]
     cost = (batch.num_atoms**2 * (2 * bounds + 1).prod(1)).tolist()
     parts = [_radius_chunk(batch, bounds, cut, lo, hi, self_loops) for lo, hi in _chunks(cost, max_candidates)]
     vec = torch.cat([p[3] for p in parts])

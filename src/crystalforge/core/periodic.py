@@ -57,18 +57,20 @@ def min_image_cart(frac_diff: Array, lattice: Array) -> tuple[Array, Array]:
     is_torch = isinstance(frac_diff, torch.Tensor)
     if is_torch:
         base = frac_diff - torch.floor(frac_diff + 0.5)
-        grid = torch.tensor(_IMAGE_GRID, dtype=frac_diff.dtype, device=frac_diff.device)
+        grid = torch.tensor(IMAGE_OFFSETS, dtype=frac_diff.dtype, device=frac_diff.device)
         cand = (base[..., None, :] + grid) @ lattice
         dist = torch.linalg.norm(cand, dim=-1)
         best = dist.argmin(-1)
         vec = torch.gather(cand, -2, best[..., None, None].expand(*best.shape, 1, 3))[..., 0, :]
         return vec, torch.linalg.norm(vec, dim=-1)
     base = frac_diff - np.floor(frac_diff + 0.5)
-    cand = (base[..., None, :] + _IMAGE_GRID) @ lattice
+    cand = (base[..., None, :] + IMAGE_OFFSETS) @ lattice
     dist = np.linalg.norm(cand, axis=-1)
     best = dist.argmin(-1)
     vec = np.take_along_axis(cand, best[..., None, None], axis=-2)[..., 0, :]
     return vec, np.linalg.norm(vec, axis=-1)
 
 
-_IMAGE_GRID = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=np.float64)
+IMAGE_OFFSETS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=np.int64)
+"""The 27 integer offsets {−1, 0, 1}³ ``[27, 3]`` (neighbouring images, or grid neighbours)."""
+IMAGE_OFFSETS.setflags(write=False)

@@ -45,8 +45,3 @@ def segment_softmax(src: Tensor, index: Tensor, num_segments: int) -> Tensor:
     shifted = src - segment_max(src, index, num_segments)[index]
     exp = shifted.exp()
     return exp / segment_sum(exp, index, num_segments)[index]
-
-
-def segment_offsets(sizes: Tensor) -> Tensor:
-    """Start offset of each segment ``[S]`` given segment sizes ``[S]``."""
-    return torch.cumsum(sizes, 0) - sizes

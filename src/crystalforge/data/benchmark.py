@@ -6,15 +6,36 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from crystalforge.data.dataset import CrystalDataset, cached_build, file_digest, parse_csv
 from crystalforge.data.paths import data_dir
 from crystalforge.data.preprocess import PreprocessOptions
-from crystalforge.data.sources import BENCHMARKS, REDUCED
+from crystalforge.data.sources import BENCHMARKS, REDUCED, BenchmarkSpec, ReducedProtocol
 
 
 def default_workers() -> int:
     """Worker processes for parsing: all cores, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def _resolve(
+    name: str, split: str, root: str | Path | None
+) -> tuple[BenchmarkSpec, ReducedProtocol | None, Path, np.ndarray | None]:
+    """The spec, reduced protocol (if any), source CSV and selected row indices of ``name/split``."""
+    reduced = REDUCED.get(name)
+    spec = BENCHMARKS.get(reduced.base if reduced else name)
+    if spec is None:
+        raise KeyError(
+            f"unknown dataset {name!r} (known: {', '.join(sorted(BENCHMARKS) + sorted(REDUCED))}, or a path)"
+        )
+    path = spec.split_file(data_dir(root), reduced.source_split(split) if reduced else split)
+    if reduced is None:
+        return spec, None, path, None
+    import pandas as pd
+
+    ids = pd.read_csv(path, usecols=[spec.id_column])[spec.id_column].astype(str).to_numpy()
+    return spec, reduced, path, reduced.select(split, ids)
 
 
 def load_benchmark(
@@ -29,24 +50,9 @@ def load_benchmark(
 ) -> CrystalDataset:
     """One split of a benchmark (``perov_5``, ``mp_20``, …) or a reduced protocol (``mp_20_reduced``)."""
     opts = options or PreprocessOptions()
-    base_dir = data_dir(root)
-    reduced = REDUCED.get(name)
-    spec = BENCHMARKS.get(reduced.base if reduced else name)
-    if spec is None:
-        raise KeyError(
-            f"unknown dataset {name!r} (known: {', '.join(sorted(BENCHMARKS) + sorted(REDUCED))}, or a path)"
-        )
-    source_split = reduced.source_split(split) if reduced else split
-    path = spec.split_file(base_dir, source_split)
+    spec, reduced, path, rows = _resolve(name, split, root)
     digest = file_digest(path)
     n_workers = workers or default_workers()
-
-    rows = None
-    if reduced is not None:
-        import pandas as pd
-
-        ids = pd.read_csv(path, usecols=[spec.id_column])[spec.id_column].astype(str).to_numpy()
-        rows = reduced.select(split, ids)
 
     def build() -> tuple[list, list]:
         return parse_csv(
@@ -60,17 +66,13 @@ def load_benchmark(
             label=f"{spec.name}/{path.name}",
         )
 
-    key = {
-        "kind": "benchmark",
-        "source_sha256": digest,
-        "options": opts.to_dict(),
-        "protocol": reduced.describe() if reduced else "standard",
-    }
+    protocol = reduced.describe() if reduced else "standard"
+    key = {"kind": "benchmark", "source_sha256": digest, "options": opts.to_dict(), "protocol": protocol}
     metadata = {
         "source": f"{spec.name}/{path.name}",
         "source_sha256": digest,
         "preprocess": opts.to_dict(),
-        "protocol": reduced.describe() if reduced else "standard",
+        "protocol": protocol,
     }
     return cached_build(name, split, key, build, use_cache=use_cache, metadata=metadata)
 
@@ -79,8 +81,5 @@ def expected_rows(name: str, split: str, *, root: str | Path | None = None) -> i
     """Rows a split will have, read cheaply from the CSV (no parsing), for progress bars."""
     import pandas as pd
 
-    reduced = REDUCED.get(name)
-    spec = BENCHMARKS[reduced.base if reduced else name]
-    path = spec.split_file(data_dir(root), reduced.source_split(split) if reduced else split)
-    ids = pd.read_csv(path, usecols=[spec.id_column])[spec.id_column].astype(str).to_numpy()
-    return len(reduced.select(split, ids)) if reduced else len(ids)
+    spec, _, path, rows = _resolve(name, split, root)
+    return len(rows) if rows is not None else len(pd.read_csv(path, usecols=[spec.id_column]))

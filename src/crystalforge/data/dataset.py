@@ -251,8 +251,9 @@ def cached_build(
 
 
 def _remove_stale(current: Path) -> None:
-    prefix = current.name.split("-", 1)[0] + "-"
-    for other in current.parent.glob(prefix + "*.npz"):
-        if other != current and other.name.split("-", 1)[0] + "-" == prefix:
+    """Delete older caches of the same split (``<split>-<other key>.npz``)."""
+    split = current.name.split("-", 1)[0]
+    for other in current.parent.glob(f"{split}-*.npz"):
+        if other != current:
             with contextlib.suppress(OSError):
                 os.unlink(other)

@@ -115,7 +115,7 @@ def _file_records(path: Path, fmt: str) -> Iterator[Record]:
 
 
 def _cif_records(path: Path, text: str) -> Iterator[Record]:
-    from pymatgen.io.cif import CifFile, CifParser
+    from pymatgen.io.cif import CifFile
 
     try:
         blocks = list(CifFile.from_str(text).data.items())
@@ -128,24 +128,24 @@ def _cif_records(path: Path, text: str) -> Iterator[Record]:
     for name, block in blocks:
         source = str(path) if len(blocks) == 1 else f"{path}:{name}"
         ident = path.stem if len(blocks) == 1 else f"{path.stem}:{name}"
-        yield _parse_cif_block(CifParser, str(block), source, ident)
+        yield _parse_cif_block(str(block), source, ident)
 
 
 def cif_to_crystal(text: str, *, material_id: str | None = None, source: str | None = None) -> Crystal:
     """Parse one CIF data block; raises ``CrystalError`` naming ``source`` (or ``material_id``)."""
-    from pymatgen.io.cif import CifParser
-
-    record = _parse_cif_block(CifParser, text, source or material_id or "<cif>", material_id)
+    record = _parse_cif_block(text, source or material_id or "<cif>", material_id)
     if record.crystal is None:
         raise CrystalError(record.error or "unreadable CIF", source=record.source)
     return record.crystal
 
 
-def _parse_cif_block(parser_cls: type, text: str, source: str, ident: str | None) -> Record:
+def _parse_cif_block(text: str, source: str, ident: str | None) -> Record:
+    from pymatgen.io.cif import CifParser
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            structures = parser_cls.from_str(text, occupancy_tolerance=1.0).parse_structures(
+            structures = CifParser.from_str(text, occupancy_tolerance=1.0).parse_structures(
                 primitive=False, on_error="raise"
             )
         except Exception as exc:  # noqa: BLE001

@@ -49,13 +49,12 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from crystalforge.core.crystal import MIN_RELATIVE_VOLUME, Crystal
-from crystalforge.core.elements import MAX_Z, z_to_symbol
+from crystalforge.core.elements import MAX_Z, element_table, z_to_symbol
 from crystalforge.core.errors import CrystalError
 from crystalforge.core.lattice import lattice_from_params, lattice_to_params
 
@@ -74,12 +73,10 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _element_z(symbol: str) -> int | None:
     """Atomic number of an exactly spelled element symbol (``"Fe"``, not ``"fe"`` or ``"Fe2+"``), or None."""
-    return _symbol_to_z().get(symbol)
-
-
-@lru_cache(maxsize=1)
-def _symbol_to_z() -> dict[str, int]:
-    return {z_to_symbol(z): z for z in range(1, MAX_Z + 1)}
+    try:
+        return element_table().z_of(symbol)
+    except KeyError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ H₂ units are 0.74 Å apart), σ = 0.35 Å (``benchmarks/bench_voxels.py``).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,12 +34,10 @@ import numpy as np
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.elements import MAX_Z
 from crystalforge.core.errors import CrystalError
-from crystalforge.core.periodic import min_image_cart, wrap_frac
+from crystalforge.core.periodic import IMAGE_OFFSETS, min_image_cart, wrap_frac
 
 _MAX_CHUNK_POINTS = 1_000_000
 """Upper bound on grid points evaluated at once while encoding (bounds the scratch memory to ~50 MB)."""
-
-_NEIGHBOUR_OFFSETS = np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=np.int64)  # [27, 3]
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,7 +190,7 @@ class VoxelRepresentation:
         voxels gives one peak.
         """
         is_peak = density > self.threshold  # [G, G, G]
-        for offset in _NEIGHBOUR_OFFSETS:
+        for offset in IMAGE_OFFSETS:
             if not offset.any():
                 continue
             neighbour = np.roll(density, shift=tuple(-offset), axis=(0, 1, 2))  # [G, G, G], density[i + offset]
@@ -239,12 +236,12 @@ class VoxelRepresentation:
         bound is a Cartesian distance, not a count of voxels.
         """
         size = density.shape[0]
-        cells = np.mod(peaks[:, None, :] + _NEIGHBOUR_OFFSETS, size)  # [P, 27, 3]
+        cells = np.mod(peaks[:, None, :] + IMAGE_OFFSETS, size)  # [P, 27, 3]
         values = density[cells[..., 0], cells[..., 1], cells[..., 2]]  # [P, 27]
         floor = 1e-30
         log_values = np.log(np.maximum(values, floor))  # [P, 27]
         weights = np.where(values > floor, values**2, 0.0)  # [P, 27]
-        u = _NEIGHBOUR_OFFSETS.astype(np.float64)  # [27, 3]
+        u = IMAGE_OFFSETS.astype(np.float64)  # [27, 3]
         design = np.column_stack(
             [np.ones(27), u, u**2, u[:, 0] * u[:, 1], u[:, 0] * u[:, 2], u[:, 1] * u[:, 2]]
         )  # [27, 10]

@@ -29,8 +29,8 @@ import torch
 
 from crystalforge.core.crystal import Crystal, CrystalBatch
 from crystalforge.core.elements import MAX_Z, symbol_to_z, z_to_symbol
-from crystalforge.core.lattice import plane_spacings
-from crystalforge.core.neighbors import radius_graph
+from crystalforge.core.lattice import lll_reduction
+from crystalforge.core.neighbors import image_bounds, radius_graph
 
 __all__ = [
     "MIN_DISTANCE",
@@ -209,15 +209,8 @@ def _distance_verdict(crystal: Crystal, hit: tuple[float, int, int] | None, min_
     )
 
 
-def _image_bounds(lattice: np.ndarray, cutoff: float) -> np.ndarray:
-    """Images to search per axis ``[3]`` (float, may be huge): the bound ``core.neighbors`` uses."""
-    spacing = plane_spacings(lattice)  # [3]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return np.floor(cutoff / spacing + 0.5 + 1e-9)
-
-
 def _search_cost(crystal: Crystal, cutoff: float) -> float:
-    bounds = _image_bounds(crystal.lattice, cutoff)
+    bounds = image_bounds(crystal.lattice, cutoff)
     cost = float(crystal.num_atoms) ** 2 * float(np.prod(2.0 * bounds + 1.0))
     return cost if math.isfinite(cost) else math.inf
 
@@ -227,7 +220,7 @@ def _search_cell(crystal: Crystal, cutoff: float) -> tuple[Crystal, float]:
     cost = _search_cost(crystal, cutoff)
     if cost <= crystal.num_atoms**2:  # one image per pair already
         return crystal, cost
-    m = _lll_transform(crystal.lattice)
+    m = lll_reduction(crystal.lattice)
     if m is None:
         return crystal, cost
     inverse = np.round(np.linalg.inv(m.astype(np.float64)))
@@ -237,43 +230,6 @@ def _search_cell(crystal: Crystal, cutoff: float) -> tuple[Crystal, float]:
         return crystal, cost
     reduced_cost = _search_cost(reduced, cutoff)
     return (reduced, reduced_cost) if reduced_cost < cost else (crystal, cost)
-
-
-def _lll_transform(lattice: np.ndarray, *, delta: float = 0.75, max_steps: int = 1000) -> np.ndarray | None:
-    """Integer ``M [3, 3]`` (det ±1) with ``M @ lattice`` LLL-reduced (rows are basis vectors); None on failure."""
-    basis = np.array(lattice, dtype=np.float64)  # [3, 3]
-    m = np.eye(3, dtype=np.int64)
-    k = 1
-    for _ in range(max_steps):
-        if k >= 3:
-            break
-        ortho = _gram_schmidt(basis)
-        for j in range(k - 1, -1, -1):  # size reduction of b_k
-            q = round(float(basis[k] @ ortho[j]) / float(ortho[j] @ ortho[j]))
-            if q:
-                basis[k] -= q * basis[j]
-                m[k] -= q * m[j]
-        ortho = _gram_schmidt(basis)
-        prev = float(ortho[k - 1] @ ortho[k - 1])
-        mu = float(basis[k] @ ortho[k - 1]) / prev
-        if float(ortho[k] @ ortho[k]) >= (delta - mu * mu) * prev:
-            k += 1
-        else:  # Lovász condition fails: swap and step back
-            basis[[k - 1, k]] = basis[[k, k - 1]]
-            m[[k - 1, k]] = m[[k, k - 1]]
-            k = max(k - 1, 1)
-    if k < 3 or not np.isfinite(basis).all() or abs(round(float(np.linalg.det(m.astype(np.float64))))) != 1:
-        return None
-    return m
-
-
-def _gram_schmidt(basis: np.ndarray) -> np.ndarray:
-    """Gram-Schmidt orthogonalisation of the rows ``[3, 3]`` (not normalised)."""
-    ortho = np.array(basis, dtype=np.float64)
-    for i in range(1, 3):
-        for j in range(i):
-            ortho[i] -= (basis[i] @ ortho[j]) / (ortho[j] @ ortho[j]) * ortho[j]
-    return ortho
 
 
 def _closest_pairs_batched(
@@ -308,7 +264,7 @@ def _closest_pair_blocked(cell: Crystal, cutoff: float, max_candidates: int) -> 
     diff -= np.round(diff)  # in [-1/2, 1/2], so the image bounds hold
     lattice = cell.lattice
     pair_vec = diff @ lattice  # [P, 3]
-    bounds = _image_bounds(lattice, cutoff).astype(np.int64)  # [3]
+    bounds = image_bounds(lattice, cutoff).astype(np.int64)  # [3]
     outer = int(np.argmin(bounds))
     a, b = (axis for axis in range(3) if axis != outer)
     width_b = 2 * int(bounds[b]) + 1
