@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +58,18 @@ def test_generate_and_csp_commands(tmp_path, capsys):
     assert [c.material_id for c in read_structures(out / "samples.extxyz")] == ["SrTiO3"]
     assert main(["csp", "--model", "perov_5-dng", "--formula", "SrTiO3", "--out", str(tmp_path / "x")]) == 2
     assert "CSP needs a CSP model" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_anti_annealing_option(tmp_path, capsys):
+    # two steps: the scale 1 + s·t is 1 at t = 0, so only the named field's second step differs
+    args = ["csp", "--model", "perov_5-csp", "--formula", "SrTiO3", "--steps", "2"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--anti-annealing", "frac_coords=5"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    scaled, plain = (read_structures(tmp_path / d / "samples.extxyz")[0] for d in "ab")
+    assert not np.allclose(scaled.frac_coords, plain.frac_coords)
+    assert np.allclose(scaled.lattice, plain.lattice)
+    assert main([*args, "--out", str(tmp_path / "c"), "--anti-annealing", "coords=5"]) == 2
+    assert "unknown field" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "d"), "--anti-annealing", "frac_coords=x"])

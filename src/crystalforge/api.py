@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -397,6 +397,7 @@ def generate(
     num_atoms: int | None = None,
     composition: str | None = None,
     steps: int | None = None,
+    anti_annealing: float | Mapping[str, float] | None = None,
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 256,
@@ -406,7 +407,8 @@ def generate(
 
     A DNG model draws the number of atoms from its training distribution unless ``num_atoms`` is
     given; ``composition`` (a formula, taken literally as the cell content) fixes the types, which a
-    CSP model requires.
+    CSP model requires. ``anti_annealing`` scales flow velocities by ``1 + s·t`` (FlowMM): one value
+    for every flow field or ``{"frac_coords": s, ...}``; None keeps the model's setting.
     """
     import numpy as np
 
@@ -434,8 +436,9 @@ def generate(
                 raise ValueError("this model has no dataset statistics: pass num_atoms")
             counts = stats.sample_num_atoms(n, rng=np.random.default_rng(seed))
         jobs = [Job(f"gen_{i:05d}", int(c)) for i, c in enumerate(counts)]
-    sampler = SamplerConfig(steps=steps or default_steps)
-    return run_jobs(net, jobs, out, sampler=sampler, batch_size=batch_size, seed=seed, device=device, progress=progress)
+    sampler = SamplerConfig(steps=steps or default_steps, anti_annealing=anti_annealing)
+    run = {"batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
+    return run_jobs(net, jobs, out, sampler=sampler, settings={"model": str(model)}, **run)
 
 
 def csp(
@@ -448,6 +451,7 @@ def csp(
     limit: int | None = None,
     k: int = 1,
     steps: int | None = None,
+    anti_annealing: float | Mapping[str, float] | None = None,
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 256,
@@ -458,6 +462,7 @@ def csp(
 
     Outputs are named by the reference ``material_id`` (``<id>`` for k=1, ``<id>_<j>`` for k>1),
     ready for ``evaluate(..., task="csp")``; formulas give ``<formula>`` / ``<formula>_<j>``.
+    ``anti_annealing`` as in :func:`generate`.
     """
     from crystalforge.sampling.runner import Job, run_jobs
     from crystalforge.sampling.samplers import SamplerConfig
@@ -478,8 +483,9 @@ def csp(
     if not targets:
         raise ValueError("nothing to predict: give formulas or a reference")
     jobs = [Job(name if k == 1 else f"{name}_{j}", len(z), z) for j in range(k) for name, z in targets]
-    sampler = SamplerConfig(steps=steps or default_steps)
-    return run_jobs(net, jobs, out, sampler=sampler, batch_size=batch_size, seed=seed, device=device, progress=progress)
+    sampler = SamplerConfig(steps=steps or default_steps, anti_annealing=anti_annealing)
+    run = {"batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
+    return run_jobs(net, jobs, out, sampler=sampler, settings={"model": str(model)}, **run)
 
 
 def train(config: str | Path | Any, out: str | Path, *, overrides: Sequence[str] = ()) -> Path:

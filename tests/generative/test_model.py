@@ -75,6 +75,28 @@ def test_heun_and_anti_annealing_change_the_flow_fields():
     assert torch.equal(run(SamplerConfig(steps=3, anti_annealing=0.0)).frac_coords, plain.frac_coords)
 
 
+def test_anti_annealing_per_field_touches_only_that_field():
+    model, crystals = _model("flow", "csp")
+    template = template_from_compositions([c.atomic_numbers.tolist() for c in crystals])
+
+    def run(scale) -> CrystalBatch:
+        return sample(
+            model, template, SamplerConfig(steps=2, anti_annealing=scale), generator=torch.Generator().manual_seed(0)
+        )
+
+    # two steps: the scale 1 + s·t is 1 on the first (t = 0), so only the second step of the scaled
+    # field differs, and the other field's second step sees the same state as plain Euler
+    plain = run(None)
+    coords = run({"frac_coords": 5.0})
+    assert not torch.equal(coords.frac_coords, plain.frac_coords)
+    assert torch.equal(coords.lattice, plain.lattice)
+    lattice = run({"lattice": 5.0})
+    assert torch.equal(lattice.frac_coords, plain.frac_coords)
+    assert not torch.equal(lattice.lattice, plain.lattice)
+    with pytest.raises(ValueError, match="unknown field"):
+        SamplerConfig(anti_annealing={"frac_coord": 5.0})
+
+
 def test_formula_parsing_and_template_errors():
     assert parse_formula("SrTiO3") == [38, 22, 8, 8, 8]
     with pytest.raises(ValueError, match="non-integer"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from crystalforge import api, read_structures, write_structures
@@ -49,6 +50,14 @@ def test_train_generate_resume_and_evaluate(tmp_path):
     assert [c.allclose(d, atol=1e-6) for c, d in zip(first, again, strict=True)] == [True] * 5
     report = api.evaluate(out / "samples.extxyz", reference=None, task="dng")
     assert report["n"] == 5
+    # more of the same run extends it; other settings in the same folder are refused, nothing mixed
+    assert len(api.generate(ckpt, n=6, out=out, steps=3, batch_size=2, seed=3)) == 6
+    record = json.loads((out / "run.json").read_text())
+    assert record["sampler"]["steps"] == 3 and record["seed"] == 3 and record["model"] == str(ckpt)
+    for change in ({"steps": 4}, {"seed": 4}, {"anti_annealing": {"frac_coords": 2.0}}):
+        with pytest.raises(ValueError, match="holds a run with other settings"):
+            api.generate(ckpt, **{"n": 5, "out": out, "steps": 3, "batch_size": 2, "seed": 3, **change})
+    assert len(read_structures(out / "samples.extxyz")) == 6
 
 
 def test_csp_cli_outputs_are_named_for_evaluation(tmp_path, capsys):

@@ -274,6 +274,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             num_atoms=args.num_atoms,
             composition=args.composition,
             steps=args.steps,
+            anti_annealing=args.anti_annealing,
             seed=args.seed,
             device=args.device,
             batch_size=args.batch_size,
@@ -297,6 +298,7 @@ def cmd_csp(args: argparse.Namespace) -> int:
             limit=args.limit,
             k=args.k,
             steps=args.steps,
+            anti_annealing=args.anti_annealing,
             seed=args.seed,
             device=args.device,
             batch_size=args.batch_size,
@@ -305,6 +307,17 @@ def cmd_csp(args: argparse.Namespace) -> int:
         )
     _print_written(len(crystals), args.out)
     return 0
+
+
+def _anti_annealing(text: str) -> float | dict[str, float]:
+    """``5`` or ``frac_coords=5,lattice=0`` (argparse type)."""
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
+        return {key.strip(): float(value) for key, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected S or FIELD=S[,FIELD=S], got {text!r}") from None
 
 
 def _print_written(count: int, out: str) -> None:
@@ -487,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="output folder (resumable: existing chunks are kept)")
     common.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
+    common.add_argument(
+        "--anti-annealing",
+        type=_anti_annealing,
+        metavar="S | FIELD=S[,FIELD=S]",
+        help="flow velocity scale 1 + S·t (FlowMM): one value for every flow field or per field, "
+        "e.g. frac_coords=5 (default: the model's setting)",
+    )
     common.add_argument("--seed", type=int, default=0, help="random seed (chunk k uses seed + k)")
     common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     common.add_argument("--batch-size", type=int, default=256, help="crystals per sampling batch")

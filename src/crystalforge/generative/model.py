@@ -87,18 +87,19 @@ class JointModel(nn.Module):
         dt: Tensor,
         template: CrystalBatch,
         *,
-        anti_annealing: float | None = None,
+        anti_annealing: float | Mapping[str, float] | None = None,
         generator: torch.Generator | None = None,
     ) -> State:
         """Every field one sampler step from ``t`` to ``t + dt``.
 
-        ``anti_annealing`` overrides the velocity fields' own setting (None keeps it).
+        ``anti_annealing`` overrides the velocity fields' own setting: one value for every velocity
+        field, or ``{field: value}`` for some of them (None keeps the processes' settings).
         """
-        scale = {} if anti_annealing is None else {"anti_annealing": anti_annealing}
         out = {}
         for f in FIELDS:
             process = self.processes[f]
-            extra = scale if process.predicts_velocity else {}
+            s = anti_annealing.get(f) if isinstance(anti_annealing, Mapping) else anti_annealing
+            extra = {"anti_annealing": s} if process.predicts_velocity and s is not None else {}
             out[f] = process.step(x[f], getattr(outputs, f), t, dt, template, generator=generator, **extra)
         return out
 

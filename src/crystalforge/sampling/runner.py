@@ -4,15 +4,18 @@ Templates are cut into chunks of ``batch_size`` crystals. Chunk ``k`` is sampled
 ``seed + k`` and written atomically to ``<out>/chunks/chunk_<k>.extxyz``, so an interrupted run
 continues with the first missing chunk and gives the same structures as an uninterrupted one. At the
 end the chunks are gathered into ``samples.extxyz`` and one CIF per structure (P1 in ``cif/``,
-symmetrised in ``cif_symmetrized/``).
+symmetrised in ``cif_symmetrized/``). ``run.json`` records the run's settings (model, sampler,
+seed, chunk size); resuming into a folder written with other settings is an error rather than a
+silent mix of two runs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import torch
 
 from crystalforge.core.crystal import Crystal, CrystalBatch
 from crystalforge.core.errors import CrystalError
+from crystalforge.io.atomic import atomic_write
 from crystalforge.io.files import read_structures, write_structures
 from crystalforge.sampling.samplers import SamplerConfig, sample
 from crystalforge.sampling.templates import template_from_compositions, template_from_num_atoms
@@ -55,19 +59,26 @@ def run_jobs(
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     symmetrize: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> list[Crystal]:
-    """Generate every job (resuming from chunks already on disk); return the crystals in job order."""
+    """Generate every job (resuming from chunks already on disk); return the crystals in job order.
+
+    ``settings`` (e.g. the model's name) are stored in ``run.json`` with the sampler, seed and chunk
+    size; a folder holding a run with different settings raises ``ValueError``.
+    """
     out = Path(out_dir)
+    _check_run_settings(out, {**(settings or {}), "sampler": asdict(sampler), "seed": seed, "batch_size": batch_size})
     chunk_dir = out / "chunks"
     chunk_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device)
     dtype = next(model.parameters()).dtype
     crystals: list[Crystal] = []
+    failed_before = _failed_names(out / "failures.csv")
     n_chunks = math.ceil(len(jobs) / batch_size)
     for k in range(n_chunks):
         part = jobs[k * batch_size : (k + 1) * batch_size]
         path = chunk_dir / f"chunk_{k:05d}.extxyz"
-        made = _finished_chunk(path, part)
+        made = _finished_chunk(path, part, failed_before)
         if made is None:
             generator = torch.Generator(device=device).manual_seed(seed + k)
             result = sample(model, _template(part, dtype).to(device), sampler, generator=generator)
@@ -92,17 +103,47 @@ def run_jobs(
     return crystals
 
 
-def _finished_chunk(path: Path, part: Sequence[Job]) -> list[Crystal] | None:
-    """The crystals of a chunk file written by an earlier run of these jobs, else None (sample it)."""
+def _check_run_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Write ``run.json``, or check that an earlier run in ``out`` used the same settings."""
+    record = json.loads(json.dumps(settings, default=str))  # as it reads back from disk
+    path = out / "run.json"
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: unreadable run record ({exc}); use a new output folder") from None
+        if before != record:
+            diff = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
+            shown = "; ".join(f"{k}: {before.get(k)!r} before, {record.get(k)!r} now" for k in diff)
+            raise ValueError(
+                f"{out} holds a run with other settings ({shown}); resume with the same settings or use a new --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as fh:
+        json.dump(record, fh, indent=1, sort_keys=True)
+
+
+def _finished_chunk(path: Path, part: Sequence[Job], failed: set[str]) -> list[Crystal] | None:
+    """The crystals of a chunk file written by an earlier run of these jobs, else None (sample it).
+
+    A chunk is finished when it holds every job of ``part`` except those listed as failed.
+    """
     if not path.exists():
         return None
     done = read_structures(path)
-    names = [c.material_id for c in done]
-    kept = set(names)
-    if names == [j.name for j in part if j.name in kept]:  # failures of that chunk are left out
+    if [c.material_id for c in done] == [j.name for j in part if j.name not in failed]:
         return done
     logger.warning("%s does not hold this run's jobs; regenerating it", path)
     return None
+
+
+def _failed_names(path: Path) -> set[str]:
+    """Job names recorded in ``failures.csv`` by earlier runs."""
+    if not path.exists():
+        return set()
+    lines = path.read_text().splitlines()[1:]
+    return {line.split(",", 1)[0] for line in lines if line.strip()}
 
 
 def _to_crystals(batch: CrystalBatch, names: Sequence[str]) -> tuple[list[Crystal], list[tuple[str, str]]]:

@@ -11,7 +11,7 @@ every step. The loop yields ``SampleStep``s so callers decide about trajectories
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -54,9 +54,17 @@ class SamplerConfig:
     steps: int = 50
     heun: bool = False
     corrector_steps: int = 1
-    anti_annealing: float | None = None  # None: the processes' own setting
+    # FlowMM's velocity scale (1 + s·t) for flow fields: one value for all, or {field: s};
+    # None keeps the processes' own setting
+    anti_annealing: float | Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.anti_annealing, Mapping):
+            known = ("frac_coords", "lattice", "atomic_numbers")
+            unknown = sorted(set(self.anti_annealing) - set(known))
+            if unknown:
+                raise ValueError(f"anti_annealing: unknown field(s) {unknown} (known: {', '.join(known)})")
+            object.__setattr__(self, "anti_annealing", dict(self.anti_annealing))
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.corrector_steps < 0:
@@ -109,7 +117,7 @@ def _heun(
     dt: Tensor,
     template: CrystalBatch,
     generator: torch.Generator | None,
-    anti_annealing: float | None,
+    anti_annealing: float | Mapping[str, float] | None,
 ) -> dict[str, Tensor]:
     """Heun for velocity fields: average the velocity at both ends; other fields keep the first step."""
     euler = model.step(x, outputs, t, dt, template, anti_annealing=anti_annealing, generator=generator)
