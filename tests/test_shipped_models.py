@@ -73,3 +73,29 @@ def test_anti_annealing_option(tmp_path, capsys):
     assert "unknown field" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "d"), "--anti-annealing", "frac_coords=x"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_card_default_anti_annealing(tmp_path, monkeypatch):
+    cards = api.list_models()
+    cards["perov_5-csp"]["default_anti_annealing"] = {"frac_coords": 5.0}
+    monkeypatch.setattr(api, "list_models", lambda: cards)
+
+    def coords(**kwargs):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        return api.csp("perov_5-csp", formulas=["SrTiO3"], out=out, steps=2, **kwargs)[0].frac_coords
+
+    card_default = coords()
+    assert np.array_equal(card_default, coords(anti_annealing={"frac_coords": 5.0}))
+    assert not np.allclose(card_default, coords(anti_annealing=0.0))  # an explicit 0 turns it off
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_carbon_and_mp_20_models(tmp_path):
+    if "carbon_24-dng" in api.list_models():
+        carbon = api.generate("carbon_24-dng", n=3, out=tmp_path / "c", steps=3)
+        assert all(set(c.atomic_numbers.tolist()) == {6} and 6 <= c.num_atoms <= 24 for c in carbon)
+    if "mp_20-csp" in api.list_models():
+        (nacl,) = api.csp("mp_20-csp", formulas=["Na2Cl2"], out=tmp_path / "m", steps=3)
+        assert sorted(nacl.atomic_numbers.tolist()) == [11, 11, 17, 17]
+        assert 5.0 < nacl.volume / nacl.num_atoms < 80.0  # a solid's volume per atom, not a collapsed cell

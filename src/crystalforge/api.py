@@ -368,8 +368,12 @@ def load_model(model: str | Path) -> tuple[Any, Any, DatasetStats | None]:
     return net, config, stats
 
 
-def _load_for_sampling(model: str | Path) -> tuple[Any, Any, DatasetStats | None, int]:
-    """``load_model`` plus the default sampler steps: the card's, else 50 (flow) or 1000 (diffusion)."""
+def _load_for_sampling(model: str | Path) -> tuple[Any, Any, DatasetStats | None, dict[str, Any]]:
+    """``load_model`` plus the default sampler settings.
+
+    Steps: the card's ``default_steps``, else 50 (flow) or 1000 (diffusion); anti-annealing: the
+    card's ``default_anti_annealing`` if any (None keeps the processes' setting).
+    """
     from importlib import resources
 
     from crystalforge.training.run import load_model as _load
@@ -385,8 +389,12 @@ def _load_for_sampling(model: str | Path) -> tuple[Any, Any, DatasetStats | None
                 f"unknown model {str(model)!r}: not a shipped model ({', '.join(sorted(cards)) or 'none'}) nor a file"
             )
     net, config, stats = _load(path)
-    default_steps = int(card["default_steps"]) if card is not None else (50 if config.model.kind == "flow" else 1000)
-    return net, config, stats, default_steps
+    card = card or {}
+    defaults = {
+        "steps": int(card.get("default_steps", 50 if config.model.kind == "flow" else 1000)),
+        "anti_annealing": card.get("default_anti_annealing"),
+    }
+    return net, config, stats, defaults
 
 
 def generate(
@@ -408,7 +416,8 @@ def generate(
     A DNG model draws the number of atoms from its training distribution unless ``num_atoms`` is
     given; ``composition`` (a formula, taken literally as the cell content) fixes the types, which a
     CSP model requires. ``anti_annealing`` scales flow velocities by ``1 + s·t`` (FlowMM): one value
-    for every flow field or ``{"frac_coords": s, ...}``; None keeps the model's setting.
+    for every flow field or ``{"frac_coords": s, ...}``; None takes the model card's default (or the
+    processes' own setting), 0 turns it off.
     """
     import numpy as np
 
@@ -418,7 +427,7 @@ def generate(
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    net, config, stats, default_steps = _load_for_sampling(model)
+    net, config, stats, defaults = _load_for_sampling(model)
     if composition is not None:
         z = tuple(parse_formula(composition))
         if config.model.task == "dng":
@@ -436,7 +445,10 @@ def generate(
                 raise ValueError("this model has no dataset statistics: pass num_atoms")
             counts = stats.sample_num_atoms(n, rng=np.random.default_rng(seed))
         jobs = [Job(f"gen_{i:05d}", int(c)) for i, c in enumerate(counts)]
-    sampler = SamplerConfig(steps=steps or default_steps, anti_annealing=anti_annealing)
+    sampler = SamplerConfig(
+        steps=steps or defaults["steps"],
+        anti_annealing=defaults["anti_annealing"] if anti_annealing is None else anti_annealing,
+    )
     run = {"batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
     return run_jobs(net, jobs, out, sampler=sampler, settings={"model": str(model)}, **run)
 
@@ -470,7 +482,7 @@ def csp(
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    net, config, _, default_steps = _load_for_sampling(model)
+    net, config, _, defaults = _load_for_sampling(model)
     if config.model.task != "csp":
         raise ValueError(f"model {model!s} is a {config.model.task.upper()} model; CSP needs a CSP model")
     targets: list[tuple[str, tuple[int, ...]]] = []
@@ -483,7 +495,10 @@ def csp(
     if not targets:
         raise ValueError("nothing to predict: give formulas or a reference")
     jobs = [Job(name if k == 1 else f"{name}_{j}", len(z), z) for j in range(k) for name, z in targets]
-    sampler = SamplerConfig(steps=steps or default_steps, anti_annealing=anti_annealing)
+    sampler = SamplerConfig(
+        steps=steps or defaults["steps"],
+        anti_annealing=defaults["anti_annealing"] if anti_annealing is None else anti_annealing,
+    )
     run = {"batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
     return run_jobs(net, jobs, out, sampler=sampler, settings={"model": str(model)}, **run)
 

@@ -141,3 +141,14 @@ def test_a_truncated_extxyz_frame_loses_only_itself(tmp_path):
     assert [r.ok for r in records] == [True] * (len(crystals) - 1) + [False]
     assert "truncated" in records[-1].error
     assert records[-1].ident == crystals[-1].material_id
+
+
+@pytest.mark.parametrize("suffix", [".extxyz", ".npz"])
+@pytest.mark.parametrize("ident", ["3961_0", "12", "1e5", "mp-1234_7", "T", "a b"])
+def test_ids_that_look_like_numbers_survive(tmp_path, suffix, ident):
+    # ASE parses extxyz values such as 3961_0 as the integer 39610: ids are read as written
+    c = tiny_crystals()[0]
+    c = Crystal(c.atomic_numbers, c.frac_coords, c.lattice, properties={"e": 1.5}, material_id=ident)
+    (back,) = read_structures(write_structures([c], tmp_path / f"x{suffix}"))
+    assert back.material_id == ident
+    assert back.properties == {"e": 1.5}

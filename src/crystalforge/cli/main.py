@@ -244,11 +244,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not cards:
         print("no shipped models in this installation")
         return 0
-    print(f"{'name':<22}{'task':<6}{'kind':<11}{'dataset':<16}{'steps':>6}  description")
+    print(f"{'name':<22}{'task':<6}{'kind':<11}{'dataset':<18}{'steps':>6}{'anti-ann.':>10}  description")
     for name, card in sorted(cards.items()):
+        scale = card.get("default_anti_annealing")
         print(
-            f"{name:<22}{card['task']:<6}{card['kind']:<11}{card['dataset']:<16}{card['default_steps']:>6}  "
-            f"{card.get('description', '')}"
+            f"{name:<22}{card['task']:<6}{card['kind']:<11}{card['dataset']:<18}{card['default_steps']:>6}"
+            f"{'-' if scale is None else str(scale):>10}  {card.get('description', '')}"
         )
     return 0
 

@@ -27,7 +27,9 @@ def atoms_to_crystal(atoms: ase.Atoms, *, material_id: str | None = None) -> Cry
     properties = {
         k: float(v)
         for k, v in atoms.info.items()
-        if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_))
+        if k != "material_id"  # an identifier, even when it looks like a number
+        and isinstance(v, (int, float, np.floating, np.integer))
+        and not isinstance(v, (bool, np.bool_))
     }
     return Crystal(numbers, frac, cell, properties=properties, material_id=material_id)
 

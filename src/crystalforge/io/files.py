@@ -198,7 +198,8 @@ def _extxyz_records(path: Path, text: str) -> Iterator[Record]:
             ident = _extxyz_material_id(frame) or default_id
             yield Record(source, error=f"malformed extxyz frame {i}: {problem}", ident=ident)
             continue
-        ident = str(atoms.info.get("material_id") or default_id)
+        # the id as written: ASE reads values such as "3961_0" as numbers (int("3961_0") == 39610)
+        ident = _extxyz_material_id(frame) or default_id
         try:
             yield Record(source, crystal=Crystal.from_ase(atoms, material_id=ident), ident=ident)
         except CrystalError as exc:

@@ -1,0 +1,125 @@
+"""Ship a trained run: copy its ``model.pt`` into the package and write its card in ``index.json``.
+
+    python scripts/ship_model.py runs/mp_20-dng mp_20-dng --default-steps 50 \\
+        --description "..." --data "..." --hardware "..." --command "crystalforge train ..." \\
+        --metrics benchmarks/results/mp_20-dng.json:0 [--metrics FILE:ROW ...] --protocol "..."
+
+The card's training figures (epochs, wall time, parameters, final holdout loss) are read from the
+checkpoint itself; its metrics from rows of ``benchmarks/bench_models.py --json`` output, so no
+figure is typed by hand. CSP rows are keyed by their step count (``match_rate_10_steps``...).
+Refuses a checkpoint whose config records an absolute path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "src" / "crystalforge" / "models"
+CSP_KEYS = ("match_rate", "rmse", "match_rate_k", "rmse_k")
+DNG_KEYS = (
+    "validity",
+    "validity_struct",
+    "validity_comp",
+    "cov_recall",
+    "cov_precision",
+    "wdist_density",
+    "wdist_num_elements",
+    "unique_rate",
+    "novel_rate",
+)
+
+
+def _paths_in(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _paths_in(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _paths_in(v)]
+    return [value] if isinstance(value, str) and value.startswith(("/", "~")) else []
+
+
+def _metrics(specs: list[str], task: str) -> dict:
+    out: dict = {}
+    for spec in specs:
+        file, _, row = spec.rpartition(":")
+        payload = json.loads(Path(file).read_text())
+        r = payload["rows"][int(row)]
+        if task == "csp":
+            k = 1 if r["match_rate_k"] == r["match_rate"] and r["rmse_k"] == r["rmse"] else None
+            scale = r.get("anti_annealing")
+            suffix = f"_{r['steps']}_steps" + (f"_anti_annealing_{scale}" if scale else "")
+            for key in CSP_KEYS if k is None else CSP_KEYS[:2]:
+                out[key + suffix] = round(r[key], 4)
+        else:
+            out.update({key: round(r[key], 4) for key in DNG_KEYS if r.get(key) is not None})
+            out["steps"] = r["steps"]
+            if r.get("anti_annealing"):
+                out["anti_annealing"] = r["anti_annealing"]
+            if "relaxed" in r:
+                out["relaxed"] = r["relaxed"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--default-steps", type=int, required=True)
+    parser.add_argument("--default-anti-annealing", help="S or FIELD=S[,...], as the CLI's --anti-annealing")
+    parser.add_argument("--description", required=True)
+    parser.add_argument("--data", required=True, help="what the model was trained on, in words")
+    parser.add_argument("--hardware", required=True)
+    parser.add_argument("--command", required=True, help="the training command, as run")
+    parser.add_argument("--metrics", action="append", default=[], help="BENCH_JSON:ROW (repeatable)")
+    parser.add_argument("--protocol", required=True, help="how the metrics were measured (command)")
+    args = parser.parse_args()
+
+    import torch
+
+    from crystalforge.cli.main import _anti_annealing
+
+    source = args.run / "model.pt"
+    ckpt = torch.load(source, map_location="cpu", weights_only=True)
+    config = ckpt["config"]
+    bad = _paths_in(config)
+    if bad:
+        sys.exit(f"{source}: the config records absolute paths {bad}; retrain or edit before shipping")
+    m = ckpt["metrics"]
+    card = {
+        "file": f"{args.name}.pt",
+        "task": config["model"]["task"],
+        "kind": config["model"]["kind"],
+        "dataset": config["data"]["dataset"],
+        "default_steps": args.default_steps,
+        "description": args.description,
+        "training": {
+            "command": args.command,
+            "data": args.data,
+            "epochs": int(m["epochs"]),
+            "wall_s": round(float(m["wall_s_this_run"])),
+            "hardware": args.hardware,
+            "parameters": int(m["parameters"]),
+            "final_val_loss": round(float(m["val/loss"]), 3),
+        },
+        "metrics": {"protocol": args.protocol, **_metrics(args.metrics, config["model"]["task"])},
+    }
+    if args.default_anti_annealing:
+        card["default_anti_annealing"] = _anti_annealing(args.default_anti_annealing)
+    tmp = MODELS / f".{args.name}.pt.tmp"
+    shutil.copyfile(source, tmp)
+    tmp.replace(MODELS / f"{args.name}.pt")
+    index_path = MODELS / "index.json"
+    index = json.loads(index_path.read_text())
+    index[args.name] = card
+    tmp = index_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(index_path)
+    print(json.dumps(card, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
