@@ -52,17 +52,21 @@ def test_cache_hit_returns_same_array_without_recomputing(tmp_path: Path):
     assert len(files) == 1 and files[0].suffix == ".npy"  # no temporary file left behind
 
 
-def test_cache_misses_when_anything_in_the_key_changes(tmp_path: Path):
+def test_cache_misses_when_content_or_settings_change(tmp_path: Path):
     crystals = tiny_crystals()
     fz = CountingFeaturizer()
     cached_features(fz, crystals, cache_dir=tmp_path, key="a")
-    cached_features(fz, crystals, cache_dir=tmp_path, key="b")  # other key
-    assert fz.calls == 2
+    # another label for the same structures (mp_20 and mp_20_reduced share a test file) is a hit
+    np.testing.assert_array_equal(
+        cached_features(fz, crystals, cache_dir=tmp_path, key="b"),
+        cached_features(fz, crystals, cache_dir=tmp_path, key="a"),
+    )
+    assert fz.calls == 1
     cached_features(fz, crystals[:4], cache_dir=tmp_path, key="a")  # other crystals
-    assert fz.calls == 3
+    assert fz.calls == 2
     moved = [crystals[0].replace(frac_coords=[[0.1, 0.0, 0.0]]), *crystals[1:]]
     cached_features(fz, moved, cache_dir=tmp_path, key="a")  # moved atom
-    assert fz.calls == 4
+    assert fz.calls == 3
     other = CountingFeaturizer(scale=2.0)  # other settings
     out = cached_features(other, crystals, cache_dir=tmp_path, key="a")
     assert other.calls == 1 and out[0, 0] == 2.0

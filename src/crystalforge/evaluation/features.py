@@ -106,7 +106,9 @@ def cached_features(
         featurizer: Any object with ``name`` and ``featurize`` (see ``FeaturizerLike``).
         crystals: The structures, in order.
         cache_dir: Folder of ``.npy`` cache files (created if missing); None computes without caching.
-        key: The caller's label for this set (e.g. ``"mp_20/test"``); part of the cache key.
+        key: The caller's label for this set (e.g. ``"mp_20/test"``), used in the file name only: the
+            cache is addressed by featurizer and content, so ``mp_20`` and ``mp_20_reduced`` (same
+            test file) share one entry.
 
     Returns:
         The features; NaN rows where featurization failed. A cached file whose shape does not fit
@@ -116,11 +118,11 @@ def cached_features(
     crystals = list(crystals)
     if cache_dir is None:
         return _compute(featurizer, crystals)
-    digest = hashlib.sha256(
-        "\n".join([f"key={key}", featurizer_token(featurizer), crystals_digest(crystals)]).encode()
-    ).hexdigest()
+    digest = hashlib.sha256("\n".join([featurizer_token(featurizer), crystals_digest(crystals)]).encode()).hexdigest()
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{key}-{featurizer.name}").strip("_.")[:80]
     path = Path(cache_dir) / f"{label}-{digest[:24]}.npy"
+    if not path.is_file():  # the same content cached under another label
+        path = next(iter(sorted(Path(cache_dir).glob(f"*-{digest[:24]}.npy"))), path)
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)
