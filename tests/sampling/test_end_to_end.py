@@ -137,3 +137,27 @@ def test_init_from_starts_from_given_weights(tmp_path):
     # one more epoch of EMA-smoothed training from the same start stays close; a fresh init would not
     diffs = [float((first_w[k] - second_w[k]).abs().max()) for k in first_w if first_w[k].is_floating_point()]
     assert max(diffs) < 0.05
+
+
+def test_failed_structures_are_listed_and_not_resampled(tmp_path, monkeypatch):
+    from crystalforge.sampling import runner
+
+    ckpt = _train(tmp_path, "dng")
+    real = runner._to_crystals
+    calls = []
+
+    def fail_first_chunk(batch, names):
+        calls.append(list(names))
+        made, failed = real(batch, names)
+        if names[0] == "gen_00000":  # every structure of chunk 0 is unusable
+            return [], [*failed, *((c.material_id, "flat cell") for c in made)]
+        return made, failed
+
+    monkeypatch.setattr(runner, "_to_crystals", fail_first_chunk)
+    out = tmp_path / "gen"
+    made = api.generate(ckpt, n=4, out=out, steps=2, batch_size=2)
+    assert [c.material_id for c in made] == ["gen_00002", "gen_00003"]
+    assert (out / "failures.csv").read_text().splitlines()[1:] == ["gen_00000,flat cell", "gen_00001,flat cell"]
+    again = api.generate(ckpt, n=4, out=out, steps=2, batch_size=2)  # resume: nothing is sampled again
+    assert len(calls) == 2 and [c.material_id for c in again] == ["gen_00002", "gen_00003"]
+    assert len((out / "failures.csv").read_text().splitlines()) == 3

@@ -88,6 +88,9 @@ def run_jobs(
             _append_failures(out / "failures.csv", failed)
             if made:
                 write_structures(made, path)
+            else:  # every structure failed: an empty chunk file marks the chunk as done
+                with atomic_write(path) as handle:
+                    handle.write("")
         crystals.extend(made)
         if progress:
             progress(len(part))
@@ -131,7 +134,7 @@ def _finished_chunk(path: Path, part: Sequence[Job], failed: set[str]) -> list[C
     """
     if not path.exists():
         return None
-    done = read_structures(path)
+    done = read_structures(path) if path.stat().st_size else []
     if [c.material_id for c in done] == [j.name for j in part if j.name not in failed]:
         return done
     logger.warning("%s does not hold this run's jobs; regenerating it", path)
