@@ -5,6 +5,8 @@
     python benchmarks/bench_models.py dng --runs MODEL:STEPS [...] --reference perov_5 [--n 1000]
         [--coverage] [--relax 100] [--work DIR] [--json OUT.json]
 
+(``--reference``, ``--workers``, ``--threads``, ``--work`` and ``--json`` go after the subcommand.)
+
 MODEL is a shipped name or a ``model.pt``; each ``MODEL:STEPS`` pair (``@S`` or ``@frac_coords=S``
 adds anti-annealing, as ``--anti-annealing`` in the CLI) is one row of the table, all
 measured in the same process one after the other (so their times compare). ``csp`` predicts ``k``
@@ -16,7 +18,9 @@ reports validity, coverage (``--coverage``), Wasserstein distances, uniqueness, 
 hull. Seed 0 throughout.
 
 ``--work DIR`` keeps each row's samples in ``DIR/<row>/``: a killed run rerun with the same command
-resumes sampling (the row's time is then marked ``resumed``) and reuses the relaxation cache.
+resumes sampling and reuses the relaxation cache; a row that found earlier samples (or relaxations)
+is marked ``resumed`` and its time is not reported. Each row records the sampler settings the
+runner actually used (``run.json``: a shipped card's default anti-annealing included).
 """
 
 from __future__ import annotations
@@ -43,12 +47,6 @@ def _parse_run(text: str) -> tuple[str, int, str | None]:
     return model, int(steps), anneal or None
 
 
-def _anneal_value(text: str | None) -> float | dict[str, float] | None:
-    from crystalforge.cli.main import _anti_annealing
-
-    return None if text is None else _anti_annealing(text)
-
-
 def _row_dir(work: Path, model: str, steps: int, anneal: str | None) -> Path:
     name = Path(model).parent.name if model.endswith(".pt") else model
     return work / (f"{name}-{steps}" + (f"-aa{anneal.replace('=', '').replace(',', '-')}" if anneal else ""))
@@ -58,23 +56,31 @@ def _label(model: str, anneal: str | None) -> str:
     return model + (f" (anti-annealing {anneal})" if anneal else "")
 
 
-def _sample(fn: Any, row: Path, **kwargs: Any) -> tuple[list, float, bool]:
-    resumed = (row / "samples.extxyz").exists()
+def _sample(fn: Any, model: str, steps: int, anneal: str | None, row: Path, **kwargs: Any) -> tuple[list, dict]:
+    """Sample one row; the row's record: model, the sampler the runner used, count and timing."""
+    from crystalforge.sampling.samplers import parse_anti_annealing
+
+    resumed = (row / "run.json").exists()
     t0 = time.perf_counter()
-    crystals = fn(out=row, **kwargs)
-    return crystals, time.perf_counter() - t0, resumed
-
-
-def _timing(model: str, steps: int, anneal: str | None, crystals: list, wall: float, resumed: bool) -> dict:
-    return {
+    scale = None if anneal is None else parse_anti_annealing(anneal)
+    crystals = fn(model, out=row, steps=steps, anti_annealing=scale, **kwargs)
+    wall = time.perf_counter() - t0
+    sampler = json.loads((row / "run.json").read_text())["sampler"]
+    return crystals, {
         "model": model,
-        "steps": steps,
-        "anti_annealing": anneal,
+        "steps": sampler["steps"],
+        "anti_annealing": sampler["anti_annealing"],
         "structures": len(crystals),
-        "sampling_s": round(wall, 2),
         "resumed": resumed,
-        "structures_per_s": round(len(crystals) / wall, 2),
+        "sampling_s": None if resumed else round(wall, 2),
+        "structures_per_s": None if resumed else round(len(crystals) / wall, 2),
     }
+
+
+def _speed(record: dict) -> tuple[str, str]:
+    if record["resumed"]:
+        return "resumed", "–"
+    return f"{record['sampling_s']:.1f}", f"{record['structures_per_s']:.1f}"
 
 
 def bench_csp(args: argparse.Namespace, work: Path) -> list[dict]:
@@ -88,16 +94,8 @@ def bench_csp(args: argparse.Namespace, work: Path) -> list[dict]:
     rows = []
     for model, steps, anneal in map(_parse_run, args.runs):
         row = _row_dir(work, model, steps, anneal)
-        crystals, wall, resumed = _sample(
-            api.csp,
-            row,
-            model=model,
-            reference=args.reference,
-            limit=args.limit,
-            k=args.k,
-            steps=steps,
-            anti_annealing=_anneal_value(anneal),
-            root=data_root(),
+        crystals, result = _sample(
+            api.csp, model, steps, anneal, row, reference=args.reference, limit=args.limit, k=args.k, root=data_root()
         )
         report = api.evaluate(
             row / "samples.extxyz", reference=args.reference, task="csp", root=data_root(), workers=args.workers
@@ -105,24 +103,51 @@ def bench_csp(args: argparse.Namespace, work: Path) -> list[dict]:
         s, d = report.summary, report.details["csp_match"]
         # a partial run (--limit) reports its rates over the references it predicted
         partial = args.limit is not None
-        rate1 = d["match_rate_over_predicted"] if partial else s["match_rate"]
-        rate_k = d["match_rate_k_over_predicted"] if partial else s["match_rate_k"]
-        result = {
-            **_timing(model, steps, anneal, crystals, wall, resumed),
-            "match_rate": rate1,
-            "rmse": s["rmse"],
-            "match_rate_k": rate_k,
-            "rmse_k": s["rmse_k"],
-            "references": d["n_references"] if not partial else min(args.limit, d["n_references"]),
-        }
+        result.update(
+            {
+                "k": args.k,
+                "match_rate": d["match_rate_over_predicted"] if partial else s["match_rate"],
+                "rmse": s["rmse"],
+                "match_rate_k": d["match_rate_k_over_predicted"] if partial else s["match_rate_k"],
+                "rmse_k": s["rmse_k"],
+                "references": d["n_references_with_predictions"] if partial else d["n_references"],
+            }
+        )
         rows.append(result)
-        speed = f"{result['structures_per_s']:.1f}" + (" (resumed)" if resumed else "")
-        line = f"| {_label(model, anneal)} | {steps} | {len(crystals)} | {wall:.1f} | {speed} "
-        line += f"| {rate1:.2f} | {s['rmse']:.4f} |"
+        wall, speed = _speed(result)
+        line = f"| {_label(model, anneal)} | {steps} | {len(crystals)} | {wall} | {speed} "
+        line += f"| {result['match_rate']:.2f} | {s['rmse']:.4f} |"
         if args.k > 1:
-            line += f" {rate_k:.2f} | {s['rmse_k']:.4f} |"
+            line += f" {result['match_rate_k']:.2f} | {s['rmse_k']:.4f} |"
         print(line, flush=True)
     return rows
+
+
+def _stability(crystals: list, args: argparse.Namespace, row: Path) -> dict:
+    """Relax the first ``--relax`` samples with CHGNet; stability rates and relaxation statistics."""
+    from crystalforge import api
+
+    cache = row / "relax" / "relax-chgnet.jsonl"
+    resumed = cache.exists()
+    t0 = time.perf_counter()
+    report = api.evaluate(
+        crystals[: args.relax],
+        reference=args.reference,
+        task="dng",
+        coverage=False,
+        relax="chgnet",
+        out=row / "relax",
+        root=data_root(),
+        workers=args.workers,
+    )
+    keys = ("stable_rate", "metastable_rate", "sun_rate", "msun_rate", "mean_rmsd_relax")
+    return {
+        "n": min(args.relax, len(crystals)),
+        **{k: report.summary[k] for k in keys if k in report.summary},
+        **report.details["stability"],
+        "resumed": resumed,
+        "relax_s": None if resumed else round(time.perf_counter() - t0, 1),
+    }
 
 
 def bench_dng(args: argparse.Namespace, work: Path) -> list[dict]:
@@ -132,9 +157,7 @@ def bench_dng(args: argparse.Namespace, work: Path) -> list[dict]:
     rows = []
     for model, steps, anneal in map(_parse_run, args.runs):
         row = _row_dir(work, model, steps, anneal)
-        crystals, wall, resumed = _sample(
-            api.generate, row, model=model, n=args.n, steps=steps, anti_annealing=_anneal_value(anneal)
-        )
+        crystals, result = _sample(api.generate, model, steps, anneal, row, n=args.n)
         report = api.evaluate(
             row / "samples.extxyz",
             reference=args.reference,
@@ -143,30 +166,14 @@ def bench_dng(args: argparse.Namespace, work: Path) -> list[dict]:
             root=data_root(),
             workers=args.workers,
         )
-        result: dict[str, Any] = {**_timing(model, steps, anneal, crystals, wall, resumed), **report.summary}
+        result.update(report.summary)
+        if args.coverage:
+            result["coverage_details"] = report.details["coverage"]
         if args.relax:
-            t0 = time.perf_counter()
-            stab = api.evaluate(
-                crystals[: args.relax],
-                reference=args.reference,
-                task="dng",
-                coverage=False,
-                relax="chgnet",
-                out=row / "relax",
-                root=data_root(),
-                workers=1,
-            )
-            keys = ("stable_rate", "metastable_rate", "sun_rate", "msun_rate", "mean_e_hull", "mean_rmsd")
-            result["relaxed"] = {
-                "n": min(args.relax, len(crystals)),
-                "relax_s": round(time.perf_counter() - t0, 1),
-                **{k: v for k, v in stab.summary.items() if k in keys or "hull" in k or "sun" in k},
-            }
+            result["relaxed"] = _stability(crystals, args, row)
         rows.append(result)
-        print(
-            f"\n{_label(model, anneal)} at {steps} steps: {len(crystals)} crystals in {wall:.1f} s"
-            f" ({len(crystals) / wall:.1f} structures/s{', resumed' if resumed else ''})"
-        )
+        wall, speed = _speed(result)
+        print(f"\n{_label(model, anneal)} at {steps} steps: {len(crystals)} crystals, {wall} s ({speed} structures/s)")
         for key, value in result.items():
             if key not in ("model", "steps", "anti_annealing"):
                 print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
@@ -175,19 +182,22 @@ def bench_dng(args: argparse.Namespace, work: Path) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["csp", "dng"])
-    parser.add_argument("--runs", nargs="+", required=True, help="MODEL:STEPS pairs, measured in this order")
-    parser.add_argument("--reference", default="perov_5")
-    parser.add_argument("--k", type=int, default=1)
-    parser.add_argument("--limit", type=int)
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--coverage", action="store_true")
-    parser.add_argument("--relax", type=int, default=0, help="relax the first N samples with CHGNet (S.U.N.)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, help="torch threads for sampling (1 avoids oversubscription)")
-    parser.add_argument("--work", type=Path, help="keep samples here (resumable); default a temporary folder")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runs", nargs="+", required=True, help="MODEL:STEPS[@S] rows, measured in this order")
+    common.add_argument("--reference", default="perov_5")
+    common.add_argument("--workers", type=int, default=2, help="processes for fingerprints, matching, relaxation")
+    common.add_argument("--threads", type=int, help="torch threads for sampling (1 avoids oversubscription)")
+    common.add_argument("--work", type=Path, help="keep samples here (resumable); default a temporary folder")
+    common.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    csp = sub.add_parser("csp", parents=[common], help="match rate / RMSE per row")
+    csp.add_argument("--k", type=int, default=1, help="predictions per composition (best of k)")
+    csp.add_argument("--limit", type=int, help="only the first N test compositions")
+    dng = sub.add_parser("dng", parents=[common], help="DNG metrics per row")
+    dng.add_argument("--n", type=int, default=1000, help="crystals per row")
+    dng.add_argument("--coverage", action="store_true", help="also COV-R/P (CrystalNN fingerprints: slow)")
+    dng.add_argument("--relax", type=int, default=0, help="relax the first N samples with CHGNet (S.U.N.)")
     args = parser.parse_args()
     if args.threads:
         import torch

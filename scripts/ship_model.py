@@ -6,7 +6,8 @@
 
 The card's training figures (epochs, wall time, parameters, final holdout loss) are read from the
 checkpoint itself; its metrics from rows of ``benchmarks/bench_models.py --json`` output, so no
-figure is typed by hand. CSP rows are keyed by their step count (``match_rate_10_steps``...).
+figure is typed by hand. CSP rows are keyed by step count and anti-annealing
+(``match_rate_10_steps``, ``match_rate_k20_50_steps_anti_annealing_5``...).
 Refuses a checkpoint whose config records an absolute path.
 """
 
@@ -20,7 +21,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "src" / "crystalforge" / "models"
-CSP_KEYS = ("match_rate", "rmse", "match_rate_k", "rmse_k")
 DNG_KEYS = (
     "validity",
     "validity_struct",
@@ -42,25 +42,39 @@ def _paths_in(value: object) -> list[str]:
     return [value] if isinstance(value, str) and value.startswith(("/", "~")) else []
 
 
+def _scale_label(scale: object) -> str:
+    if isinstance(scale, dict):
+        return "-".join(f"{k}{v:g}" for k, v in scale.items())
+    return f"{float(scale):g}" if isinstance(scale, (int, float)) else str(scale)
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def _metrics(specs: list[str], task: str) -> dict:
+    """Card metrics from ``bench_models.py --json`` rows (which record k and the sampler used)."""
     out: dict = {}
     for spec in specs:
         file, _, row = spec.rpartition(":")
-        payload = json.loads(Path(file).read_text())
-        r = payload["rows"][int(row)]
+        r = json.loads(Path(file).read_text())["rows"][int(row)]
+        scale = r.get("anti_annealing")
         if task == "csp":
-            k = 1 if r["match_rate_k"] == r["match_rate"] and r["rmse_k"] == r["rmse"] else None
-            scale = r.get("anti_annealing")
-            suffix = f"_{r['steps']}_steps" + (f"_anti_annealing_{scale}" if scale else "")
-            for key in CSP_KEYS if k is None else CSP_KEYS[:2]:
-                out[key + suffix] = round(r[key], 4)
+            if "k" not in r:
+                sys.exit(f"{spec}: no 'k' in the row (written by an older bench_models.py); rerun the benchmark")
+            suffix = f"_{r['steps']}_steps" + (f"_anti_annealing_{_scale_label(scale)}" if scale else "")
+            out.update({f"{key}{suffix}": round(r[key], 4) for key in ("match_rate", "rmse")})
+            if r["k"] > 1:
+                out.update({f"{key}{r['k']}{suffix}": round(r[key], 4) for key in ("match_rate_k", "rmse_k")})
         else:
             out.update({key: round(r[key], 4) for key in DNG_KEYS if r.get(key) is not None})
             out["steps"] = r["steps"]
-            if r.get("anti_annealing"):
-                out["anti_annealing"] = r["anti_annealing"]
+            if scale:
+                out["anti_annealing"] = scale
             if "relaxed" in r:
-                out["relaxed"] = r["relaxed"]
+                out["relaxed"] = _rounded(r["relaxed"])
     return out
 
 
@@ -80,10 +94,17 @@ def main() -> None:
 
     import torch
 
-    from crystalforge.cli.main import _anti_annealing
+    from crystalforge.sampling.samplers import parse_anti_annealing
+    from crystalforge.training.run import load_model
 
     source = args.run / "model.pt"
     ckpt = torch.load(source, map_location="cpu", weights_only=True)
+    scale = parse_anti_annealing(args.default_anti_annealing) if args.default_anti_annealing else None
+    if scale is not None:  # a default the model cannot use would break every later generate
+        fields = load_model(source)[0].velocity_fields
+        named = set(scale) if isinstance(scale, dict) else {None}
+        if not fields or (None not in named and not named <= set(fields)):
+            sys.exit(f"--default-anti-annealing {args.default_anti_annealing}: the model's flow fields are {fields}")
     config = ckpt["config"]
     bad = _paths_in(config)
     if bad:
@@ -103,12 +124,13 @@ def main() -> None:
             "wall_s": round(float(m["wall_s_this_run"])),
             "hardware": args.hardware,
             "parameters": int(m["parameters"]),
+            "final_train_loss": round(float(m["train/loss"]), 3),
             "final_val_loss": round(float(m["val/loss"]), 3),
         },
         "metrics": {"protocol": args.protocol, **_metrics(args.metrics, config["model"]["task"])},
     }
-    if args.default_anti_annealing:
-        card["default_anti_annealing"] = _anti_annealing(args.default_anti_annealing)
+    if scale is not None:
+        card["default_anti_annealing"] = scale
     tmp = MODELS / f".{args.name}.pt.tmp"
     shutil.copyfile(source, tmp)
     tmp.replace(MODELS / f"{args.name}.pt")

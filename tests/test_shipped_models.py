@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from crystalforge import api, read_structures
 from crystalforge.cli.main import main
+from crystalforge.evaluation.metrics.validity import structure_validity
+
+SHIPPED = {"perov_5-csp", "perov_5-dng", "mp_20-csp", "mp_20-dng", "carbon_24-dng"}
 
 
 def test_models_are_listed(capsys):
+    from importlib import resources
+
     cards = api.list_models()
-    assert {"perov_5-csp", "perov_5-dng"} <= set(cards)
+    assert set(cards) == SHIPPED
+    assert all(resources.files("crystalforge.models").joinpath(c["file"]).is_file() for c in cards.values())
     assert main(["models"]) == 0
-    assert "perov_5-dng" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in SHIPPED)
 
 
 @pytest.mark.parametrize("name", sorted(api.list_models()))
@@ -40,6 +49,7 @@ def test_generation_with_shipped_models(tmp_path):
     dng = api.generate("perov_5-dng", n=3, out=tmp_path / "dng", steps=5, seed=0)
     assert len(dng) == 3
     assert all(c.num_atoms == 5 for c in dng)  # perov_5 cells always hold 5 atoms
+    assert all(structure_validity(c).valid for c in dng)  # no overlapping atoms, a sane cell
     csp = api.csp("perov_5-csp", formulas=["SrTiO3"], k=2, out=tmp_path / "csp", steps=5)
     assert [c.material_id for c in csp] == ["SrTiO3_0", "SrTiO3_1"]
     assert all(sorted(c.atomic_numbers.tolist()) == [8, 8, 8, 22, 38] for c in csp)
@@ -92,10 +102,11 @@ def test_card_default_anti_annealing(tmp_path, monkeypatch):
 
 @pytest.mark.usefixtures("one_thread")
 def test_carbon_and_mp_20_models(tmp_path):
-    if "carbon_24-dng" in api.list_models():
-        carbon = api.generate("carbon_24-dng", n=3, out=tmp_path / "c", steps=3)
-        assert all(set(c.atomic_numbers.tolist()) == {6} and 6 <= c.num_atoms <= 24 for c in carbon)
-    if "mp_20-csp" in api.list_models():
-        (nacl,) = api.csp("mp_20-csp", formulas=["Na2Cl2"], out=tmp_path / "m", steps=3)
-        assert sorted(nacl.atomic_numbers.tolist()) == [11, 11, 17, 17]
-        assert 5.0 < nacl.volume / nacl.num_atoms < 80.0  # a solid's volume per atom, not a collapsed cell
+    carbon = api.generate("carbon_24-dng", n=3, out=tmp_path / "c", steps=3)
+    assert all(set(c.atomic_numbers.tolist()) == {6} and 6 <= c.num_atoms <= 24 for c in carbon)
+    (nacl,) = api.csp("mp_20-csp", formulas=["Na2Cl2"], out=tmp_path / "m", steps=3)
+    assert sorted(nacl.atomic_numbers.tolist()) == [11, 11, 17, 17]
+    assert 5.0 < nacl.volume / nacl.num_atoms < 80.0  # a solid's volume per atom, not a collapsed cell
+    assert json.loads((tmp_path / "m" / "run.json").read_text())["sampler"]["anti_annealing"] == 5.0  # the card's
+    mp = api.generate("mp_20-dng", n=2, out=tmp_path / "d", steps=5, seed=0)
+    assert all(structure_validity(c).valid and 1 <= c.num_atoms <= 20 for c in mp)

@@ -368,14 +368,15 @@ def load_model(model: str | Path) -> tuple[Any, Any, DatasetStats | None]:
     return net, config, stats
 
 
-def _load_for_sampling(model: str | Path) -> tuple[Any, Any, DatasetStats | None, dict[str, Any]]:
-    """``load_model`` plus the default sampler settings.
+def _load_for_sampling(model: str | Path) -> tuple[Any, Any, DatasetStats | None, Any]:
+    """``load_model`` plus the model's default ``SamplerConfig``.
 
     Steps: the card's ``default_steps``, else 50 (flow) or 1000 (diffusion); anti-annealing: the
     card's ``default_anti_annealing`` if any (None keeps the processes' setting).
     """
     from importlib import resources
 
+    from crystalforge.sampling.samplers import SamplerConfig
     from crystalforge.training.run import load_model as _load
 
     cards = list_models()
@@ -390,11 +391,47 @@ def _load_for_sampling(model: str | Path) -> tuple[Any, Any, DatasetStats | None
             )
     net, config, stats = _load(path)
     card = card or {}
-    defaults = {
-        "steps": int(card.get("default_steps", 50 if config.model.kind == "flow" else 1000)),
-        "anti_annealing": card.get("default_anti_annealing"),
-    }
-    return net, config, stats, defaults
+    default = SamplerConfig(
+        steps=int(card.get("default_steps", 50 if config.model.kind == "flow" else 1000)),
+        anti_annealing=card.get("default_anti_annealing"),
+    )
+    return net, config, stats, default
+
+
+def _run_jobs(
+    model: str | Path,
+    net: Any,
+    default: Any,
+    jobs: Sequence[Any],
+    out: str | Path,
+    steps: int | None,
+    anti_annealing: float | Mapping[str, float] | None,
+    batch_size: int,
+    seed: int,
+    device: str,
+    progress: Callable[[int], None] | None,
+) -> list[Crystal]:
+    """Run the jobs with the model's default sampler, overridden by ``steps`` / ``anti_annealing`` where given."""
+    from dataclasses import replace
+
+    from crystalforge.sampling.runner import run_jobs
+
+    sampler = replace(
+        default,
+        steps=steps or default.steps,
+        anti_annealing=default.anti_annealing if anti_annealing is None else anti_annealing,
+    )
+    return run_jobs(
+        net,
+        jobs,
+        out,
+        sampler=sampler,
+        model_name=str(model),
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
 
 
 def generate(
@@ -421,13 +458,12 @@ def generate(
     """
     import numpy as np
 
-    from crystalforge.sampling.runner import Job, run_jobs
-    from crystalforge.sampling.samplers import SamplerConfig
+    from crystalforge.sampling.runner import Job
     from crystalforge.sampling.templates import parse_formula
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    net, config, stats, defaults = _load_for_sampling(model)
+    net, config, stats, default = _load_for_sampling(model)
     if composition is not None:
         z = tuple(parse_formula(composition))
         if config.model.task == "dng":
@@ -445,12 +481,7 @@ def generate(
                 raise ValueError("this model has no dataset statistics: pass num_atoms")
             counts = stats.sample_num_atoms(n, rng=np.random.default_rng(seed))
         jobs = [Job(f"gen_{i:05d}", int(c)) for i, c in enumerate(counts)]
-    sampler = SamplerConfig(
-        steps=steps or defaults["steps"],
-        anti_annealing=defaults["anti_annealing"] if anti_annealing is None else anti_annealing,
-    )
-    run = {"batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
-    return run_jobs(net, jobs, out, sampler=sampler, settings={"model": str(model)}, **run)
+    return _run_jobs(model, net, default, jobs, out, steps, anti_annealing, batch_size, seed, device, progress)
 
 
 def csp(
@@ -476,13 +507,12 @@ def csp(
     ready for ``evaluate(..., task="csp")``; formulas give ``<formula>`` / ``<formula>_<j>``.
     ``anti_annealing`` as in :func:`generate`.
     """
-    from crystalforge.sampling.runner import Job, run_jobs
-    from crystalforge.sampling.samplers import SamplerConfig
+    from crystalforge.sampling.runner import Job
     from crystalforge.sampling.templates import parse_formula
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    net, config, _, defaults = _load_for_sampling(model)
+    net, config, _, default = _load_for_sampling(model)
     if config.model.task != "csp":
         raise ValueError(f"model {model!s} is a {config.model.task.upper()} model; CSP needs a CSP model")
     targets: list[tuple[str, tuple[int, ...]]] = []
@@ -495,12 +525,7 @@ def csp(
     if not targets:
         raise ValueError("nothing to predict: give formulas or a reference")
     jobs = [Job(name if k == 1 else f"{name}_{j}", len(z), z) for j in range(k) for name, z in targets]
-    sampler = SamplerConfig(
-        steps=steps or defaults["steps"],
-        anti_annealing=defaults["anti_annealing"] if anti_annealing is None else anti_annealing,
-    )
-    run = {"batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
-    return run_jobs(net, jobs, out, sampler=sampler, settings={"model": str(model)}, **run)
+    return _run_jobs(model, net, default, jobs, out, steps, anti_annealing, batch_size, seed, device, progress)
 
 
 def train(config: str | Path | Any, out: str | Path, *, overrides: Sequence[str] = ()) -> Path:

@@ -256,7 +256,12 @@ def test_stability_sun_through_the_suite():
 def test_stability_without_training_set_gives_no_sun_and_skips_uniqueness():
     nacl = next(c for c in tiny_crystals() if c.material_id == "nacl_conv_8")
     ctx = EvaluationContext(samples=[Sample(0, "a", crystal=nacl)], relaxer=FakeRelaxer(), hull=_nacl_hull())
+
+    def no_matching():  # S.U.N. is off, so no structure matching may be done for it
+        raise AssertionError("uniqueness computed without a training set")
+
+    ctx.uniqueness = no_matching
     report = run_evaluation(ctx, [StabilityMetric()])
     assert report.summary["stable_rate"] == 100.0 and "sun_rate" not in report.summary
     assert report.details["stability"]["sun"].startswith("not computed: no training set")
-    assert "uniqueness" not in ctx._cache  # S.U.N. is off, so no structure matching was done for it
+    assert "stability" not in report.protocol.get("errors", {})

@@ -93,8 +93,13 @@ def test_anti_annealing_per_field_touches_only_that_field():
     lattice = run({"lattice": 5.0})
     assert torch.equal(lattice.frac_coords, plain.frac_coords)
     assert not torch.equal(lattice.lattice, plain.lattice)
-    with pytest.raises(ValueError, match="unknown field"):
-        SamplerConfig(anti_annealing={"frac_coord": 5.0})
+    # a scale that would change nothing is refused: a misspelt field, the (discrete) types, diffusion
+    for scale in ({"frac_coord": 5.0}, {"atomic_numbers": 5.0}):
+        with pytest.raises(ValueError, match="unknown field"):
+            run(scale)
+    diffusion, _ = _model("diffusion", "csp")
+    with pytest.raises(ValueError, match="no flow"):
+        sample(diffusion, template, SamplerConfig(steps=2, anti_annealing=5.0))
 
 
 def test_formula_parsing_and_template_errors():

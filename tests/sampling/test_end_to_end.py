@@ -130,13 +130,39 @@ def test_training_resumes_from_last_checkpoint(tmp_path):
 
 def test_init_from_starts_from_given_weights(tmp_path):
     ckpt = _train(tmp_path, "csp")
-    config = load_config(TrainConfig, ckpt.parent / "config.yaml", [f"init_from={ckpt}", "trainer.max_epochs=1"])
-    second = api.train(config, tmp_path / "continued")
     first_w = torch.load(ckpt, weights_only=True)["weights"]
-    second_w = torch.load(second, weights_only=True)["weights"]
-    # one more epoch of EMA-smoothed training from the same start stays close; a fresh init would not
-    diffs = [float((first_w[k] - second_w[k]).abs().max()) for k in first_w if first_w[k].is_floating_point()]
-    assert max(diffs) < 0.05
+
+    def max_change(overrides: list[str], out: str) -> float:
+        # another seed: without init_from the run starts from other random weights
+        config = load_config(
+            TrainConfig, ckpt.parent / "config.yaml", ["trainer.max_epochs=1", "trainer.seed=1", *overrides]
+        )
+        w = torch.load(api.train(config, tmp_path / out), weights_only=True)["weights"]
+        return max(float((first_w[k] - w[k]).abs().max()) for k in first_w if first_w[k].is_floating_point())
+
+    # one more epoch of EMA-smoothed training from the given start stays close; a fresh init does not
+    assert max_change([f"init_from={ckpt}"], "continued") < 0.05
+    assert max_change([], "fresh") > 0.05
+
+
+def test_schedule_epochs_sets_the_schedule_length(tmp_path, monkeypatch):
+    from crystalforge.training import lightning
+
+    seen = []
+
+    class Recording(lightning.LitGenerative):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs["total_steps"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(lightning, "LitGenerative", Recording)
+    ckpt = _train(tmp_path, "csp")
+    config = load_config(
+        TrainConfig, ckpt.parent / "config.yaml", ["trainer.max_epochs=1", "trainer.schedule_epochs=3"]
+    )
+    api.train(config, tmp_path / "longer")
+    steps_per_epoch = json.loads((ckpt.parent / "metrics.json").read_text())["global_steps"]
+    assert seen == [steps_per_epoch, 3 * steps_per_epoch]  # max_epochs=1 alone, then a 3-epoch schedule
 
 
 def test_failed_structures_are_listed_and_not_resampled(tmp_path, monkeypatch):
@@ -161,3 +187,26 @@ def test_failed_structures_are_listed_and_not_resampled(tmp_path, monkeypatch):
     again = api.generate(ckpt, n=4, out=out, steps=2, batch_size=2)  # resume: nothing is sampled again
     assert len(calls) == 2 and [c.material_id for c in again] == ["gen_00002", "gen_00003"]
     assert len((out / "failures.csv").read_text().splitlines()) == 3
+
+
+def test_resume_checks_chunk_contents_and_allows_retry_before_any_chunk(tmp_path, monkeypatch):
+    from crystalforge.sampling import runner
+
+    ckpt = _train(tmp_path, "dng")
+    out = tmp_path / "gen"
+    assert {c.num_atoms for c in api.generate(ckpt, n=2, out=out, num_atoms=2, steps=2)} == {2}
+    # same names and settings, other atom counts: the chunk is not reused
+    assert {c.num_atoms for c in api.generate(ckpt, n=2, out=out, num_atoms=3, steps=2)} == {3}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    fresh = tmp_path / "fresh"
+    with monkeypatch.context() as m:
+        m.setattr(runner, "sample", broken)
+        with pytest.raises(RuntimeError):
+            api.generate(ckpt, n=2, out=fresh, steps=2, batch_size=2)
+    assert (fresh / "run.json").exists() and not any((fresh / "chunks").iterdir())
+    # nothing was made: a retry with a smaller batch is allowed and recorded
+    assert len(api.generate(ckpt, n=2, out=fresh, steps=2, batch_size=1)) == 2
+    assert json.loads((fresh / "run.json").read_text())["batch_size"] == 1

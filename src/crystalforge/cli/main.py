@@ -247,9 +247,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<22}{'task':<6}{'kind':<11}{'dataset':<18}{'steps':>6}{'anti-ann.':>10}  description")
     for name, card in sorted(cards.items()):
         scale = card.get("default_anti_annealing")
+        if scale is None:
+            shown = "-"
+        elif isinstance(scale, dict):  # per field, in --anti-annealing's syntax
+            shown = ",".join(f"{k}={v:g}" for k, v in scale.items())
+        else:
+            shown = f"{scale:g}"
         print(
             f"{name:<22}{card['task']:<6}{card['kind']:<11}{card['dataset']:<18}{card['default_steps']:>6}"
-            f"{'-' if scale is None else str(scale):>10}  {card.get('description', '')}"
+            f"{shown:>10}  {card.get('description', '')}"
         )
     return 0
 
@@ -311,14 +317,13 @@ def cmd_csp(args: argparse.Namespace) -> int:
 
 
 def _anti_annealing(text: str) -> float | dict[str, float]:
-    """``5`` or ``frac_coords=5,lattice=0`` (argparse type)."""
+    """The argparse type of ``--anti-annealing``."""
+    from crystalforge.sampling.samplers import parse_anti_annealing
+
     try:
-        if "=" not in text:
-            return float(text)
-        pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
-        return {key.strip(): float(value) for key, value in pairs}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected S or FIELD=S[,FIELD=S], got {text!r}") from None
+        return parse_anti_annealing(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _print_written(count: int, out: str) -> None:

@@ -22,7 +22,7 @@ from crystalforge.core.elements import MASK_Z, MAX_Z, element_table, symbol_to_z
 from crystalforge.core.errors import CrystalError
 from crystalforge.core.fields import ATOM_FIELDS, CRYSTAL_FIELDS, FIELDS
 from crystalforge.core.lattice import lattice_to_params
-from crystalforge.core.periodic import frac_to_cart, wrap_frac
+from crystalforge.core.periodic import frac_to_cart, pbc_diff, wrap_frac
 
 if TYPE_CHECKING:  # pragma: no cover
     import ase
@@ -162,8 +162,7 @@ class Crystal:
         """Same atoms in the same order, same lattice and coordinates (periodically) within ``atol``."""
         if self.num_atoms != other.num_atoms or not np.array_equal(self.atomic_numbers, other.atomic_numbers):
             return False
-        diff = self.frac_coords - other.frac_coords
-        diff -= np.round(diff)
+        diff = pbc_diff(self.frac_coords, other.frac_coords)
         return bool(np.allclose(self.lattice, other.lattice, atol=atol) and np.abs(diff).max() <= atol)
 
     def __repr__(self) -> str:

@@ -34,7 +34,7 @@ def _lengths_and_cosines(lattice: Array) -> tuple[Array, Array]:
 def lattice_to_params(lattice: Array) -> tuple[Array, Array]:
     """Lengths ``[..., 3]`` (Å) and angles ``[..., 3]`` (alpha, beta, gamma; degrees)."""
     lengths, cos = _lengths_and_cosines(lattice)
-    if isinstance(lattice, np.ndarray):
+    if _lib(lattice) is np:
         return lengths, np.rad2deg(np.arccos(np.clip(cos, -1.0, 1.0)))
     return lengths, torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
 
@@ -72,9 +72,7 @@ def volume(lattice: Array) -> Array:
 
 def metric_tensor(lattice: Array) -> Array:
     """Gram matrix ``L Lᵀ`` ``[..., 3, 3]``: invariant under rotations of the Cartesian frame."""
-    return (
-        lattice @ lattice.swapaxes(-1, -2) if isinstance(lattice, np.ndarray) else lattice @ lattice.transpose(-1, -2)
-    )
+    return lattice @ lattice.swapaxes(-1, -2) if _lib(lattice) is np else lattice @ lattice.transpose(-1, -2)
 
 
 def reciprocal(lattice: Array) -> Array:
@@ -153,7 +151,7 @@ def lattice_to_code(lattice: Array, num_atoms: Array) -> Array:
     ``code_to_lattice(lattice_to_code(L, n), n)`` has the metric tensor of ``L``.
     """
     lengths, cos = _lengths_and_cosines(lattice)
-    if isinstance(lattice, np.ndarray):
+    if _lib(lattice) is np:
         n = np.asarray(num_atoms, dtype=lengths.dtype)
         log_s = np.log(n)[..., None] / 3.0
         angle_code = -np.arctanh(np.clip(cos, -_MAX_ABS_COS, _MAX_ABS_COS))

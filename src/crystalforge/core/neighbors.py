@@ -56,11 +56,15 @@ def image_bounds(lattice: Array, cutoff: Array | float) -> Array:
         return np.floor(cutoff / spacing + 0.5 + 1e-9)
 
 
+def _segment_starts(sizes: Tensor) -> Tensor:
+    """Index of each segment's first item ``[S]`` when segments of ``sizes [S]`` are laid end to end."""
+    return torch.cumsum(sizes, 0) - sizes
+
+
 def _segment_positions(sizes: Tensor) -> tuple[Tensor, Tensor]:
     """Owning segment ``[T]`` and position within it ``[T]`` of the ``T = Σ sizes`` items of segments ``sizes [S]``."""
     owner = torch.repeat_interleave(torch.arange(sizes.shape[0], device=sizes.device), sizes)
-    start = torch.cumsum(sizes, 0) - sizes
-    return owner, torch.arange(owner.shape[0], device=sizes.device) - start[owner]
+    return owner, torch.arange(owner.shape[0], device=sizes.device) - _segment_starts(sizes)[owner]
 
 
 def crystal_pairs(num_atoms: Tensor, atom_offsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -105,7 +109,7 @@ def _radius_chunk(
     pair_owner, pi, pj = crystal_pairs(batch.num_atoms[lo:hi], batch.atom_offsets[lo:hi])  # [P] each
     lattice = batch.lattice[lo:hi]
     diff = batch.frac_coords[pj] - batch.frac_coords[pi]
-    fold = torch.round(diff)  # reduce to [-1/2, 1/2] so the image bound holds
+    fold = torch.round(diff)  # reduce to [-1/2, 1/2] so the image bound holds; kept to report the image
     pair_vec = ((diff - fold)[:, None, :] @ lattice[pair_owner])[:, 0, :]  # [P, 3]
     # shift table: the box of images of each crystal, in integer and Cartesian form
     widths = 2 * bounds[lo:hi] + 1  # [b, 3]
@@ -120,7 +124,7 @@ def _radius_chunk(
     # candidates: every pair with every shift of its crystal
     cand_pair, cand_shift = _segment_positions(num_shifts[pair_owner])  # [C] each
     cand_owner = pair_owner[cand_pair]  # [C]
-    cand_shift = cand_shift + (torch.cumsum(num_shifts, 0) - num_shifts)[cand_owner]
+    cand_shift = cand_shift + _segment_starts(num_shifts)[cand_owner]
     vec = pair_vec[cand_pair] + shift_vec[cand_shift]
     dist2 = (vec * vec).sum(1)
     limit = cut[lo:hi][cand_owner]
@@ -194,7 +198,7 @@ def knn_graph(batch: CrystalBatch, k: int, *, max_candidates: int = DEFAULT_CHUN
         fewest = fewest.scatter_reduce(0, sub.crystal_idx, counts, reduce="amin")
         enough = fewest >= k  # [b]
         # edges are sorted by centre then distance: the first k of each centre are its k nearest
-        rank = torch.arange(edges.num_edges, device=device) - (torch.cumsum(counts, 0) - counts)[centre]
+        rank = torch.arange(edges.num_edges, device=device) - _segment_starts(counts)[centre]
         owner = sub.crystal_idx[centre]
         take = (rank < k) & enough[owner]
         to_global = (batch.atom_offsets[idx] - sub.atom_offsets)[owner[take]]

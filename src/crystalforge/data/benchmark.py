@@ -11,7 +11,7 @@ import numpy as np
 from crystalforge.data.dataset import CrystalDataset, cached_build, file_digest, parse_csv
 from crystalforge.data.paths import data_dir
 from crystalforge.data.preprocess import PreprocessOptions
-from crystalforge.data.sources import BENCHMARKS, REDUCED, BenchmarkSpec, ReducedProtocol
+from crystalforge.data.sources import BENCHMARKS, REDUCED, BenchmarkSpec, ReducedProtocol, known_datasets
 
 
 def default_workers() -> int:
@@ -26,9 +26,7 @@ def _resolve(
     reduced = REDUCED.get(name)
     spec = BENCHMARKS.get(reduced.base if reduced else name)
     if spec is None:
-        raise KeyError(
-            f"unknown dataset {name!r} (known: {', '.join(sorted(BENCHMARKS) + sorted(REDUCED))}, or a path)"
-        )
+        raise KeyError(f"unknown dataset {name!r} (known: {', '.join(known_datasets())}, or a path)")
     path = spec.split_file(data_dir(root), reduced.source_split(split) if reduced else split)
     if reduced is None:
         return spec, None, path, None

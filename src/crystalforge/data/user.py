@@ -68,7 +68,7 @@ def _read_ase_db(path: Path) -> tuple[list[Crystal], list[Failure]]:
             atoms.info.update({k: v for k, v in row.key_value_pairs.items()})
             crystals.append(Crystal.from_ase(atoms, material_id=ident))
         except CrystalError as exc:
-            failures.append(Failure(f"{path} row {row.id} ({ident})", exc.problem))
+            failures.append(Failure(f"{path} row {row.id} ({ident})", exc.problem, material_id=ident))
     return crystals, failures
 
 
@@ -107,7 +107,7 @@ def load_user_dataset(
             raw, failures = [], []
             for record in iter_records(p):
                 if record.crystal is None:
-                    failures.append(Failure(record.source, record.error or "unreadable"))
+                    failures.append(Failure(record.source, record.error or "unreadable", material_id=record.ident))
                 else:
                     raw.append(record.crystal)
         out = []

@@ -29,6 +29,9 @@ ProgressFactory = Callable[[int | None, str], Any]
 """``factory(total, description)`` → an object with ``update(n)`` and ``close()`` (e.g. tqdm)."""
 
 
+_RELAX = "relax"  # memo key of the relaxation results
+
+
 @dataclass(frozen=True)
 class Sample:
     """One input record: a crystal, or ``error`` saying why the record gave none."""
@@ -234,9 +237,9 @@ class EvaluationContext:
                 out[i] = result
             return out
 
-        return self.memo("relax", compute)
+        return self.memo(_RELAX, compute)
 
     def relaxed_crystals(self) -> list[Crystal]:
         """The relaxed structures of a run that relaxed (failures left out); empty otherwise."""
-        results = self._cache.get("relax", [])
+        results = self._cache.get(_RELAX, [])  # never starts a relaxation
         return [r.crystal for r in results if r.crystal is not None]

@@ -4,10 +4,10 @@
 ``crystalforge.representations``); any object with a ``name`` and a ``featurize(crystals)``
 method returning a ``[B, D]`` float64 array (NaN rows for failures) will do (``FeaturizerLike``).
 
-The cache file name is a sha256 of three things: the caller's ``key`` (e.g. ``"perov_5/test"``
-plus library versions if they matter), the featurizer's identity (class, ``name`` and public
-settings such as a scaler, but not ``workers``), and ``crystals_digest(crystals)`` (atomic numbers,
-fractional coordinates and lattice rounded to 1e-6). Files are written with
+The cache file is addressed by content: ``<featurizer name>-<sha256>.npy`` over the featurizer's
+identity (class, ``name`` and public settings such as a scaler, but not ``workers``) and
+``crystals_digest(crystals)`` (atomic numbers, fractional coordinates and lattice rounded to 1e-6),
+so two names for the same structures (``mp_20`` and ``mp_20_reduced`` test) share one file. Files are written with
 ``crystalforge.io.atomic.atomic_write``, so concurrent writers never leave a torn file behind.
 """
 
@@ -97,18 +97,13 @@ def featurizer_token(featurizer: FeaturizerLike) -> str:
     return f"{cls.__module__}.{cls.__qualname__}|name={featurizer.name}|{_canonical(state)}"
 
 
-def cached_features(
-    featurizer: FeaturizerLike, crystals: Sequence[Crystal], *, cache_dir: Path | None, key: str
-) -> np.ndarray:
+def cached_features(featurizer: FeaturizerLike, crystals: Sequence[Crystal], *, cache_dir: Path | None) -> np.ndarray:
     """``featurizer.featurize(crystals)`` as ``[B, D]`` float64, read from / written to ``cache_dir`` when given.
 
     Args:
         featurizer: Any object with ``name`` and ``featurize`` (see ``FeaturizerLike``).
         crystals: The structures, in order.
         cache_dir: Folder of ``.npy`` cache files (created if missing); None computes without caching.
-        key: The caller's label for this set (e.g. ``"mp_20/test"``), used in the file name only: the
-            cache is addressed by featurizer and content, so ``mp_20`` and ``mp_20_reduced`` (same
-            test file) share one entry.
 
     Returns:
         The features; NaN rows where featurization failed. A cached file whose shape does not fit
@@ -119,10 +114,8 @@ def cached_features(
     if cache_dir is None:
         return _compute(featurizer, crystals)
     digest = hashlib.sha256("\n".join([featurizer_token(featurizer), crystals_digest(crystals)]).encode()).hexdigest()
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{key}-{featurizer.name}").strip("_.")[:80]
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", featurizer.name).strip("_.")[:80]
     path = Path(cache_dir) / f"{label}-{digest[:24]}.npy"
-    if not path.is_file():  # the same content cached under another label
-        path = next(iter(sorted(Path(cache_dir).glob(f"*-{digest[:24]}.npy"))), path)
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)

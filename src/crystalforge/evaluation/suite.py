@@ -120,7 +120,7 @@ class CoverageMetric:
         for featurizer in (ctx.struct_featurizer, ctx.comp_featurizer):
             bar = ctx.progress(None, f"{featurizer.name} fingerprints ({label})")
             try:
-                out.append(cached_features(featurizer, crystals, cache_dir=ctx.cache_dir if cache else None, key=label))
+                out.append(cached_features(featurizer, crystals, cache_dir=ctx.cache_dir if cache else None))
             finally:
                 bar.close()
         return tuple(out)

@@ -188,18 +188,17 @@ def _extxyz_records(path: Path, text: str) -> Iterator[Record]:
         return
     for i, (frame, problem) in enumerate(frames):
         source = f"{path}:{i}"
-        default_id = path.stem if len(frames) == 1 else f"{path.stem}:{i}"
-        if problem is None:
-            try:
-                atoms = read(io.StringIO(frame), index=0, format="extxyz")
-            except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed text
-                problem = str(exc)
-        if problem is not None:  # an unreadable frame: its id comes from the comment line
-            ident = _extxyz_material_id(frame) or default_id
+        # the id as written in the comment line: ASE reads values such as "3961_0" as numbers
+        # (int("3961_0") == 39610), so atoms.info is not used for it
+        ident = _extxyz_material_id(frame) or (path.stem if len(frames) == 1 else f"{path.stem}:{i}")
+        if problem is not None:
             yield Record(source, error=f"malformed extxyz frame {i}: {problem}", ident=ident)
             continue
-        # the id as written: ASE reads values such as "3961_0" as numbers (int("3961_0") == 39610)
-        ident = _extxyz_material_id(frame) or default_id
+        try:
+            atoms = read(io.StringIO(frame), index=0, format="extxyz")
+        except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed text
+            yield Record(source, error=f"malformed extxyz frame {i}: {exc}", ident=ident)
+            continue
         try:
             yield Record(source, crystal=Crystal.from_ase(atoms, material_id=ident), ident=ident)
         except CrystalError as exc:

@@ -5,8 +5,9 @@ Templates are cut into chunks of ``batch_size`` crystals. Chunk ``k`` is sampled
 continues with the first missing chunk and gives the same structures as an uninterrupted one. At the
 end the chunks are gathered into ``samples.extxyz`` and one CIF per structure (P1 in ``cif/``,
 symmetrised in ``cif_symmetrized/``). ``run.json`` records the run's settings (model, sampler,
-seed, chunk size); resuming into a folder written with other settings is an error rather than a
-silent mix of two runs.
+seed, chunk size); once chunks exist, resuming with other settings is an error rather than a silent
+mix of two runs, and a chunk is reused only if it holds exactly its jobs (names, atom counts and,
+for CSP, compositions).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,16 +60,17 @@ def run_jobs(
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     symmetrize: bool = True,
-    settings: Mapping[str, Any] | None = None,
+    model_name: str | None = None,
 ) -> list[Crystal]:
     """Generate every job (resuming from chunks already on disk); return the crystals in job order.
 
-    ``settings`` (e.g. the model's name) are stored in ``run.json`` with the sampler, seed and chunk
-    size; a folder holding a run with different settings raises ``ValueError``.
+    ``model_name`` is stored in ``run.json`` with the sampler, seed and chunk size; a folder whose
+    chunks were made with other settings raises ``ValueError``.
     """
     out = Path(out_dir)
-    _check_run_settings(out, {**(settings or {}), "sampler": asdict(sampler), "seed": seed, "batch_size": batch_size})
     chunk_dir = out / "chunks"
+    settings = {"model": model_name, "sampler": asdict(sampler), "seed": seed, "batch_size": batch_size}
+    _check_run_settings(out, settings, resuming=any(chunk_dir.glob("chunk_*.extxyz")))
     chunk_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device)
     dtype = next(model.parameters()).dtype
@@ -85,12 +87,12 @@ def run_jobs(
             made, failed = _to_crystals(result, [j.name for j in part])
             for name, reason in failed:
                 logger.warning("%s: generated structure is unusable (%s); not written", name, reason)
-            _append_failures(out / "failures.csv", failed)
             if made:
                 write_structures(made, path)
             else:  # every structure failed: an empty chunk file marks the chunk as done
                 with atomic_write(path) as handle:
                     handle.write("")
+            _append_failures(out / "failures.csv", failed)  # after the chunk: a crash between never lists twice
         crystals.extend(made)
         if progress:
             progress(len(part))
@@ -106,11 +108,11 @@ def run_jobs(
     return crystals
 
 
-def _check_run_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Write ``run.json``, or check that an earlier run in ``out`` used the same settings."""
+def _check_run_settings(out: Path, settings: dict[str, Any], *, resuming: bool) -> None:
+    """Write ``run.json``; when resuming (chunks exist), first check the earlier run used these settings."""
     record = json.loads(json.dumps(settings, default=str))  # as it reads back from disk
     path = out / "run.json"
-    if path.exists():
+    if resuming and path.exists():
         try:
             before = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -130,12 +132,18 @@ def _check_run_settings(out: Path, settings: dict[str, Any]) -> None:
 def _finished_chunk(path: Path, part: Sequence[Job], failed: set[str]) -> list[Crystal] | None:
     """The crystals of a chunk file written by an earlier run of these jobs, else None (sample it).
 
-    A chunk is finished when it holds every job of ``part`` except those listed as failed.
+    A chunk is finished when it holds every job of ``part`` except those listed as failed, each with
+    the job's number of atoms and (CSP) composition.
     """
     if not path.exists():
         return None
     done = read_structures(path) if path.stat().st_size else []
-    if [c.material_id for c in done] == [j.name for j in part if j.name not in failed]:
+    expected = [j for j in part if j.name not in failed]
+    if [c.material_id for c in done] == [j.name for j in expected] and all(
+        c.num_atoms == j.num_atoms
+        and (j.composition is None or sorted(c.atomic_numbers.tolist()) == sorted(j.composition))
+        for c, j in zip(done, expected, strict=True)
+    ):
         return done
     logger.warning("%s does not hold this run's jobs; regenerating it", path)
     return None

@@ -60,10 +60,6 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.anti_annealing, Mapping):
-            known = ("frac_coords", "lattice", "atomic_numbers")
-            unknown = sorted(set(self.anti_annealing) - set(known))
-            if unknown:
-                raise ValueError(f"anti_annealing: unknown field(s) {unknown} (known: {', '.join(known)})")
             object.__setattr__(self, "anti_annealing", dict(self.anti_annealing))
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
@@ -81,6 +77,8 @@ def iterate(
     constraints: Sequence[Constraint] = (),
 ) -> Iterator[SampleStep]:
     """Yield the state after each of ``config.steps`` steps, starting from the prior."""
+    if config.anti_annealing is not None:
+        _check_anti_annealing(config.anti_annealing, model.velocity_fields)
     predict: PredictFn = model.predict
     for g in guidance:
         predict = functools.partial(g, predict)
@@ -106,6 +104,29 @@ def iterate(
             for c in constraints:
                 x = c.apply(x, grid[i + 1], template)
             yield SampleStep(index=i, t=float(grid[i + 1]), x=x)
+
+
+def parse_anti_annealing(text: str) -> float | dict[str, float]:
+    """``"5"`` → 5.0 for every flow field; ``"frac_coords=5,lattice=0"`` → per field."""
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
+        return {key.strip(): float(value) for key, value in pairs}
+    except ValueError:
+        raise ValueError(f"anti-annealing: expected S or FIELD=S[,FIELD=S], got {text!r}") from None
+
+
+def _check_anti_annealing(scale: float | Mapping[str, float], velocity_fields: Sequence[str]) -> None:
+    """Anti-annealing scales flow velocities: refuse a setting that would silently do nothing."""
+    if not velocity_fields:
+        raise ValueError("anti_annealing: this model has no flow (velocity) fields to scale")
+    if isinstance(scale, Mapping):
+        unknown = sorted(set(scale) - set(velocity_fields))
+        if unknown:
+            raise ValueError(
+                f"anti_annealing: unknown field(s) {unknown} (this model's flow fields: {', '.join(velocity_fields)})"
+            )
 
 
 def _heun(

@@ -53,6 +53,9 @@ class TrainerConfig:
     """Lightning Trainer settings."""
 
     max_epochs: int = 100
+    # length of the warm-up + cosine schedule in epochs (None: max_epochs); set it above max_epochs to
+    # stop a run part-way through a longer schedule reproducibly (instead of by max_time_minutes)
+    schedule_epochs: int | None = None
     max_time_minutes: float | None = None
     accelerator: str = "auto"
     devices: int = 1
@@ -96,6 +99,21 @@ def train(config: TrainConfig, out_dir: str | Path) -> Path:
         torch.set_num_threads(threads)
 
 
+def prepare(config: TrainConfig) -> tuple[list, list, Any, TrainConfig, Any]:
+    """``(train_set, val_set, dataset_stats, resolved_config, model)`` of a run, before any training.
+
+    The resolved config names the elements the model's type vocabulary was built from.
+    """
+    from crystalforge.data.stats import compute_dataset_stats
+
+    train_set, val_set = _datasets(config.data)
+    if not train_set:
+        raise ValueError(f"{config.data.dataset}/{config.data.train_split}: no training structures")
+    stats = compute_dataset_stats(train_set)
+    model_config = replace(config.model, elements=resolve_elements(config.model, stats))
+    return train_set, val_set, stats, replace(config, model=model_config), build_model(model_config, stats)
+
+
 def _train(config: TrainConfig, out: Path) -> Path:
     import lightning as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -103,27 +121,17 @@ def _train(config: TrainConfig, out: Path) -> Path:
 
     from crystalforge.data.augment import BatchAugment
     from crystalforge.data.loader import make_loader
-    from crystalforge.data.stats import compute_dataset_stats
-    from crystalforge.training.checkpoint import save_checkpoint
+    from crystalforge.training.checkpoint import load_checkpoint, save_checkpoint
     from crystalforge.training.lightning import LitGenerative
 
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    train_set, val_set = _datasets(config.data)
-    if not train_set:
-        raise ValueError(f"{config.data.dataset}/{config.data.train_split}: no training structures")
-    stats = compute_dataset_stats(train_set)
-    elements = resolve_elements(config.model, stats)
-    model_config = replace(config.model, elements=elements)
-    resolved = replace(config, model=model_config)
+    train_set, val_set, stats, resolved, model = prepare(config)
     (out / "config.yaml").write_text(dump_config(resolved))
-    model = build_model(model_config, stats)
     if config.init_from and not (out / "last.ckpt").exists():
-        from crystalforge.training.checkpoint import load_checkpoint
-
-        start = load_checkpoint(config.init_from)
+        init = load_checkpoint(config.init_from)
         try:
-            model.load_state_dict(start["weights"])
+            model.load_state_dict(init["weights"])
         except RuntimeError as exc:
             raise ValueError(f"init_from {config.init_from}: weights do not fit this model config ({exc})") from None
     steps_per_epoch = max(1, len(train_set) // config.data.batch_size)
@@ -132,7 +140,7 @@ def _train(config: TrainConfig, out: Path) -> Path:
         lr=config.optim.lr,
         weight_decay=config.optim.weight_decay,
         warmup_steps=config.optim.warmup_steps,
-        total_steps=steps_per_epoch * config.trainer.max_epochs,
+        total_steps=steps_per_epoch * (config.trainer.schedule_epochs or config.trainer.max_epochs),
         ema_decay=config.optim.ema_decay,
     )
     augment = BatchAugment() if config.data.augment else None
