@@ -18,7 +18,8 @@ reports validity, coverage (``--coverage``), Wasserstein distances, uniqueness, 
 hull. Seed 0 throughout.
 
 ``--work DIR`` keeps each row's samples in ``DIR/<row>/``: a killed run rerun with the same command
-resumes sampling and reuses the relaxation cache; a row that found earlier samples (or relaxations)
+resumes sampling and reuses the relaxation cache and the samples' fingerprints (``DIR/<row>/eval``,
+cached 100 crystals at a time); a row that found earlier samples (or relaxations)
 is marked ``resumed`` and its time is not reported. Each row records the sampler settings the
 runner actually used (``run.json``: a shipped card's default anti-annealing included).
 """
@@ -163,6 +164,7 @@ def bench_dng(args: argparse.Namespace, work: Path) -> list[dict]:
             reference=args.reference,
             task="dng",
             coverage=args.coverage,
+            out=row / "eval",  # report files and a resumable cache of the samples' fingerprints
             root=data_root(),
             workers=args.workers,
         )

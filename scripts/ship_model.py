@@ -54,20 +54,33 @@ def _rounded(value: object) -> object:
     return round(value, 4) if isinstance(value, float) else value
 
 
+def _k_from_argv(argv: list[str] | None, spec: str) -> int:
+    """k of a row written before rows recorded it: the run's ``--k`` (bench_models.py's default 1)."""
+    if argv is None:
+        sys.exit(f"{spec}: neither the row nor the file records k; rerun the benchmark")
+    return int(argv[argv.index("--k") + 1]) if "--k" in argv else 1
+
+
 def _metrics(specs: list[str], task: str) -> dict:
     """Card metrics from ``bench_models.py --json`` rows (which record k and the sampler used)."""
     out: dict = {}
     for spec in specs:
         file, _, row = spec.rpartition(":")
-        r = json.loads(Path(file).read_text())["rows"][int(row)]
+        data = json.loads(Path(file).read_text())
+        r = data["rows"][int(row)]
         scale = r.get("anti_annealing")
         if task == "csp":
-            if "k" not in r:
-                sys.exit(f"{spec}: no 'k' in the row (written by an older bench_models.py); rerun the benchmark")
+            r = {**r, "k": r["k"] if "k" in r else _k_from_argv(data.get("argv"), spec)}
             suffix = f"_{r['steps']}_steps" + (f"_anti_annealing_{_scale_label(scale)}" if scale else "")
-            out.update({f"{key}{suffix}": round(r[key], 4) for key in ("match_rate", "rmse")})
+            # a best-of-k row gives only its best-of-k figures: its k=1 rates may be over a subset
             if r["k"] > 1:
-                out.update({f"{key}{r['k']}{suffix}": round(r[key], 4) for key in ("match_rate_k", "rmse_k")})
+                figures = {f"{key}{r['k']}{suffix}": round(r[key], 4) for key in ("match_rate_k", "rmse_k")}
+            else:
+                figures = {f"{key}{suffix}": round(r[key], 4) for key in ("match_rate", "rmse")}
+            clash = sorted(key for key in figures if key in out and out[key] != figures[key])
+            if clash:
+                sys.exit(f"{spec}: {clash} already set by an earlier --metrics row with other values")
+            out.update(figures)
         else:
             out.update({key: round(r[key], 4) for key in DNG_KEYS if r.get(key) is not None})
             out["steps"] = r["steps"]

@@ -12,7 +12,15 @@ from crystalforge import api, read_structures
 from crystalforge.cli.main import main
 from crystalforge.evaluation.metrics.validity import structure_validity
 
-SHIPPED = {"perov_5-csp", "perov_5-dng", "mp_20-csp", "mp_20-dng", "carbon_24-dng"}
+SHIPPED = {
+    "perov_5-csp",
+    "perov_5-dng",
+    "mp_20-csp",
+    "mp_20-dng",
+    "carbon_24-dng",
+    "perov_5-csp-diffusion",
+    "perov_5-dng-diffusion",
+}
 
 
 def test_models_are_listed(capsys):

@@ -249,7 +249,8 @@ def evaluate(
         k: predictions per reference for best-of-k (CSP; default: the most any reference has).
         target: ``(property, low, high)`` window for the targeting success rate; the property is
             read from each sample's ``properties``.
-        out: folder for ``summary.json``, ``per_structure.csv`` and ``summary.md``.
+        out: folder for ``summary.json``, ``per_structure.csv`` and ``summary.md``; also caches the
+            samples' fingerprints (``fingerprints/``), so an interrupted coverage run resumes.
         workers: processes for fingerprints, matching and relaxation.
         root: data directory for benchmark names.
         fmt: force the sample file format.
@@ -322,6 +323,7 @@ def evaluate(
         target_window=None if target is None else (target[1], target[2]),
         workers=workers,
         cache_dir=cache_dir() / "fingerprints",
+        sample_cache_dir=None if out_dir is None else out_dir / "fingerprints",
         progress=partial(progress_bar, leave=False) if show_progress else null_progress,
     )
     report = run_evaluation(ctx)

@@ -136,3 +136,36 @@ def test_featurizer_token_sees_settings_not_runtime_state():
     assert featurizer_token(a) != featurizer_token(b)
     a.cache_token = b.cache_token = "v1"
     assert featurizer_token(a) == featurizer_token(b)
+
+
+def test_chunked_cache_resumes_after_an_interruption(tmp_path: Path, monkeypatch):
+    crystals = tiny_crystals()  # 5 crystals: chunks of 2, 2, 1
+    whole = cached_features(CountingFeaturizer(), crystals, cache_dir=None)
+    real = CountingFeaturizer.featurize
+
+    def dies_on_third_call(self, chunk):  # a job killed while on its third chunk
+        if self.calls == 2:
+            raise RuntimeError("killed")
+        return real(self, chunk)
+
+    with monkeypatch.context() as m:
+        m.setattr(CountingFeaturizer, "featurize", dies_on_third_call)  # same class: same cache key
+        with pytest.raises(RuntimeError, match="killed"):
+            cached_features(CountingFeaturizer(), crystals, cache_dir=tmp_path, chunk_size=2)
+    (parts,) = tmp_path.glob("*.parts")
+    assert len(list(parts.glob("*.npy"))) == 2  # the two finished chunks were kept
+    assert not list(tmp_path.glob("*.npy"))  # no whole-array file for an unfinished run
+    rerun = CountingFeaturizer()
+    out = cached_features(rerun, crystals, cache_dir=tmp_path, chunk_size=2)
+    assert rerun.calls == 1  # only the last chunk was computed
+    np.testing.assert_array_equal(out, whole)
+    assert not parts.exists() and len(list(tmp_path.glob("*.npy"))) == 1  # parts removed once whole
+    # the whole file is the same cache entry an unchunked call reads
+    again = CountingFeaturizer()
+    np.testing.assert_array_equal(cached_features(again, crystals, cache_dir=tmp_path), whole)
+    assert again.calls == 0
+
+
+def test_chunk_size_is_validated(tmp_path: Path):
+    with pytest.raises(ValueError, match="chunk_size"):
+        cached_features(CountingFeaturizer(), tiny_crystals(), cache_dir=tmp_path, chunk_size=0)

@@ -92,9 +92,11 @@ def test_self_evaluation_oracles_and_failure_rows(tmp_path):
     assert "| validity (`validity`) |" in paths["markdown"].read_text()
 
 
-def test_reference_fingerprints_are_cached(tmp_path):
+@pytest.mark.parametrize("cache_samples", [False, True])
+def test_fingerprints_are_cached(tmp_path, cache_samples):
     ref = _valid_set()
     struct, comp = CompositionCounts("fake_struct"), CompositionCounts("fake_comp")
+    samples_cache = tmp_path / "samples-fp" if cache_samples else None
     for _ in range(2):
         ctx = _ctx(
             [Sample(0, "s0", crystal=ref[2])],
@@ -103,9 +105,12 @@ def test_reference_fingerprints_are_cached(tmp_path):
             comp_featurizer=comp,
             coverage_cutoffs=(0.1, 0.1),
             cache_dir=tmp_path / "fp",
+            sample_cache_dir=samples_cache,
         )
         run_evaluation(ctx)
-    assert struct._calls == 3  # reference once (then cached), samples twice
+    # the reference once (then cached); the samples twice, or once when their cache is asked for
+    assert struct._calls == (2 if cache_samples else 3)
+    assert len(list((tmp_path / "samples-fp").glob("fake_struct-*.npy"))) == int(cache_samples)
 
 
 class Exploding:

@@ -123,6 +123,8 @@ class EvaluationContext:
         hull: a reference hull with ``e_above_hull``, or None.
         workers: processes for the expensive parts.
         cache_dir: where reference fingerprints are cached (None: no cache).
+        sample_cache_dir: where the samples' fingerprints are cached, chunk by chunk, so an
+            interrupted coverage evaluation resumes (None: no cache).
         progress: progress-bar factory.
 
     """
@@ -143,6 +145,7 @@ class EvaluationContext:
     target_window: tuple[float | None, float | None] | None = None
     workers: int = 1
     cache_dir: Path | None = None
+    sample_cache_dir: Path | None = None
     progress: ProgressFactory = null_progress
     seed: int = 0
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -9,6 +9,10 @@ identity (class, ``name`` and public settings such as a scaler, but not ``worker
 ``crystals_digest(crystals)`` (atomic numbers, fractional coordinates and lattice rounded to 1e-6),
 so two names for the same structures (``mp_20`` and ``mp_20_reduced`` test) share one file. Files are written with
 ``crystalforge.io.atomic.atomic_write``, so concurrent writers never leave a torn file behind.
+
+With ``chunk_size``, a long featurization is resumable: each chunk of crystals is saved as it is
+done under ``<stem>.parts/`` and reused by the next call, and the folder is removed once the whole
+array is written (CrystalNN on 1,000 generated mp_20 crystals takes tens of CPU-minutes).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -97,13 +102,21 @@ def featurizer_token(featurizer: FeaturizerLike) -> str:
     return f"{cls.__module__}.{cls.__qualname__}|name={featurizer.name}|{_canonical(state)}"
 
 
-def cached_features(featurizer: FeaturizerLike, crystals: Sequence[Crystal], *, cache_dir: Path | None) -> np.ndarray:
+def cached_features(
+    featurizer: FeaturizerLike,
+    crystals: Sequence[Crystal],
+    *,
+    cache_dir: Path | None,
+    chunk_size: int | None = None,
+) -> np.ndarray:
     """``featurizer.featurize(crystals)`` as ``[B, D]`` float64, read from / written to ``cache_dir`` when given.
 
     Args:
         featurizer: Any object with ``name`` and ``featurize`` (see ``FeaturizerLike``).
         crystals: The structures, in order.
         cache_dir: Folder of ``.npy`` cache files (created if missing); None computes without caching.
+        chunk_size: Featurize this many crystals at a time and keep each finished chunk on disk
+            until the whole array is written, so an interrupted call resumes (needs ``cache_dir``).
 
     Returns:
         The features; NaN rows where featurization failed. A cached file whose shape does not fit
@@ -111,25 +124,51 @@ def cached_features(featurizer: FeaturizerLike, crystals: Sequence[Crystal], *, 
 
     """
     crystals = list(crystals)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if cache_dir is None:
         return _compute(featurizer, crystals)
     digest = hashlib.sha256("\n".join([featurizer_token(featurizer), crystals_digest(crystals)]).encode()).hexdigest()
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", featurizer.name).strip("_.")[:80]
     path = Path(cache_dir) / f"{label}-{digest[:24]}.npy"
-    if path.is_file():
-        try:
-            cached = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
-        else:
-            if cached.ndim == 2 and cached.shape[0] == len(crystals):
-                logger.debug("feature cache hit: %s", path)
-                return np.asarray(cached, dtype=np.float64)
-            logger.warning("ignoring feature cache %s: shape %s for %d crystals", path, cached.shape, len(crystals))
-    features = _compute(featurizer, crystals)
+    cached = _load(path, len(crystals))
+    if cached is not None:
+        logger.debug("feature cache hit: %s", path)
+        return cached
+    parts = path.with_suffix(".parts")
+    if chunk_size is None or len(crystals) <= chunk_size:
+        features = _compute(featurizer, crystals)
+    else:
+        blocks = []
+        for start in range(0, len(crystals), chunk_size):
+            chunk = crystals[start : start + chunk_size]
+            part = parts / f"{start:08d}.npy"
+            block = _load(part, len(chunk))
+            if block is None:
+                block = _compute(featurizer, chunk)
+                with atomic_write(part, "wb") as handle:
+                    np.save(handle, block, allow_pickle=False)
+            blocks.append(block)
+        features = np.concatenate(blocks, axis=0)
     with atomic_write(path, "wb") as handle:
         np.save(handle, features, allow_pickle=False)
+    shutil.rmtree(parts, ignore_errors=True)
     return features
+
+
+def _load(path: Path, rows: int) -> np.ndarray | None:
+    """A cached ``[rows, D]`` array, or None when missing, unreadable or of another shape."""
+    if not path.is_file():
+        return None
+    try:
+        cached = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
+        return None
+    if cached.ndim != 2 or cached.shape[0] != rows:
+        logger.warning("ignoring feature cache %s: shape %s for %d crystals", path, cached.shape, rows)
+        return None
+    return np.asarray(cached, dtype=np.float64)
 
 
 def _compute(featurizer: FeaturizerLike, crystals: list[Crystal]) -> np.ndarray:

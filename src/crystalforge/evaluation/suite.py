@@ -14,6 +14,7 @@ import math
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,6 +30,9 @@ from crystalforge.evaluation.metrics.stability import stability
 from crystalforge.evaluation.metrics.symmetry import symmetry_report
 from crystalforge.evaluation.metrics.targeting import target_success
 from crystalforge.evaluation.report import MetricReport
+
+FEATURE_CHUNK = 100
+"""Crystals fingerprinted per resumable chunk (see ``cached_features``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +119,12 @@ class CoverageMetric:
             return f"no published cutoffs for reference {ctx.reference_name!r}"
         return None
 
-    def _features(self, ctx: EvaluationContext, crystals: Sequence[Crystal], label: str, cache: bool) -> tuple:
+    def _features(self, ctx: EvaluationContext, crystals: Sequence[Crystal], label: str, cache: Path | None) -> tuple:
         out = []
         for featurizer in (ctx.struct_featurizer, ctx.comp_featurizer):
             bar = ctx.progress(None, f"{featurizer.name} fingerprints ({label})")
             try:
-                out.append(cached_features(featurizer, crystals, cache_dir=ctx.cache_dir if cache else None))
+                out.append(cached_features(featurizer, crystals, cache_dir=cache, chunk_size=FEATURE_CHUNK))
             finally:
                 bar.close()
         return tuple(out)
@@ -131,9 +135,9 @@ class CoverageMetric:
         assert ctx.coverage_cutoffs is not None
         idx, crystals = _parsed(ctx)
         with ctx.timed("coverage.fingerprints_reference"):
-            ref_struct, ref_comp = self._features(ctx, ctx.reference, str(ctx.reference_name), cache=True)
+            ref_struct, ref_comp = self._features(ctx, ctx.reference, str(ctx.reference_name), ctx.cache_dir)
         with ctx.timed("coverage.fingerprints_samples"):
-            gen_struct, gen_comp = self._features(ctx, crystals, "samples", cache=False)
+            gen_struct, gen_comp = self._features(ctx, crystals, "samples", ctx.sample_cache_dir)
         valid = ctx.valid_mask()[idx]
         struct_cut, comp_cut = ctx.coverage_cutoffs
         result = coverage(
