@@ -13,9 +13,10 @@ measured in the same process one after the other (so their times compare). ``csp
 structures per test composition (the first ``--limit`` compositions; rates are then over those)
 and reports k=1 (the first prediction, DiffCSP's rule) and best-of-k match rate / RMSE, and
 sampling throughput (CIF and extxyz writing included). ``dng`` generates ``n`` crystals and
-reports validity, coverage (``--coverage``), Wasserstein distances, uniqueness, novelty, and with
-``--relax N`` stability and S.U.N. of the first N samples relaxed with CHGNet against the shipped
-hull. Seed 0 throughout.
+reports validity (structures the sampler could not turn into a crystal, listed in the row's
+``failures.csv``, count as invalid; ``failed`` in the JSON), coverage (``--coverage``),
+Wasserstein distances, uniqueness, novelty, and with ``--relax N`` stability and S.U.N. of the
+first N samples relaxed with CHGNet against the shipped hull. Seed 0 throughout.
 
 ``--work DIR`` keeps each row's samples in ``DIR/<row>/``: a killed run rerun with the same command
 resumes sampling and reuses the relaxation cache and the samples' fingerprints (``DIR/<row>/eval``,
@@ -59,6 +60,7 @@ def _label(model: str, anneal: str | None) -> str:
 
 def _sample(fn: Any, model: str, steps: int, anneal: str | None, row: Path, **kwargs: Any) -> tuple[list, dict]:
     """Sample one row; the row's record: model, the sampler the runner used, count and timing."""
+    from crystalforge.sampling.runner import read_failures
     from crystalforge.sampling.samplers import parse_anti_annealing
 
     resumed = (row / "run.json").exists()
@@ -72,6 +74,7 @@ def _sample(fn: Any, model: str, steps: int, anneal: str | None, row: Path, **kw
         "steps": sampler["steps"],
         "anti_annealing": sampler["anti_annealing"],
         "structures": len(crystals),
+        "failed": len(read_failures(row)),
         "resumed": resumed,
         "sampling_s": None if resumed else round(wall, 2),
         "structures_per_s": None if resumed else round(len(crystals) / wall, 2),
@@ -98,9 +101,7 @@ def bench_csp(args: argparse.Namespace, work: Path) -> list[dict]:
         crystals, result = _sample(
             api.csp, model, steps, anneal, row, reference=args.reference, limit=args.limit, k=args.k, root=data_root()
         )
-        report = api.evaluate(
-            row / "samples.extxyz", reference=args.reference, task="csp", root=data_root(), workers=args.workers
-        )
+        report = api.evaluate(row, reference=args.reference, task="csp", root=data_root(), workers=args.workers)
         s, d = report.summary, report.details["csp_match"]
         # a partial run (--limit) reports its rates over the references it predicted
         partial = args.limit is not None
@@ -160,7 +161,7 @@ def bench_dng(args: argparse.Namespace, work: Path) -> list[dict]:
         row = _row_dir(work, model, steps, anneal)
         crystals, result = _sample(api.generate, model, steps, anneal, row, n=args.n)
         report = api.evaluate(
-            row / "samples.extxyz",
+            row,  # the generation folder: structures that failed (failures.csv) count as invalid
             reference=args.reference,
             task="dng",
             coverage=args.coverage,

@@ -140,11 +140,38 @@ def read_samples(samples: str | Path | Iterable[Crystal], *, fmt: str | None = N
 
     ``samples`` is a folder of structure files, one file (CIF, extxyz, POSCAR, npz archive, crystal
     text, or a CDVAE-format CSV), or crystals in memory. Unreadable records are kept as
-    ``Sample``s with an ``error`` so they are counted, never dropped.
+    ``Sample``s with an ``error`` so they are counted, never dropped. A folder written by
+    ``generate``/``csp`` (it holds ``run.json``) gives its ``samples.extxyz`` followed by one
+    failed ``Sample`` per structure listed in its ``failures.csv`` (generated but not a crystal).
     """
+    from crystalforge.sampling import runner
+
     if not isinstance(samples, (str, Path)):
         return [Sample(i, c.material_id or f"<crystal {i}>", crystal=c) for i, c in enumerate(samples)]
     path = Path(samples).expanduser()
+    if path.is_dir() and runner.is_generation_folder(path):
+        made = path / runner.SAMPLES_FILE  # absent when every structure failed
+        items = read_samples(made, fmt=fmt, workers=workers) if made.is_file() else []
+        failed = runner.read_failures(path)
+        return items + [
+            Sample(
+                len(items) + i,
+                f"{runner.FAILURES_FILE}: {name}",
+                error=f"generation failed: {reason}",
+                material_id=name,
+            )
+            for i, (name, reason) in enumerate(failed)
+        ]
+    uncounted = runner.read_failures(path.parent) if path.is_file() and runner.is_generation_folder(path.parent) else []
+    if uncounted:
+        _log.warning(
+            "%s: %d structures of this generation run are listed in %s and not counted; evaluate the "
+            "folder %s to count them as invalid",
+            path,
+            len(uncounted),
+            runner.FAILURES_FILE,
+            path.parent,
+        )
     if path.is_file() and (fmt == "csv" or path.name.lower().endswith(_CSV_SUFFIXES)):
         from crystalforge.data.dataset import parse_csv_rows
 

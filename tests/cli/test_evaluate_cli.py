@@ -112,3 +112,20 @@ def test_train_without_reference_and_target_columns(tmp_path, capsys):
     write_structures(crystals[:1], tmp_path / "one.cif")
     assert main(["evaluate", str(tmp_path / "one.cif"), "--reference", "none", "--cov-cutoffs", "a,b"]) == 2
     assert "--cov-cutoffs must be STRUCT,COMP" in capsys.readouterr().err
+
+
+def test_csp_generation_folder_counts_failed_predictions(tmp_path):
+    from crystalforge.sampling.runner import FAILURES_FILE, RUN_FILE, SAMPLES_FILE
+
+    ref = tiny_crystals()[1:3]
+    out = tmp_path / "pred"
+    write_structures([ref[0].replace(material_id=ref[0].material_id)], out / SAMPLES_FILE)
+    (out / RUN_FILE).write_text("{}")
+    (out / FAILURES_FILE).write_text(f"name,reason\n{ref[1].material_id},lattice is degenerate\n")
+    report = evaluate(out, reference=ref, task="csp", train=False)
+    d = report.details["csp_match"]
+    # the failed prediction links to its reference: predicted, not matched (it would vanish if
+    # only samples.extxyz were read, and the rate over predicted references would read 100 %)
+    assert d["n_references_with_predictions"] == 2
+    assert d["match_rate_over_predicted"] == 50.0
+    assert report["match_rate"] == 50.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -165,7 +166,7 @@ def test_schedule_epochs_sets_the_schedule_length(tmp_path, monkeypatch):
     assert seen == [steps_per_epoch, 3 * steps_per_epoch]  # max_epochs=1 alone, then a 3-epoch schedule
 
 
-def test_failed_structures_are_listed_and_not_resampled(tmp_path, monkeypatch):
+def test_failed_structures_are_listed_not_resampled_and_counted(tmp_path, monkeypatch, caplog):
     from crystalforge.sampling import runner
 
     ckpt = _train(tmp_path, "dng")
@@ -187,6 +188,18 @@ def test_failed_structures_are_listed_and_not_resampled(tmp_path, monkeypatch):
     again = api.generate(ckpt, n=4, out=out, steps=2, batch_size=2)  # resume: nothing is sampled again
     assert len(calls) == 2 and [c.material_id for c in again] == ["gen_00002", "gen_00003"]
     assert len((out / "failures.csv").read_text().splitlines()) == 3
+    # evaluating the folder counts the two failures as invalid samples, not as absent ones
+    samples = api.read_samples(out)
+    assert [s.ident for s in samples] == ["gen_00002", "gen_00003", "gen_00000", "gen_00001"]
+    assert [s.error for s in samples[2:]] == ["generation failed: flat cell"] * 2
+    report = api.evaluate(out, reference=made, train=False, coverage=False)
+    assert report.summary["n"] == 4
+    assert report.summary["validity_struct"] <= 50.0
+    assert [r["valid"] for r in report.per_structure][2:] == [False, False]
+    # the samples file alone leaves them out, and says so
+    with caplog.at_level(logging.WARNING):
+        assert len(api.read_samples(out / "samples.extxyz")) == 2
+    assert "2 structures of this generation run are listed in failures.csv and not counted" in caplog.text
 
 
 def test_resume_checks_chunk_contents_and_allows_retry_before_any_chunk(tmp_path, monkeypatch):

@@ -438,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
             """\
             SAMPLES is a folder of CIF/POSCAR/extxyz files, one such file, a CDVAE-format CSV or an
             .npz archive. Unreadable records are counted, with their reason, never dropped.
+            An output folder of `generate`/`csp` gives its samples.extxyz plus one invalid
+            sample per structure listed in its failures.csv.
             For --task csp, predictions link to reference material_ids by name: mp-1234.cif,
             mp-1234_0.cif ... mp-1234_19.cif (best of k), or an extxyz material_id field.
             Relaxation results are cached per structure in --out, so a rerun resumes.

@@ -7,7 +7,10 @@ end the chunks are gathered into ``samples.extxyz`` and one CIF per structure (P
 symmetrised in ``cif_symmetrized/``). ``run.json`` records the run's settings (model, sampler,
 seed, chunk size); once chunks exist, resuming with other settings is an error rather than a silent
 mix of two runs, and a chunk is reused only if it holds exactly its jobs (names, atom counts and,
-for CSP, compositions).
+for CSP, compositions). A generated structure that is not a crystal (a flat or NaN cell) is not
+written but listed with its reason in ``failures.csv``; evaluating the folder (``read_failures``,
+``crystalforge evaluate <out>``) counts it as an invalid sample, so no rate is computed over
+survivors only.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ class Job:
     name: str
     num_atoms: int
     composition: tuple[int, ...] | None = None  # Z per atom for CSP; None for DNG
+
+
+RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.extxyz"
+FAILURES_FILE = "failures.csv"
 
 
 def _template(jobs: Sequence[Job], dtype: torch.dtype) -> CrystalBatch:
@@ -75,7 +83,7 @@ def run_jobs(
     model = model.to(device)
     dtype = next(model.parameters()).dtype
     crystals: list[Crystal] = []
-    failed_before = _failed_names(out / "failures.csv")
+    failed_before = _failed_names(out / FAILURES_FILE)
     n_chunks = math.ceil(len(jobs) / batch_size)
     for k in range(n_chunks):
         part = jobs[k * batch_size : (k + 1) * batch_size]
@@ -92,12 +100,12 @@ def run_jobs(
             else:  # every structure failed: an empty chunk file marks the chunk as done
                 with atomic_write(path) as handle:
                     handle.write("")
-            _append_failures(out / "failures.csv", failed)  # after the chunk: a crash between never lists twice
+            _append_failures(out / FAILURES_FILE, failed)  # after the chunk: a crash between never lists twice
         crystals.extend(made)
         if progress:
             progress(len(part))
     if crystals:
-        write_structures(crystals, out / "samples.extxyz")
+        write_structures(crystals, out / SAMPLES_FILE)
         for crystal in crystals:
             write_structures([crystal], out / "cif" / f"{crystal.material_id}.cif")
             if symmetrize:
@@ -111,7 +119,7 @@ def run_jobs(
 def _check_run_settings(out: Path, settings: dict[str, Any], *, resuming: bool) -> None:
     """Write ``run.json``; when resuming (chunks exist), first check the earlier run used these settings."""
     record = json.loads(json.dumps(settings, default=str))  # as it reads back from disk
-    path = out / "run.json"
+    path = out / RUN_FILE
     if resuming and path.exists():
         try:
             before = json.loads(path.read_text())
@@ -151,10 +159,24 @@ def _finished_chunk(path: Path, part: Sequence[Job], failed: set[str]) -> list[C
 
 def _failed_names(path: Path) -> set[str]:
     """Job names recorded in ``failures.csv`` by earlier runs."""
+    return {name for name, _ in _read_failures(path)}
+
+
+def read_failures(out_dir: str | Path) -> list[tuple[str, str]]:
+    """``(job name, reason)`` for each structure a generation folder could not write (its ``failures.csv``)."""
+    return _read_failures(Path(out_dir) / FAILURES_FILE)
+
+
+def is_generation_folder(path: str | Path) -> bool:
+    """True for a folder written by ``run_jobs`` (it holds ``run.json``)."""
+    return (Path(path) / RUN_FILE).is_file()
+
+
+def _read_failures(path: Path) -> list[tuple[str, str]]:
     if not path.exists():
-        return set()
-    lines = path.read_text().splitlines()[1:]
-    return {line.split(",", 1)[0] for line in lines if line.strip()}
+        return []
+    rows = [line.split(",", 1) for line in path.read_text().splitlines()[1:] if line.strip()]
+    return [(row[0], row[1] if len(row) > 1 else "") for row in rows]
 
 
 def _to_crystals(batch: CrystalBatch, names: Sequence[str]) -> tuple[list[Crystal], list[tuple[str, str]]]:
