@@ -20,6 +20,8 @@ SHIPPED = {
     "carbon_24-dng",
     "perov_5-csp-diffusion",
     "perov_5-dng-diffusion",
+    "mp_20-csp-diffusion",
+    "mp_20-dng-diffusion",
 }
 
 

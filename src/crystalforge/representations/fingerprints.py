@@ -295,12 +295,17 @@ class MagpieComposition(BaseFeaturizer):
         return list(self.impl.feature_labels())
 
 
+MIN_FINGERPRINT_VOLUME = 0.1
+"""Cells below this volume (Å³) get no CrystalNN fingerprint (CDVAE's 'unrealistically small lattice')."""
+
+
 # ---- structure -------------------------------------------------------------------------------------
 class CrystalNNFingerprint(BaseFeaturizer):
     """Mean over sites of matminer ``CrystalNNFingerprint.from_preset("ops")`` (61 features).
 
     The structure fingerprint of the CDVAE/DiffCSP coverage metrics. About 15 ms per site.
-    Elements without the radius data CrystalNN needs (e.g. Cf and heavier) give a NaN row.
+    Elements without the radius data CrystalNN needs (e.g. Cf and heavier) give a NaN row, and so
+    does a cell below ``MIN_FINGERPRINT_VOLUME`` (0.1 Å³), on which CrystalNN does not finish.
 
     Args:
         workers: Processes used by ``featurize``.
@@ -315,6 +320,14 @@ class CrystalNNFingerprint(BaseFeaturizer):
         return site.CrystalNNFingerprint.from_preset("ops")
 
     def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+        if crystal.volume < MIN_FINGERPRINT_VOLUME:
+            # CrystalNN enumerates every periodic image within its cutoff (~ r^3 / V of them): on a
+            # generated 0.04 A^3 cell it ran for many minutes without finishing. CDVAE's
+            # construction rule already rejects such a cell (volume < 0.1 A^3).
+            raise ValueError(
+                f"cell volume {crystal.volume:.3g} A^3 is below {MIN_FINGERPRINT_VOLUME} A^3 (no fingerprint for a "
+                "degenerate cell)"
+            )
         structure = crystal.to_pymatgen()
         site_fps = np.array([impl.featurize(structure, i) for i in range(len(structure))], dtype=np.float64)  # [n, 61]
         return site_fps.mean(axis=0)
