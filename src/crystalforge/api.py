@@ -151,7 +151,7 @@ def read_samples(samples: str | Path | Iterable[Crystal], *, fmt: str | None = N
     path = Path(samples).expanduser()
     if path.is_dir() and runner.is_generation_folder(path):
         made = path / runner.SAMPLES_FILE  # absent when every structure failed
-        items = read_samples(made, fmt=fmt, workers=workers) if made.is_file() else []
+        items = _read_sample_records(made, fmt, workers) if made.is_file() else []
         failed = runner.read_failures(path)
         return items + [
             Sample(
@@ -172,6 +172,11 @@ def read_samples(samples: str | Path | Iterable[Crystal], *, fmt: str | None = N
             runner.FAILURES_FILE,
             path.parent,
         )
+    return _read_sample_records(path, fmt, workers)
+
+
+def _read_sample_records(path: Path, fmt: str | None, workers: int) -> list[Sample]:
+    """The records of one file or folder of structure files, unreadable ones included."""
     if path.is_file() and (fmt == "csv" or path.name.lower().endswith(_CSV_SUFFIXES)):
         from crystalforge.data.dataset import parse_csv_rows
 

@@ -153,16 +153,21 @@ def test_bad_scaler_is_rejected(tmp_path: Path):
     ("featurizer", "bad", "reason"),
     [
         (CrystalNNFingerprint(), OGANESSON, "Error"),  # matminer fails inside CrystalNN (no radius for Og)
-        # a generated 0.04 A^3 cell kept CrystalNN busy for minutes: refused before the library runs
+        # generated 0.04 and 0.22 A^3 cells kept CrystalNN busy for minutes: refused before the library runs
         (
             CrystalNNFingerprint(),
             Crystal([6, 8], [[0, 0, 0], [0.5, 0.5, 0.5]], np.diag([1.0, 1.0, 0.05]), material_id="flat"),
-            "below 0.1",
+            "0.025 A^3 per atom is below 1.0",
+        ),
+        (  # above CDVAE's 0.1 A^3 for the cell, but 0.75 A^3 per atom
+            CrystalNNFingerprint(),
+            Crystal([6, 8], [[0, 0, 0], [0.5, 0.5, 0.5]], np.diag([1.0, 1.0, 1.5]), material_id="dense"),
+            "0.75 A^3 per atom is below 1.0",
         ),
         (XRDPattern(), OGANESSON, "scattering"),
         (SineCoulombMatrix(max_atoms=4), TINY[2], "max_atoms"),
     ],
-    ids=["crystalnn", "crystalnn_flat_cell", "xrd", "sine_coulomb"],
+    ids=["crystalnn", "crystalnn_flat_cell", "crystalnn_dense_cell", "xrd", "sine_coulomb"],
 )
 def test_unfeaturizable_crystal_gives_nan_row_and_report(featurizer, bad: Crystal, reason: str, caplog):
     crystals = [TINY[0], bad, TINY[1]]
