@@ -60,15 +60,15 @@ def _label(model: str, anneal: str | None) -> str:
 
 def _sample(fn: Any, model: str, steps: int, anneal: str | None, row: Path, **kwargs: Any) -> tuple[list, dict]:
     """Sample one row; the row's record: model, the sampler the runner used, count and timing."""
-    from crystalforge.sampling.runner import read_failures
+    from crystalforge.sampling.runner import RUN_FILE, is_generation_folder, read_failures
     from crystalforge.sampling.samplers import parse_anti_annealing
 
-    resumed = (row / "run.json").exists()
+    resumed = is_generation_folder(row)
     t0 = time.perf_counter()
     scale = None if anneal is None else parse_anti_annealing(anneal)
     crystals = fn(model, out=row, steps=steps, anti_annealing=scale, **kwargs)
     wall = time.perf_counter() - t0
-    sampler = json.loads((row / "run.json").read_text())["sampler"]
+    sampler = json.loads((row / RUN_FILE).read_text())["sampler"]
     return crystals, {
         "model": model,
         "steps": sampler["steps"],

@@ -70,11 +70,11 @@ def _metrics(specs: list[str], task: str) -> dict:
         r = data["rows"][int(row)]
         scale = r.get("anti_annealing")
         if task == "csp":
-            r = {**r, "k": r["k"] if "k" in r else _k_from_argv(data.get("argv"), spec)}
+            k = r["k"] if "k" in r else _k_from_argv(data.get("argv"), spec)
             suffix = f"_{r['steps']}_steps" + (f"_anti_annealing_{_scale_label(scale)}" if scale else "")
             # a best-of-k row gives only its best-of-k figures: its k=1 rates may be over a subset
-            if r["k"] > 1:
-                figures = {f"{key}{r['k']}{suffix}": round(r[key], 4) for key in ("match_rate_k", "rmse_k")}
+            if k > 1:
+                figures = {f"{key}{k}{suffix}": round(r[key], 4) for key in ("match_rate_k", "rmse_k")}
             else:
                 figures = {f"{key}{suffix}": round(r[key], 4) for key in ("match_rate", "rmse")}
             clash = sorted(key for key in figures if key in out and out[key] != figures[key])

@@ -119,7 +119,7 @@ def test_csp_generation_folder_counts_failed_predictions(tmp_path):
 
     ref = tiny_crystals()[1:3]
     out = tmp_path / "pred"
-    write_structures([ref[0].replace(material_id=ref[0].material_id)], out / SAMPLES_FILE)
+    write_structures([ref[0]], out / SAMPLES_FILE)
     (out / RUN_FILE).write_text("{}")
     (out / FAILURES_FILE).write_text(f"name,reason\n{ref[1].material_id},lattice is degenerate\n")
     report = evaluate(out, reference=ref, task="csp", train=False)

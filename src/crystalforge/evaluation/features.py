@@ -12,7 +12,7 @@ so two names for the same structures (``mp_20`` and ``mp_20_reduced`` test) shar
 
 With ``chunk_size``, a long featurization is resumable: each chunk of crystals is saved as it is
 done under ``<stem>.parts/`` and reused by the next call, and the folder is removed once the whole
-array is written (CrystalNN on 1,000 generated mp_20 crystals takes tens of CPU-minutes).
+array is written, so a killed run loses at most one chunk.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ survivors only.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -83,7 +84,7 @@ def run_jobs(
     model = model.to(device)
     dtype = next(model.parameters()).dtype
     crystals: list[Crystal] = []
-    failed_before = _failed_names(out / FAILURES_FILE)
+    failed_before = {name for name, _ in read_failures(out)}
     n_chunks = math.ceil(len(jobs) / batch_size)
     for k in range(n_chunks):
         part = jobs[k * batch_size : (k + 1) * batch_size]
@@ -157,26 +158,18 @@ def _finished_chunk(path: Path, part: Sequence[Job], failed: set[str]) -> list[C
     return None
 
 
-def _failed_names(path: Path) -> set[str]:
-    """Job names recorded in ``failures.csv`` by earlier runs."""
-    return {name for name, _ in _read_failures(path)}
-
-
 def read_failures(out_dir: str | Path) -> list[tuple[str, str]]:
     """``(job name, reason)`` for each structure a generation folder could not write (its ``failures.csv``)."""
-    return _read_failures(Path(out_dir) / FAILURES_FILE)
+    path = Path(out_dir) / FAILURES_FILE
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [(row[0], row[1]) for row in list(csv.reader(handle))[1:] if row]
 
 
 def is_generation_folder(path: str | Path) -> bool:
     """True for a folder written by ``run_jobs`` (it holds ``run.json``)."""
     return (Path(path) / RUN_FILE).is_file()
-
-
-def _read_failures(path: Path) -> list[tuple[str, str]]:
-    if not path.exists():
-        return []
-    rows = [line.split(",", 1) for line in path.read_text().splitlines()[1:] if line.strip()]
-    return [(row[0], row[1] if len(row) > 1 else "") for row in rows]
 
 
 def _to_crystals(batch: CrystalBatch, names: Sequence[str]) -> tuple[list[Crystal], list[tuple[str, str]]]:
@@ -204,8 +197,8 @@ def _append_failures(path: Path, failed: Sequence[tuple[str, str]]) -> None:
     if not failed:
         return
     new = not path.exists()
-    with path.open("a") as handle:
+    with path.open("a", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
         if new:
-            handle.write("name,reason\n")
-        for name, reason in failed:
-            handle.write(f"{name},{reason.replace(',', ';')}\n")
+            writer.writerow(["name", "reason"])
+        writer.writerows(failed)
