@@ -106,7 +106,7 @@ def bench_csp(workers_list: list[int], n: int) -> None:
 
 def bench_relax(n: int, workers: int) -> None:
     from crystalforge import load_dataset
-    from crystalforge.relax.ase_relaxer import get_relaxer
+    from crystalforge.relax.registry import get_relaxer
 
     crystals = _perturbed(list(load_dataset("mp_20", "test", root=data_root()))[:n], seed=1)
     atoms = sum(c.num_atoms for c in crystals)

@@ -60,21 +60,22 @@ def _label(model: str, anneal: str | None) -> str:
 
 def _sample(fn: Any, model: str, steps: int, anneal: str | None, row: Path, **kwargs: Any) -> tuple[list, dict]:
     """Sample one row; the row's record: model, the sampler the runner used, count and timing."""
-    from crystalforge.sampling.runner import RUN_FILE, is_generation_folder, read_failures
+    from crystalforge.io.run_folder import RunFolder
     from crystalforge.sampling.samplers import parse_anti_annealing
 
-    resumed = is_generation_folder(row)
+    folder = RunFolder(row)
+    resumed = folder.is_generation_folder()
     t0 = time.perf_counter()
     scale = None if anneal is None else parse_anti_annealing(anneal)
     crystals = fn(model, out=row, steps=steps, anti_annealing=scale, **kwargs)
     wall = time.perf_counter() - t0
-    sampler = json.loads((row / RUN_FILE).read_text())["sampler"]
+    sampler = json.loads(folder.run_file.read_text())["sampler"]
     return crystals, {
         "model": model,
         "steps": sampler["steps"],
         "anti_annealing": sampler["anti_annealing"],
         "structures": len(crystals),
-        "failed": len(read_failures(row)),
+        "failed": len(folder.failures()),
         "resumed": resumed,
         "sampling_s": None if resumed else round(wall, 2),
         "structures_per_s": None if resumed else round(len(crystals) / wall, 2),

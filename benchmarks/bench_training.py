@@ -32,7 +32,8 @@ def bench(config_path: str, steps: int, device: str) -> dict:
 
     from crystalforge.config import load_config
     from crystalforge.data.loader import make_loader
-    from crystalforge.training.run import TrainConfig, prepare
+    from crystalforge.training.config import TrainConfig
+    from crystalforge.training.run import prepare
 
     config = load_config(TrainConfig, config_path, [f"data.root={data_root()}"])
     train, _, _, _, model = prepare(config)

@@ -108,7 +108,7 @@ def main() -> None:
     import torch
 
     from crystalforge.sampling.samplers import parse_anti_annealing
-    from crystalforge.training.run import load_model
+    from crystalforge.training.loading import load_checkpoint_model as load_model
 
     source = args.run / "model.pt"
     ckpt = torch.load(source, map_location="cpu", weights_only=True)

@@ -30,7 +30,7 @@ def test_models_are_listed(capsys):
 
     cards = api.list_models()
     assert set(cards) == SHIPPED
-    assert all(resources.files("crystalforge.models").joinpath(c["file"]).is_file() for c in cards.values())
+    assert all(resources.files("crystalforge.pretrained").joinpath(c["file"]).is_file() for c in cards.values())
     assert main(["models"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in SHIPPED)
@@ -38,7 +38,7 @@ def test_models_are_listed(capsys):
 
 @pytest.mark.parametrize("name", sorted(api.list_models()))
 def test_each_model_loads_and_matches_its_card(name):
-    model, config, stats = api.load_model(name)
+    model, config, stats, _ = api.load_model(name)
     card = api.list_models()[name]
     assert config.model.task == card["task"]
     assert config.model.kind == card["kind"]

@@ -1,123 +1,116 @@
-"""Name → factory tables for the generative components; configs hold these names, never module paths.
+"""The family registry: model family name → its config type and builder.
 
-``ModelConfig`` is the plain-data description stored in every checkpoint; ``build_model`` turns it
-(plus the dataset statistics, a value) into a ``JointModel``. Imported only by ``api`` and
-``training``.
+Every generative family (the flow/diffusion ``joint`` family here; a VAE, a GAN, an autoregressive
+model or a user's own elsewhere) registers one ``Family``. Training builds models through it,
+checkpoints record the family's name, and loading dispatches on that name, so nothing else in the
+package names a family. Families outside the package register with ``register_family`` or through
+the ``crystalforge.families`` entry-point group (an entry point names a ``Family`` object).
+Configs hold names and plain values, never module paths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
 
+from crystalforge.config import from_dict
 from crystalforge.core.dataset_stats import DatasetStats
-from crystalforge.core.elements import TypeVocabulary
+from crystalforge.generative.interfaces import GenerativeModel
+
+C = TypeVar("C")
+
+ENTRY_POINT_GROUP = "crystalforge.families"
+DEFAULT_FAMILY = "joint"
 
 
 @dataclass(frozen=True)
-class BackboneConfig:
-    """Backbone name and sizes (see ``nn.backbones.PeriodicMPConfig``)."""
-
-    name: str = "periodic_mp"
-    hidden: int = 256
-    layers: int = 4
-    fourier_frequencies: int = 10
-    time_dim: int = 64
-    self_loops: bool = True
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What to generate and how.
+class Family(Generic[C]):
+    """One model family.
 
     Attributes:
-        kind: ``"flow"`` (Riemannian flow matching: torus geodesics, linear lattice-code path,
-            masked discrete flow for types) or ``"diffusion"`` (wrapped-normal score matching,
-            DDPM lattice, absorbing D3PM types: the DiffCSP/MatterGen recipe).
-        task: ``"csp"`` (composition given) or ``"dng"`` (types generated too).
-        elements: the type vocabulary (atomic numbers); empty means "the training data's elements".
-        properties: property names to condition on (classifier-free guidance needs them).
-        anti_annealing: FlowMM's inference-time velocity scale for flows (0 = plain Euler).
-        loss_weights: per-field loss weights (``frac_coords``, ``lattice``, ``atomic_numbers``).
+        name: the family's registry name (recorded in checkpoints).
+        config_type: the frozen dataclass describing a model of this family (read from YAML).
+        build: ``(config, dataset_stats) -> GenerativeModel``.
+        resolve: fills the config's data-derived fields before building (e.g. the element
+            vocabulary), so the stored config rebuilds the same model without the data.
+        description: one line for listings.
 
     """
 
-    kind: Literal["flow", "diffusion"] = "flow"
-    task: Literal["csp", "dng"] = "csp"
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    elements: tuple[int, ...] = ()
-    properties: tuple[str, ...] = ()
-    anti_annealing: float = 0.0
-    loss_weights: dict[str, float] = field(default_factory=dict)
+    name: str
+    config_type: type[C]
+    build: Callable[[C, DatasetStats | None], GenerativeModel]
+    resolve: Callable[[C, DatasetStats | None], C] | None = None
+    description: str = ""
+
+    def parse(self, data: Mapping[str, Any] | C) -> C:
+        """The family's config from plain data (unknown keys and bad types are errors)."""
+        if isinstance(data, self.config_type):
+            return data
+        if not isinstance(data, Mapping):
+            raise TypeError(f"family {self.name!r}: expected a mapping or {self.config_type.__name__}, got {data!r}")
+        return from_dict(self.config_type, data, where="model")
 
 
-def _periodic_mp(config: ModelConfig, elements: tuple[int, ...]) -> Any:
-    from crystalforge.nn.backbones import PeriodicMP, PeriodicMPConfig
+def _joint() -> Family[Any]:
+    from crystalforge.generative.joint_config import ModelConfig, build_joint_model, resolve_joint_config
 
-    b = config.backbone
-    return PeriodicMP(
-        PeriodicMPConfig(
-            hidden=b.hidden,
-            layers=b.layers,
-            fourier_frequencies=b.fourier_frequencies,
-            time_dim=b.time_dim,
-            elements=elements,
-            properties=config.properties,
-            output_types=config.task == "dng",
-            self_loops=b.self_loops,
-        )
+    return Family(
+        DEFAULT_FAMILY,
+        ModelConfig,
+        build_joint_model,
+        resolve_joint_config,
+        "one backbone + a process per field: Riemannian flow matching or diffusion, CSP or DNG",
     )
 
 
-BACKBONES: dict[str, Callable[[ModelConfig, tuple[int, ...]], Any]] = {"periodic_mp": _periodic_mp}
+_BUILTIN: dict[str, Callable[[], Family[Any]]] = {DEFAULT_FAMILY: _joint}
+_REGISTERED: dict[str, Family[Any]] = {}
 
 
-def _flow_processes(config: ModelConfig, vocab: TypeVocabulary, stats: DatasetStats | None) -> dict[str, Any]:
-    from crystalforge.generative.flow import FixedField, LatticeFlow, MaskedTypeFlow, TorusFlow
-
-    return {
-        "frac_coords": TorusFlow(anti_annealing=config.anti_annealing),
-        "lattice": LatticeFlow(stats, anti_annealing=config.anti_annealing),
-        "atomic_numbers": MaskedTypeFlow(vocab) if config.task == "dng" else FixedField("atomic_numbers"),
-    }
+def register_family(family: Family[Any], *, replace: bool = False) -> None:
+    """Make ``family`` known by its name (``replace`` allows overriding an existing one)."""
+    if not replace and (family.name in _REGISTERED or family.name in _BUILTIN):
+        raise ValueError(f"a model family named {family.name!r} is already registered")
+    _REGISTERED[family.name] = family
 
 
-def _diffusion_processes(config: ModelConfig, vocab: TypeVocabulary, stats: DatasetStats | None) -> dict[str, Any]:
-    from crystalforge.generative.diffusion import AbsorbingD3PM, LatticeDDPM, WrappedNormalDiffusion
-    from crystalforge.generative.flow import FixedField
-
-    return {
-        "frac_coords": WrappedNormalDiffusion(),
-        "lattice": LatticeDDPM(stats),
-        "atomic_numbers": AbsorbingD3PM(vocab) if config.task == "dng" else FixedField("atomic_numbers"),
-    }
+def unregister_family(name: str) -> None:
+    """Forget a family registered with ``register_family`` (tests, notebooks)."""
+    _REGISTERED.pop(name, None)
 
 
-PROCESSES: dict[str, Callable[[ModelConfig, TypeVocabulary, DatasetStats | None], dict[str, Any]]] = {
-    "flow": _flow_processes,
-    "diffusion": _diffusion_processes,
-}
+def family_names() -> list[str]:
+    """Every known family name (built-in, registered, and entry points)."""
+    names = set(_BUILTIN) | set(_REGISTERED) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(names)
 
 
-def resolve_elements(config: ModelConfig, stats: DatasetStats | None) -> tuple[int, ...]:
-    """The vocabulary's elements: the config's, else those present in the training statistics."""
-    if config.elements:
-        return tuple(sorted(set(config.elements)))
-    if stats is None:
-        raise ValueError("ModelConfig.elements is empty and no dataset statistics were given")
-    return tuple(stats.elements)
+def get_family(name: str) -> Family[Any]:
+    """The family called ``name``; ``KeyError`` listing the known ones otherwise."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name in _BUILTIN:
+        return _BUILTIN[name]()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            family = ep.load()
+            if not isinstance(family, Family):
+                raise TypeError(f"entry point {ep.value!r} of {ENTRY_POINT_GROUP} is not a Family")
+            return family
+    raise KeyError(f"unknown model family {name!r} (known: {', '.join(family_names())})")
 
 
-def build_model(config: ModelConfig, stats: DatasetStats | None) -> Any:
-    """A ``JointModel`` for ``config``; ``stats`` informs the lattice prior and the vocabulary."""
-    from crystalforge.generative.model import JointModel
+def build_model(config: Any, stats: DatasetStats | None, *, family: str = DEFAULT_FAMILY) -> GenerativeModel:
+    """A model of ``family`` from its config (a dataclass or plain data) and dataset statistics."""
+    fam = get_family(family)
+    return fam.build(fam.parse(config), stats)
 
-    if config.backbone.name not in BACKBONES:
-        raise KeyError(f"unknown backbone {config.backbone.name!r} (known: {', '.join(sorted(BACKBONES))})")
-    if config.kind not in PROCESSES:
-        raise KeyError(f"unknown model kind {config.kind!r} (known: {', '.join(sorted(PROCESSES))})")
-    elements = resolve_elements(config, stats)
-    backbone = BACKBONES[config.backbone.name](config, elements)
-    processes = PROCESSES[config.kind](config, TypeVocabulary(elements), stats)
-    return JointModel(backbone, processes, loss_weights=config.loss_weights)
+
+def resolve_config(config: Any, stats: DatasetStats | None, *, family: str = DEFAULT_FAMILY) -> Any:
+    """The family config with its data-derived fields filled in from ``stats``."""
+    fam = get_family(family)
+    parsed = fam.parse(config)
+    return parsed if fam.resolve is None else fam.resolve(parsed, stats)

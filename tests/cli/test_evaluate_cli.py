@@ -115,7 +115,7 @@ def test_train_without_reference_and_target_columns(tmp_path, capsys):
 
 
 def test_csp_generation_folder_counts_failed_predictions(tmp_path):
-    from crystalforge.sampling.runner import FAILURES_FILE, RUN_FILE, SAMPLES_FILE
+    from crystalforge.io.run_folder import FAILURES_FILE, RUN_FILE, SAMPLES_FILE
 
     ref = tiny_crystals()[1:3]
     out = tmp_path / "pred"

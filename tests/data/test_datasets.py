@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from crystalforge import CrystalError, load_dataset
-from crystalforge.api import dataset_stats
+from crystalforge import CrystalError
+from crystalforge.core.candidate import Candidate
 from crystalforge.data.loader import make_loader
 from crystalforge.data.preprocess import PreprocessOptions
+from crystalforge.data.resolve import dataset_stats, load_dataset
 from crystalforge.data.sources import REDUCED
 from crystalforge.io.files import crystal_to_cif
 from crystalforge.testing import tiny_crystals
@@ -94,8 +95,11 @@ def test_bad_rows_are_skipped_and_reported(tmp_path):
     assert ds.material_ids == ["ok"]
     sources = " ".join(str(f) for f in ds.failures)
     assert "row 1 (broken)" in sources and "row 2 (alien)" in sources and "val.csv.gz" in sources
+    assert all(isinstance(f, Candidate) and f.crystal is None for f in ds.failures)
+    assert [f.material_id for f in ds.failures] == ["broken", "alien"]
+    assert str(ds.failures[0]) == f"{ds.failures[0].source}: {ds.failures[0].error}"
     again = load_dataset("perov_5", "val", root=tmp_path)  # failures survive the cache
-    assert len(again.failures) == 2
+    assert again.metadata.get("cache_file") and again.failures == ds.failures
 
 
 def test_all_rows_bad_is_an_error(tmp_path):
@@ -127,7 +131,7 @@ def test_reduced_protocol_is_disjoint_seeded_and_order_independent():
 
 
 def test_user_folder_with_property_table(tmp_path):
-    from crystalforge import write_structures
+    from crystalforge.io.files import write_structures
 
     folder = tmp_path / "mine"
     for c in tiny_crystals():

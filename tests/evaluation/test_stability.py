@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from crystalforge.core.crystal import Crystal
-from crystalforge.evaluation.metrics.stability import (
+from crystalforge.evaluation.hull import (
     HullEntry,
     ReferenceHull,
     hull_data_path,
     mp2020_correction_per_atom,
-    stability,
     write_hull_table,
 )
+from crystalforge.evaluation.metrics.stability import stability
 from crystalforge.relax.interfaces import RelaxResult
 
 

@@ -4,35 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-from typing import ClassVar
-
 import numpy as np
 import pytest
 
+from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.evaluation.context import EvaluationContext, Sample, assign_groups
-from crystalforge.evaluation.metrics.stability import HullEntry, ReferenceHull
+from crystalforge.evaluation.metrics.base import MetricResult
+from crystalforge.evaluation.metrics.stability import StabilityMetric
+from crystalforge.evaluation.metrics.validity import ValidityMetric
 from crystalforge.evaluation.report import SUMMARY_KEYS
-from crystalforge.evaluation.suite import MetricResult, StabilityMetric, ValidityMetric, run_evaluation
+from crystalforge.evaluation.suite import run_evaluation
 from crystalforge.testing import tiny_crystals
-
-
-class CompositionCounts:
-    """A cheap fake fingerprint: element counts per Z bucket (composition) or lengths (structure)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._calls = 0
-
-    def featurize(self, crystals: list[Crystal]) -> np.ndarray:
-        self._calls += 1
-        if self.name == "fake_struct":
-            return np.array([sorted(c.lengths) for c in crystals], dtype=np.float64)
-        out = np.zeros((len(crystals), 10))
-        for row, c in zip(out, crystals, strict=True):
-            for z in c.atomic_numbers:
-                row[z % 10] += 1.0 / c.num_atoms
-        return out
+from tests.evaluation.fakes import CompositionCounts, FakeRelaxer, nacl_hull
 
 
 def _valid_set() -> list[Crystal]:
@@ -40,14 +24,14 @@ def _valid_set() -> list[Crystal]:
     return tiny_crystals()
 
 
-def _ctx(samples: list[Sample], reference: list[Crystal], **kw: object) -> EvaluationContext:
+def _ctx(samples: list[Candidate], reference: list[Crystal], **kw: object) -> EvaluationContext:
     return EvaluationContext(samples=samples, reference=reference, reference_name="tiny", **kw)  # type: ignore[arg-type]
 
 
 def test_self_evaluation_oracles_and_failure_rows(tmp_path):
     ref = _valid_set()
-    samples = [Sample(i, f"s{i}", crystal=c) for i, c in enumerate(ref)]
-    samples.append(Sample(len(ref), "bad.cif", error="malformed CIF: no data_ block found"))
+    samples = [Candidate.of(c, f"s{i}") for i, c in enumerate(ref)]
+    samples.append(Candidate.failure("bad.cif", "malformed CIF: no data_ block found"))
     ctx = _ctx(
         samples,
         ref,
@@ -99,7 +83,7 @@ def test_fingerprints_are_cached(tmp_path, cache_samples):
     samples_cache = tmp_path / "samples-fp" if cache_samples else None
     for _ in range(2):
         ctx = _ctx(
-            [Sample(0, "s0", crystal=ref[2])],
+            [Candidate.of(ref[2], "s0")],
             ref,
             struct_featurizer=struct,
             comp_featurizer=comp,
@@ -135,7 +119,7 @@ class NeedsNothing:
 
 def test_a_failing_metric_never_loses_the_others():
     ref = _valid_set()
-    ctx = _ctx([Sample(i, f"s{i}", crystal=c) for i, c in enumerate(ref)], ref)
+    ctx = _ctx([Candidate.of(c, f"s{i}") for i, c in enumerate(ref)], ref)
     report = run_evaluation(ctx, [Exploding(), ValidityMetric(), NeedsNothing()])
     assert "validity" in report.summary
     assert report.protocol["errors"]["exploding"] == "RuntimeError: boom"
@@ -146,7 +130,7 @@ def test_pathological_structures_are_counted_with_reasons():
     overlapping = Crystal([11, 17], [[0, 0, 0], [0.01, 0, 0]], np.eye(3) * 5.0, material_id="overlap")
     unknown = Crystal([118, 118], [[0, 0, 0], [0.5, 0.5, 0.5]], np.eye(3) * 6.0, material_id="og")
     huge = Crystal([11, 17], [[0, 0, 0], [0.5, 0.5, 0.5]], np.diag([500.0, 3.0, 3.0]), material_id="huge")
-    samples = [Sample(i, c.material_id, crystal=c) for i, c in enumerate([overlapping, unknown, huge])]
+    samples = [Candidate.of(c) for c in (overlapping, unknown, huge)]
     report = run_evaluation(_ctx(samples, _valid_set()))
     rows = report.per_structure
     assert rows[0]["struct_valid"] is False
@@ -173,11 +157,16 @@ def test_csp_links_by_material_id_and_scores_k1_and_best_of_k():
         _rotated_copy(nacl, 1.0, "nacl_conv_8_1"),  # second prediction matches → best of k only
         _rotated_copy(ref[0], 0.1, "unrelated_7"),  # links to nothing
     ]
-    samples = assign_groups(
-        [Sample(i, p.material_id or "", crystal=p) for i, p in enumerate(predictions)], [c.material_id for c in ref]
-    )
-    assert [s.group for s in samples] == ["si_fcc_2", "nacl_conv_8", "nacl_conv_8", None]
-    report = run_evaluation(EvaluationContext(samples=samples, task="csp", reference=ref, reference_name="tiny"))
+    samples = [Candidate.of(p) for p in predictions]
+    links = assign_groups(samples, [c.material_id for c in ref])
+    assert [None if link is None else (link.reference_id, link.rank) for link in links] == [
+        ("si_fcc_2", -1),
+        ("nacl_conv_8", 0),
+        ("nacl_conv_8", 1),
+        None,
+    ]
+    ctx = EvaluationContext(samples=samples, task="csp", reference=ref, reference_name="tiny", csp_links=links)
+    report = run_evaluation(ctx)
     s = report.summary
     valid_ref = report.details["csp_match"]["n_references_valid"]
     assert valid_ref == 3
@@ -188,56 +177,24 @@ def test_csp_links_by_material_id_and_scores_k1_and_best_of_k():
     assert rows[3]["csp_reason"] == "not linked to a reference material_id"
     assert rows[2]["csp_matched"] is True
     assert report.details["csp_match"]["k"] == 2
+    # over the 2 references that have predictions, beside the rates over all 3 references
+    assert s["match_rate_over_predicted"] == pytest.approx(50.0)
+    assert s["match_rate_k_over_predicted"] == pytest.approx(100.0)
     assert report.details["csp_match"]["match_rate_over_predicted"] == pytest.approx(50.0)
-    assert report.details["csp_match"]["match_rate_k_over_predicted"] == pytest.approx(100.0)
-
-
-class FakeRelaxer:
-    """Returns each input unchanged with an energy of -1 eV/atom per distinct element (Na, Cl)."""
-
-    name = "fake"
-    settings: ClassVar[dict[str, str]] = {"kind": "fake"}
-
-    def relax(self, crystals):
-        from crystalforge.relax.interfaces import RelaxResult
-
-        out = []
-        for c in crystals:
-            if c.material_id == "explodes":
-                out.append(RelaxResult.failed("explosion: test", material_id=c.material_id))
-                continue
-            e = -2.2 if set(c.composition) == {"Na", "Cl"} else -1.0
-            out.append(
-                RelaxResult(
-                    crystal=c,
-                    energy=e * c.num_atoms,
-                    energy_per_atom=e,
-                    initial_energy_per_atom=e + 0.1,
-                    rmsd=0.01,
-                    steps=3,
-                    converged=True,
-                    material_id=c.material_id,
-                )
-            )
-        return out
-
-
-def _nacl_hull() -> ReferenceHull:
-    return ReferenceHull(
-        [
-            HullEntry("na", "Na1", -1.0, "t"),
-            HullEntry("cl", "Cl1", -1.0, "t"),
-            HullEntry("nacl", "Na1 Cl1", -2.0, "t"),  # the fake relaxer puts NaCl 0.2 eV/atom below
-        ]
-    )
+    assert [r["reference_id"] for r in rows] == ["si_fcc_2", "nacl_conv_8", "nacl_conv_8", None]
+    md = report.to_markdown()
+    assert "| match rate (k=1, over all references) (`match_rate`) | 33.33 % |" in md
+    assert "| match rate (k=1, over references with a prediction) (`match_rate_over_predicted`) | 50.00 % |" in md
+    assert "| match rate (best of k, over all references) (`match_rate_k`) | 66.67 % |" in md
+    assert "over all 3 references" in md and "over the 2 references with at least one prediction" in md
 
 
 def test_stability_sun_through_the_suite():
-    hull = _nacl_hull()
+    hull = nacl_hull()
     nacl = next(c for c in tiny_crystals() if c.material_id == "nacl_conv_8")
     boom = Crystal(nacl.atomic_numbers, nacl.frac_coords, nacl.lattice, material_id="explodes")
-    samples = [Sample(0, "a", crystal=nacl), Sample(1, "b", crystal=nacl), Sample(2, "c", crystal=boom)]
-    samples.append(Sample(3, "bad", error="file is empty"))
+    samples = [Candidate.of(nacl, "a"), Candidate.of(nacl, "b"), Candidate.of(boom, "c")]
+    samples.append(Candidate.failure("bad", "file is empty"))
     ctx = EvaluationContext(
         samples=samples,
         reference=[nacl],
@@ -260,7 +217,7 @@ def test_stability_sun_through_the_suite():
 
 def test_stability_without_training_set_gives_no_sun_and_skips_uniqueness():
     nacl = next(c for c in tiny_crystals() if c.material_id == "nacl_conv_8")
-    ctx = EvaluationContext(samples=[Sample(0, "a", crystal=nacl)], relaxer=FakeRelaxer(), hull=_nacl_hull())
+    ctx = EvaluationContext(samples=[Sample(0, "a", crystal=nacl)], relaxer=FakeRelaxer(), hull=nacl_hull())
 
     def no_matching():  # S.U.N. is off, so no structure matching may be done for it
         raise AssertionError("uniqueness computed without a training set")

@@ -203,7 +203,8 @@ def test_d3pm_sampler_with_a_fixed_categorical_predictor_draws_its_frequencies(s
 
 # ---- the contract every process honours ------------------------------------------------------------
 def all_processes():
-    from crystalforge.generative.flow import FixedField, LatticeFlow, MaskedTypeFlow, TorusFlow
+    from crystalforge.generative.flow import LatticeFlow, MaskedTypeFlow, TorusFlow
+    from crystalforge.generative.process_base import FixedField
 
     vocab = TypeVocabulary.all_elements(100)
     stats = compute_dataset_stats(tiny_crystals())

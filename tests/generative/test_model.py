@@ -8,7 +8,8 @@ import torch
 from crystalforge.core.crystal import CrystalBatch
 from crystalforge.core.elements import MASK_Z
 from crystalforge.data.stats import compute_dataset_stats
-from crystalforge.registry import BackboneConfig, ModelConfig, build_model
+from crystalforge.generative.joint_config import BackboneConfig, ModelConfig
+from crystalforge.registry import build_model
 from crystalforge.sampling.samplers import SamplerConfig, sample
 from crystalforge.sampling.templates import parse_formula, template_from_compositions, template_from_num_atoms
 from crystalforge.testing import tiny_crystals
@@ -114,7 +115,7 @@ def test_formula_parsing_and_template_errors():
 
 def test_model_needs_every_field():
     from crystalforge.generative.flow import TorusFlow
-    from crystalforge.generative.model import JointModel
+    from crystalforge.generative.joint import JointModel
 
     with pytest.raises(ValueError, match="no process for field"):
         JointModel(torch.nn.Identity(), {"frac_coords": TorusFlow()})

@@ -10,6 +10,7 @@ import pytest
 from ase.calculators.calculator import Calculator, all_changes
 
 from crystalforge.core.crystal import Crystal
+from crystalforge.execution import ExecutorConfig
 from crystalforge.relax import (
     ASERelaxer,
     Relaxer,
@@ -76,6 +77,7 @@ def test_chgnet_static_mode_and_batched_energies_agree(chgnet: ASERelaxer) -> No
 
 
 def test_registry_and_protocol() -> None:
+    pytest.importorskip("chgnet")
     relaxer = get_relaxer("chgnet", fmax=0.2)
     assert isinstance(relaxer, Relaxer) and relaxer.settings["fmax"] == 0.2
     assert relaxer.settings["cell_filter"] == "FrechetCellFilter" and relaxer.settings["optimizer"] == "FIRE"
@@ -180,15 +182,25 @@ def test_max_steps_gives_an_unconverged_result_not_a_failure() -> None:
 
 def test_workers_build_their_own_calculators_and_keep_order() -> None:
     crystals = [two_atoms(d) for d in (2.0, 2.5, 3.0)]
-    with ASERelaxer(FakeFactory("collapse"), relax_cell=False, workers=2, min_distance=0.0, fmax=0.05) as relaxer:
+    config = ExecutorConfig(workers=2)  # spawned processes: each builds its own calculator
+    with ASERelaxer(FakeFactory("collapse"), relax_cell=False, workers=config, min_distance=0.0, fmax=0.05) as relaxer:
         results = relaxer.relax(crystals)
         again = relaxer.relax(crystals[:2])  # the same worker processes serve later calls
-    assert relaxer._pool is None
+    assert relaxer._executor is None
     assert [r.steps for r in again] == [r.steps for r in results[:2]]
     serial = ASERelaxer(FakeFactory("collapse"), relax_cell=False, min_distance=0.0, fmax=0.05).relax(crystals)
     assert [r.steps for r in results] == [r.steps for r in serial]
     assert all(r.ok and r.converged for r in results)
     assert np.allclose([r.energy for r in results], [r.energy for r in serial])
+
+
+def test_executor_config_is_accepted_and_workers_must_be_positive() -> None:
+    config = ExecutorConfig(workers=3)
+    relaxer = ASERelaxer(FakeFactory("collapse"), workers=config)
+    assert relaxer.settings["workers"] == 3 and relaxer.execution is config and relaxer.workers == 3
+    assert ASERelaxer(FakeFactory("collapse"), workers=2).execution == ExecutorConfig(workers=2)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        ASERelaxer(FakeFactory("collapse"), workers=0)
 
 
 def test_relaxation_rmsd_uses_minimum_image_and_relaxed_lattice() -> None:

@@ -3,13 +3,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal, CrystalBatch
+from crystalforge.core.extras import MissingDependencyError
 from crystalforge.core.symmetry_ops import (
     change_basis,
     permute,
@@ -19,6 +22,7 @@ from crystalforge.core.symmetry_ops import (
     rotate,
     translate,
 )
+from crystalforge.execution import ExecutorConfig
 from crystalforge.representations import fingerprints
 from crystalforge.representations.fingerprints import (
     FEATURIZERS,
@@ -176,13 +180,14 @@ def test_unfeaturizable_crystal_gives_nan_row_and_report(featurizer, bad: Crysta
     assert out.shape == (3, featurizer.dim)
     assert np.isnan(out[1]).all()
     assert np.isfinite(out[[0, 2]]).all()
-    assert [f.index for f in featurizer.failures] == [1]
+    assert featurizer.failed_indices == [1]
     failure = featurizer.failures[0]
-    assert failure.material_id == bad.material_id
-    assert reason in failure.reason
+    assert isinstance(failure, Candidate) and failure.crystal is None
+    assert failure.material_id == bad.material_id and failure.source == f"crystal 1 ({bad.material_id})"
+    assert reason in failure.error and str(failure) == f"crystal 1 ({bad.material_id}): {failure.error}"
     assert bad.material_id in caplog.text
     featurizer.featurize(TINY[:1])
-    assert featurizer.failures == []  # the report is per call
+    assert featurizer.failures == [] and featurizer.failed_indices == []  # the report is per call
 
 
 def test_workers_give_the_same_rows_and_failures():
@@ -193,8 +198,9 @@ def test_workers_give_the_same_rows_and_failures():
     out = parallel.featurize(crystals)
     np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
     np.testing.assert_allclose(out, expected, rtol=0, atol=0)
-    assert [(f.index, f.material_id) for f in parallel.failures] == [(len(TINY), "og-cubic")]
-    magpie = MagpieComposition(workers=2).featurize(TINY)
+    assert parallel.failed_indices == [len(TINY)] and [f.material_id for f in parallel.failures] == ["og-cubic"]
+    assert parallel.failures == serial.failures
+    magpie = MagpieComposition(workers=ExecutorConfig(workers=2)).featurize(TINY)
     np.testing.assert_allclose(magpie, MagpieComposition().featurize(TINY), rtol=0, atol=0)
 
 
@@ -207,12 +213,20 @@ def test_unknown_name_and_bad_arguments():
         XRDPattern().featurize([TINY[0].to_pymatgen()])
 
 
-def test_missing_matminer_explains_the_extra(monkeypatch: pytest.MonkeyPatch):
-    def no_matminer(name: str):
-        raise ModuleNotFoundError(f"No module named {name!r}")
-
-    monkeypatch.setattr(fingerprints, "import_module", no_matminer)
+def test_missing_matminer_raises_at_construction_naming_the_extra(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "matminer", None)  # as if matminer were not installed
     for name in ("magpie", "crystalnn", "sine_coulomb"):
-        with pytest.raises(ImportError, match=r'pip install "crystalforge\[descriptors\]"'):
-            get_featurizer(name).featurize(TINY[:1])
+        with pytest.raises(MissingDependencyError, match=r'pip install "crystalforge\[descriptors\]"') as info:
+            get_featurizer(name)  # before any work, not inside featurize or a worker
+        assert info.value.extra == "descriptors"
     assert XRDPattern().featurize(TINY[:1]).shape == (1, 512)  # pymatgen only
+
+
+def test_failure_bookkeeping_is_not_part_of_the_cache_identity():
+    from crystalforge.evaluation.features import featurizer_token
+
+    featurizer = XRDPattern(num_bins=16)
+    before = featurizer_token(featurizer)
+    featurizer.featurize([TINY[0], OGANESSON])
+    assert featurizer.failed_indices == [1] and featurizer_token(featurizer) == before
+    assert featurizer_token(XRDPattern(num_bins=16, workers=ExecutorConfig(workers=2))) == before

@@ -12,7 +12,7 @@ from crystalforge import api, read_structures, write_structures
 from crystalforge.cli.main import main
 from crystalforge.config import load_config
 from crystalforge.testing import tiny_crystals
-from crystalforge.training.run import TrainConfig
+from crystalforge.training.config import TrainConfig
 
 
 def _train(tmp_path, task: str, kind: str = "flow"):
@@ -173,9 +173,10 @@ def test_failed_structures_are_listed_not_resampled_and_counted(tmp_path, monkey
     real = runner._to_crystals
     calls = []
 
-    def fail_first_chunk(batch, names):
+    def fail_first_chunk(batch):
+        names = batch.material_ids
         calls.append(list(names))
-        made, failed = real(batch, names)
+        made, failed = real(batch)
         if names[0] == "gen_00000":  # every structure of chunk 0 is unusable
             return [], [*failed, *((c.material_id, "flat cell, volume 0") for c in made)]
         return made, failed

@@ -33,7 +33,7 @@ def test_checkpoint_round_trip_is_plain_data(tmp_path):
     model = nn.Linear(3, 2)
     path = save_checkpoint(
         tmp_path / "m.pt",
-        kind="flow",
+        family="joint",
         config={"backbone": {"hidden": 8}},
         weights=model.state_dict(),
         dataset_stats={"num_structures": 3},

@@ -30,6 +30,7 @@ class FieldSpec:
     trailing_shape: tuple[int, ...]
     unit: str
     description: str
+    optional: bool = False  # may be None on a batch (then it is absent, not empty)
 
 
 FIELDS: dict[str, FieldSpec] = {
@@ -39,9 +40,15 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("frac_coords", Level.ATOM, None, (3,), "", "fractional coordinates in [0, 1)"),
         FieldSpec("lattice", Level.CRYSTAL, None, (3, 3), "Å", "rows are lattice vectors"),
         FieldSpec("num_atoms", Level.CRYSTAL, torch.int64, (), "", "atoms per crystal"),
+        FieldSpec(
+            "fixed", Level.ATOM, torch.bool, (), "", "True for an atom whose type and position are given (inpainting)",
+            optional=True,
+        ),
     )
 }
-"""Generated (state) fields of a crystal. ``properties`` are per-crystal too, keyed by name."""
+"""Tensor fields of a batch. ``properties`` are per-crystal too, keyed by name; ``latents`` are the
+working values of generated fields (see ``CrystalBatch``) and follow their field's level."""
 
 ATOM_FIELDS = tuple(n for n, s in FIELDS.items() if s.level is Level.ATOM)
 CRYSTAL_FIELDS = tuple(n for n, s in FIELDS.items() if s.level is Level.CRYSTAL)
+REQUIRED_FIELDS = tuple(n for n, s in FIELDS.items() if not s.optional)

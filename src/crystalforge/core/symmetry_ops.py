@@ -64,7 +64,10 @@ def permute(batch: CrystalBatch, permutation: Tensor) -> CrystalBatch:
     perm = permutation.to(batch.device)
     if not torch.equal(batch.crystal_idx[perm], batch.crystal_idx):
         raise ValueError("permutation moves atoms between crystals")
-    return batch.replace(atomic_numbers=batch.atomic_numbers[perm], frac_coords=batch.frac_coords[perm])
+    changes = {"atomic_numbers": batch.atomic_numbers[perm], "frac_coords": batch.frac_coords[perm]}
+    if batch.fixed is not None:
+        changes["fixed"] = batch.fixed[perm]
+    return batch.replace(**changes)
 
 
 def translate(batch: CrystalBatch, shift: Tensor) -> CrystalBatch:
@@ -109,9 +112,11 @@ def supercell(batch: CrystalBatch, repeats: tuple[int, int, int]) -> CrystalBatc
     new_owner = owner.repeat_interleave(count)
     regroup = torch.argsort(new_owner, stable=True)
     scale = torch.diag(reps)
+    fixed = None if batch.fixed is None else batch.fixed[order].repeat_interleave(count)[regroup]
     return batch.replace(
         atomic_numbers=new_z[regroup],
         frac_coords=wrap_frac(new_frac[regroup]),
+        fixed=fixed,
         lattice=scale @ batch.lattice,
         num_atoms=batch.num_atoms * count,
     )

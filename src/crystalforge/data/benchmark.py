@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from crystalforge.core.candidate import Candidate
+from crystalforge.core.crystal import Crystal
 from crystalforge.data.dataset import CrystalDataset, cached_build, file_digest, parse_csv
 from crystalforge.data.paths import data_dir
 from crystalforge.data.preprocess import PreprocessOptions
 from crystalforge.data.sources import BENCHMARKS, REDUCED, BenchmarkSpec, ReducedProtocol, known_datasets
+from crystalforge.execution import ExecutorConfig
 
 
 def default_workers() -> int:
@@ -42,17 +45,21 @@ def load_benchmark(
     *,
     root: str | Path | None = None,
     options: PreprocessOptions | None = None,
-    workers: int | None = None,
+    workers: int | ExecutorConfig | None = None,
     use_cache: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> CrystalDataset:
-    """One split of a benchmark (``perov_5``, ``mp_20``, …) or a reduced protocol (``mp_20_reduced``)."""
+    """One split of a benchmark (``perov_5``, ``mp_20``, …) or a reduced protocol (``mp_20_reduced``).
+
+    ``workers`` (a count or an ``ExecutorConfig``; None: ``default_workers()``) parse the CSV
+    when it is not cached yet.
+    """
     opts = options or PreprocessOptions()
     spec, reduced, path, rows = _resolve(name, split, root)
     digest = file_digest(path)
     n_workers = workers or default_workers()
 
-    def build() -> tuple[list, list]:
+    def build() -> tuple[list[Crystal], list[Candidate]]:
         return parse_csv(
             path,
             id_column=spec.id_column,

@@ -1,7 +1,8 @@
 """``CrystalDataset``: a sized, indexable set of ``Crystal``s over flat arrays, built once and cached.
 
-Building parses every CIF (in worker processes), applies the recorded preprocessing, skips and
-reports bad rows, and stores the result as a ``CrystalArrays`` archive in the cache directory.
+Building parses every CIF (on an executor's workers), applies the recorded preprocessing, skips
+and reports bad rows (as ``Candidate`` failures), and stores the result as a ``CrystalArrays``
+archive in the cache directory.
 The cache key is the source's content hash plus the preprocessing options and the cache format,
 so editing the CSV or changing an option rebuilds it; reloading 10k structures is one ``np.load``.
 """
@@ -14,17 +15,18 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 from crystalforge.data.paths import cache_dir
 from crystalforge.data.preprocess import PreprocessOptions, preprocess_structure
+from crystalforge.execution import ExecutorConfig, make_executor
 from crystalforge.io.archive import CrystalArrays
 
 log = logging.getLogger(__name__)
@@ -35,25 +37,17 @@ CHUNK_ROWS = 256
 
 
 @dataclass(frozen=True)
-class Failure:
-    """A record that could not be used, and why."""
-
-    source: str
-    problem: str
-    material_id: str | None = None  # the record's id when it has one
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.problem}"
-
-
-@dataclass(frozen=True)
 class CrystalDataset(Sequence[Crystal]):
-    """Crystals of one dataset split. ``dataset[i]`` builds a ``Crystal`` from the flat arrays."""
+    """Crystals of one dataset split. ``dataset[i]`` builds a ``Crystal`` from the flat arrays.
+
+    ``failures`` holds the records that gave no crystal, as ``Candidate``s without one (printed as
+    ``"source: problem"``).
+    """
 
     arrays: CrystalArrays
     name: str
     split: str
-    failures: tuple[Failure, ...] = ()
+    failures: tuple[Candidate, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -102,15 +96,17 @@ class CrystalDataset(Sequence[Crystal]):
 
 
 # ---- building from a CDVAE-format CSV -------------------------------------------------------------
-def _parse_rows(args: tuple[list[tuple[int, str, str, dict[str, float]]], dict[str, Any], str]) -> list[Any]:
-    """Worker: parse CIF rows into ``(row, Crystal | None, problem | None)``."""
+def _parse_rows(
+    args: tuple[list[tuple[int, str, str, dict[str, float]]], dict[str, Any], str],
+) -> list[tuple[int, Candidate]]:
+    """Worker: parse CIF rows into ``(row, candidate)``."""
     import warnings
 
     from pymatgen.core import Structure
 
     rows, opt_dict, label = args
     options = PreprocessOptions(**opt_dict)
-    out = []
+    out: list[tuple[int, Candidate]] = []
     for row, ident, cif, props in rows:
         source = f"{label} row {row} ({ident})"
         try:
@@ -119,11 +115,12 @@ def _parse_rows(args: tuple[list[tuple[int, str, str, dict[str, float]]], dict[s
                 structure = Structure.from_str(cif, fmt="cif")
             structure = preprocess_structure(structure, options)
             crystal = Crystal.from_pymatgen(structure, material_id=ident).replace(properties=props)
-            out.append((row, crystal, None))
+            out.append((row, Candidate(source, crystal=crystal, material_id=ident)))
         except CrystalError as exc:
-            out.append((row, None, Failure(source, exc.problem, ident)))
+            out.append((row, Candidate.failure(source, exc.problem, material_id=ident)))
         except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on malformed CIFs
-            out.append((row, None, Failure(source, f"malformed CIF: {type(exc).__name__}: {exc}", ident)))
+            problem = f"malformed CIF: {type(exc).__name__}: {exc}"
+            out.append((row, Candidate.failure(source, problem, material_id=ident)))
     return out
 
 
@@ -147,14 +144,16 @@ def parse_csv_rows(
     cif_column: str = "cif",
     options: PreprocessOptions | None = None,
     rows: np.ndarray | None = None,
-    workers: int = 1,
+    workers: int | ExecutorConfig = 1,
     progress: Callable[[int], None] | None = None,
     label: str | None = None,
-) -> list[tuple[int, Crystal | None, Failure | None]]:
-    """Parse a CDVAE-format CSV row by row, keeping file order: ``(row, crystal, failure)``.
+) -> list[tuple[int, Candidate]]:
+    """Parse a CDVAE-format CSV row by row, keeping file order: ``(row, candidate)``.
 
-    Numeric columns become properties. ``rows`` selects row indices (after reading). A bad row has
-    ``crystal=None`` and a ``Failure`` naming the file, the row and the material id.
+    Numeric columns become properties. ``rows`` selects row indices (after reading). Every row
+    gives one ``Candidate`` whose source names the file, the row and the material id
+    (``"mp_20/test.csv row 7 (mp-1234)"``); a bad row's candidate has no crystal and says why.
+    ``workers`` (a count or an ``ExecutorConfig``) parse chunks of rows in parallel;
     ``progress`` is called with the number of rows done.
     """
     import pandas as pd
@@ -180,31 +179,34 @@ def parse_csv_rows(
     chunks = [work[i : i + CHUNK_ROWS] for i in range(0, len(work), CHUNK_ROWS)]
     label = label or path.name
     opt = (options or PreprocessOptions()).to_dict()
-    results: list[Any] = []
-    if workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(_parse_rows, [(c, opt, label) for c in chunks]):
+    tasks = [(c, opt, label) for c in chunks]
+    config = ExecutorConfig.of(workers)
+    if len(chunks) <= 1:
+        config = ExecutorConfig(workers=1)
+    # a few chunks per worker at a time, so that progress is reported while the workers run
+    step = len(tasks) if progress is None else max(1, 2 * config.workers)
+    results: list[tuple[int, Candidate]] = []
+    executor = make_executor(config)
+    try:
+        for start in range(0, len(tasks), step):
+            for part in executor.map(_parse_rows, tasks[start : start + step]):
                 results.extend(part)
                 if progress:
                     progress(len(part))
-    else:
-        for chunk in chunks:
-            part = _parse_rows((chunk, opt, label))
-            results.extend(part)
-            if progress:
-                progress(len(part))
+    finally:
+        executor.close()
     return results
 
 
-def parse_csv(path: Path, **kwargs: Any) -> tuple[list[Crystal], list[Failure]]:
+def parse_csv(path: Path, **kwargs: Any) -> tuple[list[Crystal], list[Candidate]]:
     """Parse a CDVAE-format CSV into crystals (numeric columns become properties).
 
     Takes the arguments of ``parse_csv_rows``; returns the good crystals in file order and the bad
-    rows as ``Failure``s naming the file, the row and the material id.
+    rows as ``Candidate`` failures naming the file, the row and the material id.
     """
     results = parse_csv_rows(path, **kwargs)
-    crystals = [c for _, c, _ in results if c is not None]
-    failures = [f for _, _, f in results if f is not None]
+    crystals = [c.crystal for _, c in results if c.crystal is not None]
+    failures = [c for _, c in results if c.crystal is None]
     return crystals, failures
 
 
@@ -228,7 +230,7 @@ def cached_build(
     name: str,
     split: str,
     key_parts: dict[str, Any],
-    build: Callable[[], tuple[list[Crystal], list[Failure]]],
+    build: Callable[[], tuple[list[Crystal], list[Candidate]]],
     *,
     use_cache: bool = True,
     metadata: dict[str, Any] | None = None,
@@ -240,15 +242,15 @@ def cached_build(
     if use_cache and path.is_file():
         try:
             arrays = CrystalArrays.load(path)
-            failures = tuple(Failure(**f) for f in arrays.metadata.get("failures", []))
-            return CrystalDataset(arrays, name, split, failures, {**arrays.metadata, "cache_file": str(path)})
+            cached = tuple(_failure_from_dict(f) for f in arrays.metadata.get("failures", []))
+            return CrystalDataset(arrays, name, split, cached, {**arrays.metadata, "cache_file": str(path)})
         except ValueError as exc:
             log.warning("ignoring unreadable cache %s (%s); rebuilding", path, exc)
     crystals, failures = build()
     if not crystals:
         detail = f"; first problem: {failures[0]}" if failures else ""
         raise CrystalError(f"no usable structures ({len(failures)} bad records){detail}", source=f"{name}/{split}")
-    meta["failures"] = [asdict(f) for f in failures]
+    meta["failures"] = [_failure_to_dict(f) for f in failures]
     arrays = CrystalArrays.from_crystals(crystals, metadata=meta)
     if use_cache:
         try:
@@ -259,6 +261,16 @@ def cached_build(
     for f in failures:
         log.warning("skipped %s", f)
     return CrystalDataset(arrays, name, split, tuple(failures), meta)
+
+
+def _failure_to_dict(failure: Candidate) -> dict[str, str | None]:
+    """The cache's record of a failure (the keys of the archive format 1)."""
+    return {"source": failure.source, "problem": failure.error, "material_id": failure.material_id}
+
+
+def _failure_from_dict(record: dict[str, Any]) -> Candidate:
+    """Inverse of ``_failure_to_dict``."""
+    return Candidate.failure(str(record["source"]), str(record["problem"]), material_id=record.get("material_id"))
 
 
 def _remove_stale(current: Path) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
-from crystalforge.data.dataset import CrystalDataset, Failure, cache_key, cached_build, file_digest
+from crystalforge.data.dataset import CrystalDataset, cache_key, cached_build, file_digest
 from crystalforge.data.preprocess import PreprocessOptions, preprocess_structure
 from crystalforge.io.files import iter_records, structure_files
 
@@ -57,10 +58,11 @@ def _apply(crystal: Crystal, options: PreprocessOptions) -> Crystal:
     return Crystal.from_pymatgen(structure, material_id=crystal.material_id).replace(properties=crystal.properties)
 
 
-def _read_ase_db(path: Path) -> tuple[list[Crystal], list[Failure]]:
+def _read_ase_db(path: Path) -> tuple[list[Crystal], list[Candidate]]:
     from ase.db import connect
 
-    crystals, failures = [], []
+    crystals: list[Crystal] = []
+    failures: list[Candidate] = []
     for row in connect(str(path)).select():
         ident = str(row.get("material_id") or row.id)
         try:
@@ -68,7 +70,7 @@ def _read_ase_db(path: Path) -> tuple[list[Crystal], list[Failure]]:
             atoms.info.update({k: v for k, v in row.key_value_pairs.items()})
             crystals.append(Crystal.from_ase(atoms, material_id=ident))
         except CrystalError as exc:
-            failures.append(Failure(f"{path} row {row.id} ({ident})", exc.problem, material_id=ident))
+            failures.append(Candidate.failure(f"{path} row {row.id} ({ident})", exc.problem, material_id=ident))
     return crystals, failures
 
 
@@ -100,14 +102,16 @@ def load_user_dataset(
         "properties": file_digest(Path(properties)) if properties else None,
     }
 
-    def build() -> tuple[list[Crystal], list[Failure]]:
+    def build() -> tuple[list[Crystal], list[Candidate]]:
+        raw: list[Crystal] = []
+        failures: list[Candidate] = []
         if is_db:
             raw, failures = _read_ase_db(p)
         else:
-            raw, failures = [], []
             for record in iter_records(p):
                 if record.crystal is None:
-                    failures.append(Failure(record.source, record.error or "unreadable", material_id=record.ident))
+                    problem = record.error or "unreadable"
+                    failures.append(Candidate.failure(record.source, problem, material_id=record.ident))
                 else:
                     raw.append(record.crystal)
         out = []
@@ -115,13 +119,13 @@ def load_user_dataset(
             try:
                 c = _apply(crystal, opts)
             except (CrystalError, ValueError) as exc:
-                failures.append(Failure(str(crystal.material_id), str(exc)))
+                failures.append(Candidate.failure(str(crystal.material_id), str(exc)))
                 continue
             if table:
                 extra = table.get(str(c.material_id)) or table.get(Path(str(c.material_id)).stem)
                 if extra is None:
                     failures.append(
-                        Failure(str(c.material_id), "no row in the property table (kept without properties)")
+                        Candidate.failure(str(c.material_id), "no row in the property table (kept without properties)")
                     )
                 else:
                     c = c.replace(properties={**c.properties, **extra})

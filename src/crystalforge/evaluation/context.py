@@ -1,10 +1,13 @@
 """``EvaluationContext``: the inputs of one evaluation and the expensive shared results, computed once.
 
-Metrics read what they need from the context (validity flags, fingerprints, uniqueness, relaxation
-results, ...). Each such thing is computed lazily on first use and kept, so coverage and S.U.N. do
-not featurize or relax twice. Nothing here knows which model made the structures: inputs are
-``Sample`` records (a crystal, or the reason there is none) and plain reference crystals. Things
-that live in other packages (fingerprint featurizers, the relaxer, the hull) come in as objects.
+Metrics read what they need from the context (validity flags, the grouped and reduced structures,
+uniqueness, novelty, relaxation results, ...). Each such thing is computed lazily on first use and
+kept, so coverage and S.U.N. do not featurize or relax twice, and uniqueness and novelty reduce
+each cell once. Nothing here knows which model made the structures: inputs are
+``crystalforge.core.candidate.Candidate``s (a crystal, or the reason there is none) and plain
+reference crystals. For CSP, ``csp_links`` (built by ``assign_groups``) says which reference each
+candidate predicts. Things that live in other packages (fingerprint featurizers, the relaxer)
+come in as objects satisfying ``FeaturizerLike`` and ``Relaxer``.
 """
 
 from __future__ import annotations
@@ -15,41 +18,50 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
-from crystalforge.evaluation.metrics.matching import NoveltyResult, UniquenessResult, novelty, uniqueness
+from crystalforge.evaluation.features import FeaturizerLike
+from crystalforge.evaluation.hull import ReferenceHull
+from crystalforge.evaluation.metrics.novelty import NoveltyResult, novelty
+from crystalforge.evaluation.metrics.structure_matcher import StructureSet
+from crystalforge.evaluation.metrics.uniqueness import UniquenessResult, uniqueness
 from crystalforge.evaluation.metrics.validity import ValidityReport, validity
-from crystalforge.relax.interfaces import RelaxResult
+from crystalforge.execution import ExecutorConfig
+from crystalforge.relax.interfaces import Relaxer, RelaxResult
+
+__all__ = [
+    "CSPLink",
+    "EvaluationContext",
+    "ProgressBar",
+    "ProgressFactory",
+    "Sample",
+    "Task",
+    "assign_groups",
+    "group_members",
+    "null_progress",
+]
 
 Task = Literal["dng", "csp"]
-ProgressFactory = Callable[[int | None, str], Any]
-"""``factory(total, description)`` → an object with ``update(n)`` and ``close()`` (e.g. tqdm)."""
-
 
 _RELAX = "relax"  # memo key of the relaxation results
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One input record: a crystal, or ``error`` saying why the record gave none."""
+class ProgressBar(Protocol):
+    """What the evaluation needs of a progress bar (a tqdm bar will do)."""
 
-    index: int
-    source: str
-    crystal: Crystal | None = None
-    error: str | None = None
-    group: str | None = None  # CSP: the reference material_id this prediction belongs to
-    material_id: str | None = None  # the record's id when it has no crystal (e.g. an unreadable extxyz frame)
-    rank: int = -1  # CSP: the prediction number k parsed from "<id>_<k>" (-1: none)
+    def update(self, n: int = 1) -> object:
+        """Advance by ``n``."""
 
-    @property
-    def ident(self) -> str:
-        """The record's name: its material_id, else its source."""
-        if self.crystal is not None and self.crystal.material_id:
-            return self.crystal.material_id
-        return self.material_id or self.source
+    def close(self) -> None:
+        """Finish the bar."""
+
+
+ProgressFactory = Callable[[int | None, str], ProgressBar]
+"""``factory(total, description)`` → a ``ProgressBar`` (e.g. ``tqdm``)."""
 
 
 class _NullBar:
@@ -60,96 +72,155 @@ class _NullBar:
         """Nothing to close."""
 
 
-def null_progress(total: int | None, desc: str) -> _NullBar:
+def null_progress(total: int | None, desc: str) -> ProgressBar:
     """A progress factory that shows nothing."""
     return _NullBar()
+
+
+# ---- CSP linking ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CSPLink:
+    """The reference a CSP prediction belongs to, and its prediction number ``k`` (-1: none given)."""
+
+    reference_id: str
+    rank: int = -1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Legacy input record of ``crystalforge.api`` (a crystal or an ``error``), kept until it passes ``Candidate``s.
+
+    ``EvaluationContext`` turns a list of these into candidates and CSP links; ``assign_groups``
+    given samples returns samples with ``group``/``rank`` set, as before.
+    """
+
+    index: int
+    source: str
+    crystal: Crystal | None = None
+    error: str | None = None
+    group: str | None = None
+    material_id: str | None = None
+    rank: int = -1
+
+    @property
+    def ident(self) -> str:
+        """The record's name: its material_id, else its source."""
+        return self.candidate().ident
+
+    def candidate(self) -> Candidate:
+        """The record as a ``Candidate``."""
+        if self.crystal is not None:
+            return Candidate(self.source, crystal=self.crystal, material_id=self.material_id)
+        return Candidate.failure(self.source, self.error or "no structure", material_id=self.material_id)
 
 
 _SUFFIX = re.compile(r"^(?P<base>.+?)(?:[_:#.]|__)(?P<num>\d+)$")
 
 
-def assign_groups(samples: Sequence[Sample], reference_ids: Sequence[str]) -> list[Sample]:
-    """Link CSP predictions to reference ``material_id``s.
+def _link(candidate: Candidate, known: set[str]) -> CSPLink | None:
+    ident = candidate.ident if (candidate.ok or candidate.material_id) else Path(candidate.source.split(":")[0]).stem
+    if not ident:
+        return None
+    if ident in known:
+        return CSPLink(ident)
+    m = _SUFFIX.match(ident)
+    while m is not None:
+        base = m.group("base")
+        if base in known:
+            return CSPLink(base, int(m.group("num")))
+        m = _SUFFIX.match(base)
+    return None
 
-    A sample belongs to reference ``R`` when its ``material_id`` is ``R``, or is ``R`` followed by
+
+def assign_groups(candidates: Sequence[Candidate], reference_ids: Sequence[str]) -> list[CSPLink | None]:
+    """Link CSP predictions to reference ``material_id``s: one ``CSPLink`` or None per candidate.
+
+    A candidate belongs to reference ``R`` when its ``ident`` is ``R``, or is ``R`` followed by
     ``_k``, ``__k``, ``:k``, ``#k`` or ``.k`` with an integer ``k`` (k-th prediction, e.g. the file
-    ``mp-1234_3.cif`` or the block ``mp-1234:3``). Unlinked samples keep ``group=None``.
+    ``mp-1234_3.cif`` or the block ``mp-1234:3``); a candidate without an id is named by the stem
+    of its source file. (Given legacy ``Sample``s it returns them with ``group``/``rank`` set.)
     """
     known = set(reference_ids)
-    out = []
-    for s in samples:
-        ident = s.ident if (s.crystal is not None or s.material_id) else Path(s.source.split(":")[0]).stem
-        group, rank = None, -1
-        if ident:
-            if ident in known:
-                group = ident
-            else:
-                m = _SUFFIX.match(ident)
-                while m is not None and group is None:
-                    base = m.group("base")
-                    if base in known:
-                        group, rank = base, int(m.group("num"))
-                    m = _SUFFIX.match(base)
-        out.append(Sample(s.index, s.source, s.crystal, s.error, group, s.material_id, rank))
-    return out
+    if candidates and isinstance(candidates[0], Sample):
+        legacy: list[Any] = []
+        for s in candidates:
+            link = _link(s.candidate(), known)  # type: ignore[attr-defined]
+            group, rank = (None, -1) if link is None else (link.reference_id, link.rank)
+            legacy.append(Sample(s.index, s.source, s.crystal, s.error, group, s.material_id, rank))  # type: ignore[attr-defined]
+        return legacy
+    return [_link(c, known) for c in candidates]
 
 
-def group_members(samples: Sequence[Sample]) -> dict[str, list[int]]:
-    """Sample indices per linked reference id, ordered by prediction number (``_k``), then input order."""
+def group_members(links: Sequence[CSPLink | None]) -> dict[str, list[int]]:
+    """Candidate indices per linked reference id, ordered by prediction number (``_k``), then input order."""
     groups: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        if s.group is not None:
-            groups.setdefault(s.group, []).append(i)
+    for i, link in enumerate(links):
+        if link is not None:
+            groups.setdefault(link.reference_id, []).append(i)
     for members in groups.values():
-        members.sort(key=lambda i: (samples[i].rank, i))
+        members.sort(key=lambda i: (links[i].rank, i))  # type: ignore[union-attr]
     return groups
 
 
+# ---- the context ---------------------------------------------------------------------------------------
 @dataclass
 class EvaluationContext:
     """Inputs and lazily computed shared results of one evaluation.
 
     Args:
-        samples: the input records, in input order.
+        samples: the candidates to evaluate, in input order (legacy ``Sample``s are converted).
         task: ``"dng"`` (de novo generation) or ``"csp"`` (structure prediction).
         reference: the reference crystals (the test split of the protocol), or None.
         reference_name: the dataset or file the reference came from (for the protocol block).
         train: the training crystals of the protocol (for novelty), or None.
         train_name: where ``train`` came from.
-        struct_featurizer / comp_featurizer: fingerprint featurizers for coverage (objects with
-            ``name`` and ``featurize(crystals) -> [B, D]``), or None to skip coverage.
+        struct_featurizer / comp_featurizer: fingerprint featurizers for coverage, or None to skip it.
         coverage_cutoffs: (structure, composition) cutoffs, or None to skip coverage.
-        relaxer: an object satisfying ``crystalforge.relax.interfaces.Relaxer``, or None.
-        hull: a reference hull with ``e_above_hull``, or None.
-        workers: processes for the expensive parts.
+        relaxer: the relaxer for stability, or None.
+        hull: the reference hull for stability, or None.
+        k: CSP predictions per reference (None: the most any reference has).
+        property_name / target_window: the targeting metric's property and ``(low, high)``.
+        csp_links: per candidate, the reference it predicts (``assign_groups``), or None.
+        workers: processes (or an executor config) for the expensive parts.
         cache_dir: where reference fingerprints are cached (None: no cache).
         sample_cache_dir: where the samples' fingerprints are cached, chunk by chunk, so an
             interrupted coverage evaluation resumes (None: no cache).
         progress: progress-bar factory.
+        seed: seed of the property-distribution draw.
 
     """
 
-    samples: Sequence[Sample]
+    samples: Sequence[Candidate]
     task: Task = "dng"
     reference: Sequence[Crystal] | None = None
     reference_name: str | None = None
     train: Sequence[Crystal] | None = None
     train_name: str | None = None
-    struct_featurizer: Any = None
-    comp_featurizer: Any = None
+    struct_featurizer: FeaturizerLike | None = None
+    comp_featurizer: FeaturizerLike | None = None
     coverage_cutoffs: tuple[float, float] | None = None
-    relaxer: Any = None
-    hull: Any = None
+    relaxer: Relaxer | None = None
+    hull: ReferenceHull | None = None
     k: int | None = None
     property_name: str | None = None
     target_window: tuple[float | None, float | None] | None = None
-    workers: int = 1
+    csp_links: Sequence[CSPLink | None] | None = None
+    workers: int | ExecutorConfig = 1
     cache_dir: Path | None = None
     sample_cache_dir: Path | None = None
     progress: ProgressFactory = null_progress
     seed: int = 0
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
     timings: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        items: Sequence[Any] = self.samples
+        if any(isinstance(s, Sample) for s in items):  # legacy records: candidates plus links
+            if self.csp_links is None and any(s.group for s in items):
+                self.csp_links = [None if s.group is None else CSPLink(s.group, s.rank) for s in items]
+            self.samples = [s.candidate() for s in items]
+        if self.csp_links is not None and len(self.csp_links) != len(self.samples):
+            raise ValueError(f"{len(self.csp_links)} CSP links for {len(self.samples)} samples")
 
     # ---- plain views -----------------------------------------------------------------------
     @property
@@ -165,6 +236,14 @@ class EvaluationContext:
     def parsed_indices(self) -> list[int]:
         """Indices of samples that have a crystal."""
         return [i for i, s in enumerate(self.samples) if s.crystal is not None]
+
+    def link(self, index: int) -> CSPLink | None:
+        """The CSP link of sample ``index`` (None when unlinked or not a CSP evaluation)."""
+        return None if self.csp_links is None else self.csp_links[index]
+
+    def csp_groups(self) -> dict[str, list[int]]:
+        """Sample indices per linked reference id, in prediction order (empty without links)."""
+        return {} if self.csp_links is None else group_members(self.csp_links)
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -184,7 +263,7 @@ class EvaluationContext:
     # ---- shared expensive results ----------------------------------------------------------
     def validity_report(self) -> ValidityReport:
         """Validity of the parsed crystals (unparsed samples are handled by ``valid_mask``)."""
-        return self.memo("validity", lambda: validity([self.samples[i].crystal for i in self.parsed_indices()]))
+        return self.memo("validity", lambda: validity([c for c in self.crystals if c is not None]))
 
     def valid_mask(self) -> np.ndarray:
         """``[n]`` bool: sample parsed and is valid (structure and composition)."""
@@ -204,35 +283,40 @@ class EvaluationContext:
         ref = self.reference
         return self.memo("reference_validity", lambda: np.array([c.valid for c in validity(ref).crystals], dtype=bool))
 
+    def structure_set(self) -> StructureSet:
+        """The samples grouped by reduced formula, each cell reduced at most once (uniqueness and novelty share it)."""
+        return self.memo("structure_set", lambda: StructureSet(self.crystals))
+
     def uniqueness(self) -> UniquenessResult:
         """Structure-matching uniqueness over all samples (None entries are never unique)."""
-        return self.memo("uniqueness", lambda: uniqueness(self.crystals, workers=self.workers))
+        return self.memo("uniqueness", lambda: uniqueness(self.structure_set(), workers=self.workers))
 
     def novelty(self) -> NoveltyResult:
         """Novelty of every sample against the training set."""
         if self.train is None:
             raise ValueError("no training set given")
         train = self.train
-        return self.memo("novelty", lambda: novelty(self.crystals, train, workers=self.workers))
+        return self.memo("novelty", lambda: novelty(self.structure_set(), train, workers=self.workers))
 
     def relax_results(self) -> list[RelaxResult]:
         """One relaxation result per sample (unreadable samples get a failed result)."""
         if self.relaxer is None:
             raise ValueError("no relaxer given")
+        relaxer = self.relaxer
 
         def compute() -> list[RelaxResult]:
             idx = self.parsed_indices()
-            bar = self.progress(len(idx), f"relaxing ({self.relaxer.name})")
+            bar = self.progress(len(idx), f"relaxing ({relaxer.name})")
             last = [0]
 
             def advance(done: int, total: int) -> None:
                 bar.update(done - last[0])
                 last[0] = done
 
-            if hasattr(self.relaxer, "progress"):
-                self.relaxer.progress = advance
+            if hasattr(relaxer, "progress"):
+                relaxer.progress = advance
             try:
-                done = self.relaxer.relax([self.samples[i].crystal for i in idx])
+                done = relaxer.relax([c for c in self.crystals if c is not None])
             finally:
                 bar.close()
             out = [RelaxResult.failed(f"unreadable: {s.error}") for s in self.samples]

@@ -26,12 +26,16 @@ SUMMARY_KEYS = (
     "validity",
     "cov_recall",
     "cov_precision",
+    "cov_recall_valid_only",
+    "cov_precision_valid_only",
     "wdist_density",
     "wdist_num_elements",
     "wdist_formation_energy",
     "match_rate",
+    "match_rate_over_predicted",
     "rmse",
     "match_rate_k",
+    "match_rate_k_over_predicted",
     "rmse_k",
     "unique_rate",
     "novel_rate",
@@ -50,14 +54,18 @@ _LABELS = {
     "validity_struct": ("structure validity", "%"),
     "validity_comp": ("composition validity", "%"),
     "validity": ("validity", "%"),
-    "cov_recall": ("COV-R", "%"),
-    "cov_precision": ("COV-P", "%"),
+    "cov_recall": ("COV-R (every fingerprinted sample, as the published scripts)", "%"),
+    "cov_precision": ("COV-P (every fingerprinted sample, as the published scripts)", "%"),
+    "cov_recall_valid_only": ("COV-R (valid samples only)", "%"),
+    "cov_precision_valid_only": ("COV-P (valid samples only)", "%"),
     "wdist_density": ("Wasserstein density", "g/cm³"),
     "wdist_num_elements": ("Wasserstein #elements", ""),
     "wdist_formation_energy": ("Wasserstein formation energy", "eV/atom"),
-    "match_rate": ("match rate (k=1)", "%"),
+    "match_rate": ("match rate (k=1, over all references)", "%"),
+    "match_rate_over_predicted": ("match rate (k=1, over references with a prediction)", "%"),
     "rmse": ("RMSE (k=1)", ""),
-    "match_rate_k": ("match rate (best of k)", "%"),
+    "match_rate_k": ("match rate (best of k, over all references)", "%"),
+    "match_rate_k_over_predicted": ("match rate (best of k, over references with a prediction)", "%"),
     "rmse_k": ("RMSE (best of k)", ""),
     "unique_rate": ("unique", "%"),
     "novel_rate": ("novel", "%"),
@@ -141,6 +149,7 @@ class MetricReport:
             value = self.summary[key]
             shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else _fmt(value)
             lines.append(f"| {label} (`{key}`) | {shown}{' ' + unit if unit and shown != 'n/a' else ''} |")
+        lines += self._denominators()
         lines += ["", "## Protocol", ""]
         for key, value in self.protocol.items():
             if isinstance(value, Mapping):
@@ -156,6 +165,18 @@ class MetricReport:
             if len(failures) > 20:
                 lines.append(f"- ... {len(failures) - 20} more in per_structure.csv")
         return "\n".join(lines) + "\n"
+
+    def _denominators(self) -> list[str]:
+        """Markdown lines naming the denominators of the CSP match rates (empty without them)."""
+        csp = self.details.get("csp_match")
+        if "match_rate" not in self.summary or not isinstance(csp, Mapping) or "n_references" not in csp:
+            return []
+        return [
+            "",
+            f"CSP match rates are over all {_fmt(csp['n_references'])} references (the published "
+            f"denominator) and, beside them, over the {_fmt(csp.get('n_references_with_predictions'))} "
+            "references with at least one prediction.",
+        ]
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``summary.json``, ``per_structure.csv`` and ``summary.md`` atomically into ``out_dir``."""

@@ -1,7 +1,5 @@
-"""Conversions and file formats: pymatgen, ASE, CIF, POSCAR, extxyz and our ``.npz`` archive."""
+"""Structure files, the crystal text format, conversions and the generation run-folder layout."""
 
-from __future__ import annotations
+from crystalforge.io.files import iter_records, read_structures, write_structures
 
-from crystalforge.io.files import Record, iter_records, read_structures, write_structures
-
-__all__ = ["Record", "iter_records", "read_structures", "write_structures"]
+__all__ = ["iter_records", "read_structures", "write_structures"]

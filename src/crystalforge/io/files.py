@@ -1,8 +1,8 @@
-"""Read and write structure files: CIF, POSCAR, extxyz and our ``.npz`` archive.
+"""Read and write structure files: CIF, POSCAR, extxyz, the crystal text format and our ``.npz`` archive.
 
-Reading yields ``Record``s so batch jobs can skip a bad structure, say which file (and which
-block or frame) it was and why, and go on. ``read_structures`` is the simple list-returning API.
-Every writer writes atomically.
+Reading yields ``Candidate``s (a crystal, or the reason a record gave none) so batch jobs can skip
+a bad structure, say which file (and which block or frame) it was and why, and go on.
+``read_structures`` is the simple list-returning API. Every writer writes atomically.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import logging
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 from crystalforge.io.archive import CrystalArrays
@@ -22,8 +22,10 @@ from crystalforge.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("cif", "poscar", "extxyz", "npz")
+FORMATS = ("cif", "poscar", "extxyz", "npz", "text")
 _SUFFIXES = {
+    ".txt": "text",
+    ".cftxt": "text",
     ".cif": "cif",
     ".vasp": "poscar",
     ".poscar": "poscar",
@@ -34,21 +36,6 @@ _SUFFIXES = {
 _POSCAR_NAMES = ("POSCAR", "CONTCAR")
 DEFAULT_SYMPREC = 0.1
 """spglib distance tolerance (Å) for symmetrised CIF output, as pymatgen's default."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One structure read from a source: either ``crystal`` or ``error`` is set."""
-
-    source: str  # "path", "path:block" or "path:frame"
-    crystal: Crystal | None = None
-    error: str | None = None
-    ident: str | None = None  # the record's material_id when known, also for a bad record
-
-    @property
-    def ok(self) -> bool:
-        """True when the record parsed into a valid crystal."""
-        return self.crystal is not None
 
 
 def detect_format(path: str | Path) -> str:
@@ -74,7 +61,7 @@ def structure_files(folder: Path) -> list[Path]:
     return out
 
 
-def iter_records(path: str | Path, *, fmt: str | None = None) -> Iterator[Record]:
+def iter_records(path: str | Path, *, fmt: str | None = None) -> Iterator[Candidate]:
     """Every structure in a file or folder, as ``Record``s (errors are records, not exceptions).
 
     A missing path, an empty folder or a folder with no structure files raises
@@ -95,37 +82,55 @@ def iter_records(path: str | Path, *, fmt: str | None = None) -> Iterator[Record
     yield from _file_records(p, fmt or detect_format(p))
 
 
-def _file_records(path: Path, fmt: str) -> Iterator[Record]:
+def _file_records(path: Path, fmt: str) -> Iterator[Candidate]:
     try:
         if path.stat().st_size == 0:
-            yield Record(str(path), error="file is empty")
+            yield Candidate(str(path), error="file is empty")
             return
         if fmt == "npz":
             arrays = CrystalArrays.load(path)
-            yield from (Record(f"{path}:{i}", crystal=c) for i, c in enumerate(arrays))
+            yield from (Candidate(f"{path}:{i}", crystal=c) for i, c in enumerate(arrays))
             return
         text = path.read_text(errors="replace")
         if not text.strip():
-            yield Record(str(path), error="file is empty")
+            yield Candidate(str(path), error="file is empty")
             return
-        reader = {"cif": _cif_records, "poscar": _poscar_records, "extxyz": _extxyz_records}.get(fmt)
+        reader = {
+            "cif": _cif_records,
+            "poscar": _poscar_records,
+            "extxyz": _extxyz_records,
+            "text": _text_records,
+        }.get(fmt)
         if reader is None:
             raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
         yield from reader(path, text)
     except (OSError, ValueError) as exc:
-        yield Record(str(path), error=str(exc).removeprefix(f"{path}: "))
+        yield Candidate(str(path), error=str(exc).removeprefix(f"{path}: "))
 
 
-def _cif_records(path: Path, text: str) -> Iterator[Record]:
+def _text_records(path: Path, text: str) -> Iterator[Candidate]:
+    """One candidate per blank-line-separated block of the crystal text format (``io.text``)."""
+    from crystalforge.io.text import CrystalText
+
+    codec = CrystalText()
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    for i, block in enumerate(blocks):
+        try:
+            yield Candidate(f"{path}:{i}", crystal=codec.decode(block))
+        except CrystalError as exc:
+            yield Candidate(f"{path}:{i}", error=exc.problem)
+
+
+def _cif_records(path: Path, text: str) -> Iterator[Candidate]:
     from pymatgen.io.cif import CifFile
 
     try:
         blocks = list(CifFile.from_str(text).data.items())
     except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on malformed text
-        yield Record(str(path), error=f"malformed CIF: {exc}")
+        yield Candidate(str(path), error=f"malformed CIF: {exc}")
         return
     if not blocks:
-        yield Record(str(path), error="malformed CIF: no data_ block found")
+        yield Candidate(str(path), error="malformed CIF: no data_ block found")
         return
     for name, block in blocks:
         source = str(path) if len(blocks) == 1 else f"{path}:{name}"
@@ -141,7 +146,7 @@ def cif_to_crystal(text: str, *, material_id: str | None = None, source: str | N
     return record.crystal
 
 
-def _parse_cif_block(text: str, source: str, ident: str | None) -> Record:
+def _parse_cif_block(text: str, source: str, ident: str | None) -> Candidate:
     from pymatgen.io.cif import CifParser
 
     with warnings.catch_warnings(record=True) as caught:
@@ -152,39 +157,39 @@ def _parse_cif_block(text: str, source: str, ident: str | None) -> Record:
             )
         except Exception as exc:  # noqa: BLE001
             detail = "; ".join(str(w.message) for w in caught[:2])
-            return Record(source, error=f"malformed CIF: {exc}" + (f" ({detail})" if detail else ""))
+            return Candidate(source, error=f"malformed CIF: {exc}" + (f" ({detail})" if detail else ""))
     if not structures:
         detail = "; ".join(str(w.message) for w in caught[:2])
-        return Record(source, error=f"malformed CIF: no structure could be built{': ' + detail if detail else ''}")
+        return Candidate(source, error=f"malformed CIF: no structure could be built{': ' + detail if detail else ''}")
     try:
-        return Record(source, crystal=Crystal.from_pymatgen(structures[0], material_id=ident))
+        return Candidate(source, crystal=Crystal.from_pymatgen(structures[0], material_id=ident))
     except CrystalError as exc:
-        return Record(source, error=exc.problem)
+        return Candidate(source, error=exc.problem)
 
 
-def _poscar_records(path: Path, text: str) -> Iterator[Record]:
+def _poscar_records(path: Path, text: str) -> Iterator[Candidate]:
     from pymatgen.io.vasp import Poscar
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure = Poscar.from_str(text).structure
-        yield Record(
+        yield Candidate(
             str(path), crystal=Crystal.from_pymatgen(structure, material_id=path.stem if path.suffix else path.name)
         )
     except CrystalError as exc:
-        yield Record(str(path), error=exc.problem)
+        yield Candidate(str(path), error=exc.problem)
     except Exception as exc:  # noqa: BLE001
-        yield Record(str(path), error=f"malformed POSCAR: {exc}")
+        yield Candidate(str(path), error=f"malformed POSCAR: {exc}")
 
 
-def _extxyz_records(path: Path, text: str) -> Iterator[Record]:
+def _extxyz_records(path: Path, text: str) -> Iterator[Candidate]:
     """One record per frame: a bad frame is an error record, the other frames still parse."""
     from ase.io import read
 
     frames = _extxyz_frames(text)
     if not frames:
-        yield Record(str(path), error="malformed extxyz: no frame found (first line must be the atom count)")
+        yield Candidate(str(path), error="malformed extxyz: no frame found (first line must be the atom count)")
         return
     for i, (frame, problem) in enumerate(frames):
         source = f"{path}:{i}"
@@ -192,17 +197,17 @@ def _extxyz_records(path: Path, text: str) -> Iterator[Record]:
         # (int("3961_0") == 39610), so atoms.info is not used for it
         ident = _extxyz_material_id(frame) or (path.stem if len(frames) == 1 else f"{path.stem}:{i}")
         if problem is not None:
-            yield Record(source, error=f"malformed extxyz frame {i}: {problem}", ident=ident)
+            yield Candidate(source, error=f"malformed extxyz frame {i}: {problem}", material_id=ident)
             continue
         try:
             atoms = read(io.StringIO(frame), index=0, format="extxyz")
         except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed text
-            yield Record(source, error=f"malformed extxyz frame {i}: {exc}", ident=ident)
+            yield Candidate(source, error=f"malformed extxyz frame {i}: {exc}", material_id=ident)
             continue
         try:
-            yield Record(source, crystal=Crystal.from_ase(atoms, material_id=ident), ident=ident)
+            yield Candidate(source, crystal=Crystal.from_ase(atoms, material_id=ident), material_id=ident)
         except CrystalError as exc:
-            yield Record(source, error=exc.problem, ident=ident)
+            yield Candidate(source, error=exc.problem, material_id=ident)
 
 
 def _extxyz_frames(text: str) -> list[tuple[str, str | None]]:
@@ -238,7 +243,7 @@ def _extxyz_material_id(frame: str) -> str | None:
 
 
 def read_structures(path: str | Path, *, fmt: str | None = None, skip_bad: bool = False) -> list[Crystal]:
-    """All crystals in a file or folder (CIF, POSCAR, extxyz, npz).
+    """All crystals in a file or folder (CIF, POSCAR, extxyz, npz, crystal text).
 
     With ``skip_bad=False`` the first bad record raises ``CrystalError`` naming it; with
     ``skip_bad=True`` bad records are logged as warnings and left out (use ``iter_records`` to
@@ -247,7 +252,7 @@ def read_structures(path: str | Path, *, fmt: str | None = None, skip_bad: bool 
     return collect_crystals(iter_records(path, fmt=fmt), skip_bad=skip_bad)
 
 
-def collect_crystals(records: Iterable[Record], *, skip_bad: bool = False) -> list[Crystal]:
+def collect_crystals(records: Iterable[Candidate], *, skip_bad: bool = False) -> list[Crystal]:
     """The crystals of ``records``; a bad record raises ``CrystalError`` unless ``skip_bad`` (then it is logged)."""
     out = []
     for record in records:
@@ -269,7 +274,7 @@ def write_structures(
     symprec: float = DEFAULT_SYMPREC,
     angle_tolerance: float = 5.0,
 ) -> Path:
-    """Write crystals to one file (atomically): CIF (P1, or symmetrised via spglib), POSCAR, extxyz or npz.
+    """Write crystals to one file (atomically): CIF (P1, or symmetrised via spglib), POSCAR, extxyz, text or npz.
 
     POSCAR holds one structure; CIF holds one data block per crystal. ``symmetrize`` (CIF only)
     writes the conventional standard cell with symmetry operations found at ``symprec`` (Å) and
@@ -298,6 +303,11 @@ def write_structures(
         from pymatgen.io.vasp import Poscar
 
         text = Poscar(items[0].to_pymatgen(), comment=items[0].material_id or items[0].formula).get_str()
+    elif kind == "text":
+        from crystalforge.io.text import CrystalText
+
+        codec = CrystalText()
+        text = "\n\n".join(codec.encode(c).rstrip("\n") for c in items) + "\n"
     elif kind == "extxyz":
         from ase.io import write
 

@@ -1,4 +1,4 @@
-"""One generic relaxer over any ASE calculator, the CHGNet factories and a registry.
+"""``ASERelaxer``: one generic relaxer over any ASE calculator.
 
 ``ASERelaxer`` relaxes positions (and, with ``relax_cell``, the cell through ASE's
 ``FrechetCellFilter``) with an ASE optimiser until every force (and the filter's stress
@@ -11,25 +11,23 @@ Nothing here raises for a bad structure: calculator errors, non-finite values, e
 timeouts become ``RelaxResult.failure`` reasons. Hitting ``max_steps`` is not a failure; the
 final structure and energy are returned with ``converged=False``.
 
-MLIPs are imported lazily, inside the factories, so this module imports with ase alone.
+Model-specific factories live elsewhere (``relax.chgnet_mlip``); the registry of relaxer names is
+``relax.registry``. This module imports with numpy alone (ase is imported when a structure is relaxed).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import math
-import multiprocessing
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
-from crystalforge.core.versions import distribution_version
+from crystalforge.execution import Executor, ExecutorConfig, make_executor
 from crystalforge.relax.interfaces import RelaxResult, relaxation_rmsd
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,15 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ase.calculators.calculator import Calculator
 
 __all__ = [
-    "CHGNET_MODEL_VERSION",
-    "RELAXERS",
+    "DEFAULT_FMAX",
+    "DEFAULT_MAX_STEPS",
+    "MIN_ENERGY_PER_ATOM",
     "ASERelaxer",
-    "CHGNetCalculatorFactory",
-    "CHGNetStaticRelaxer",
-    "chgnet_relaxer",
-    "chgnet_static_energies",
-    "chgnet_static_relaxer",
-    "get_relaxer",
+    "CalculatorFactory",
 ]
 
 CalculatorFactory = Callable[[], "Calculator"]
@@ -66,29 +60,8 @@ MIN_ENERGY_PER_ATOM = -30.0
 """eV/atom; below any physical GGA(+U) energy (CHGNet 0.3.0's most negative per-element
 reference energy is about -15.9 eV/atom), so lower values mean the MLIP fell into a hole."""
 
-CHGNET_MODEL_VERSION = "0.3.0"
-"""The CHGNet weights shipped in the chgnet wheel and loaded offline."""
 
-
-class _WorkerPool:
-    """A process pool started on the first parallel call and kept (workers load their model once)."""
-
-    _pool: ProcessPoolExecutor | None = None
-
-    def close(self) -> None:
-        """Shut the worker processes down."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __enter__(self) -> _WorkerPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ASERelaxer(_WorkerPool):
+class ASERelaxer:
     """Relaxes crystals with an ASE calculator, one structure at a time (or in worker processes).
 
     Args:
@@ -103,10 +76,11 @@ class ASERelaxer(_WorkerPool):
             input, ``steps=0``, ``rmsd=0``, ``converged=True``.
         timeout_s: wall-time budget per structure, checked between optimiser steps (a single
             calculator call that hangs cannot be interrupted); None for no limit.
-        workers: worker processes (spawned; each builds its own calculator and runs torch
-            with ``torch_threads`` threads, default 1). 1 runs in this process. The pool is
-            kept for later calls until ``close()`` (or the end of a ``with`` block); a script
-            that uses workers must guard its entry point with ``if __name__ == "__main__":``.
+        workers: worker count or an ``ExecutorConfig`` (local processes are spawned; each
+            worker builds its own calculator and runs torch with ``torch_threads`` threads,
+            default 1). 1 runs in this process. The workers are kept for later calls until
+            ``close()`` (or the end of a ``with`` block); a script that uses local workers must
+            guard its entry point with ``if __name__ == "__main__":``.
         torch_threads: torch intra-op threads inside workers (default 1); in this process the
             factory decides.
         max_volume_ratio: explosion if the final/initial volume ratio leaves
@@ -129,7 +103,7 @@ class ASERelaxer(_WorkerPool):
         cell_filter: str = "FrechetCellFilter",
         static: bool = False,
         timeout_s: float | None = None,
-        workers: int = 1,
+        workers: int | ExecutorConfig = 1,
         torch_threads: int | None = None,
         max_volume_ratio: float = MAX_VOLUME_RATIO,
         min_distance: float = MIN_DISTANCE,
@@ -144,12 +118,11 @@ class ASERelaxer(_WorkerPool):
             raise ValueError(f"fmax must be positive, got {fmax}")
         if max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
         if not max_volume_ratio > 1:
             raise ValueError(f"max_volume_ratio must be > 1, got {max_volume_ratio}")
+        execution = ExecutorConfig.of(workers)  # raises ValueError for workers < 1
         self.calculator_factory = calculator_factory
         self._name = name
         self.fmax = float(fmax)
@@ -159,14 +132,15 @@ class ASERelaxer(_WorkerPool):
         self.cell_filter = cell_filter
         self.static = bool(static)
         self.timeout_s = None if timeout_s is None else float(timeout_s)
-        self.workers = int(workers)
+        self.execution = execution
+        self.workers = execution.workers
         self.torch_threads = torch_threads
         self.max_volume_ratio = float(max_volume_ratio)
         self.min_distance = float(min_distance)
         self.min_energy_per_atom = float(min_energy_per_atom)
         self.extra_settings = dict(extra_settings or {})
         self._calculator: Calculator | None = None
-        self._pool: ProcessPoolExecutor | None = None
+        self._executor: Executor | None = None
 
     # ---- the Relaxer protocol -----------------------------------------------------------------
     @property
@@ -197,7 +171,7 @@ class ASERelaxer(_WorkerPool):
     def relax(self, crystals: Sequence[Crystal]) -> list[RelaxResult]:
         """Relax (or evaluate) every crystal; one result per input, in order."""
         items = list(crystals)
-        if self.workers > 1 and len(items) > 1:
+        if _is_parallel(self.execution) and len(items) > 1:
             return self._relax_parallel(items)
         return [self.relax_one(c) for c in items]
 
@@ -387,17 +361,35 @@ class ASERelaxer(_WorkerPool):
         }
 
     def _relax_parallel(self, items: list[Crystal]) -> list[RelaxResult]:
-        if self._pool is None:  # kept for later calls: workers load their calculator once
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
+        executor = self._executor
+        if executor is None:  # kept for later calls: workers load their calculator once
+            executor = self._executor = make_executor(
+                self.execution,
+                start_method="spawn",
                 initializer=_init_worker,
                 initargs=(self._worker_config(), self.torch_threads or 1),
             )
-        return list(self._pool.map(_relax_in_worker, items, chunksize=1))
+        return executor.map(_relax_in_worker, items, chunksize=1)
+
+    def close(self) -> None:
+        """Stop the worker processes (a later parallel call starts them again)."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    def __enter__(self) -> ASERelaxer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"ASERelaxer({self._name!r}, {self.settings})"
+
+
+def _is_parallel(execution: ExecutorConfig) -> bool:
+    """True when work goes to other processes (local workers or a Ray cluster)."""
+    return execution.workers > 1 or execution.ray is not None
 
 
 _WORKER_RELAXER: ASERelaxer | None = None
@@ -415,269 +407,3 @@ def _init_worker(config: dict[str, Any], threads: int) -> None:
 def _relax_in_worker(crystal: Crystal) -> RelaxResult:
     assert _WORKER_RELAXER is not None, "worker not initialised"
     return _WORKER_RELAXER.relax_one(crystal)
-
-
-# ---- CHGNet ----------------------------------------------------------------------------------------
-
-
-def _load_chgnet(device: str) -> Any:
-    from chgnet.model import CHGNet
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return CHGNet.load(model_name=CHGNET_MODEL_VERSION, use_device=device, verbose=False)
-
-
-class CHGNetCalculatorFactory:
-    """Picklable factory of ``chgnet.model.dynamics.CHGNetCalculator`` (weights from the wheel)."""
-
-    def __init__(self, *, device: str = "cpu", torch_threads: int | None = None) -> None:
-        self.device = device
-        self.torch_threads = torch_threads
-
-    def __call__(self) -> Calculator:
-        """Load CHGNet (quietly) and wrap it in its ASE calculator."""
-        import torch
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
-        model = _load_chgnet(self.device)
-        with contextlib.redirect_stdout(io.StringIO()):
-            return CHGNetCalculator(model=model, use_device=self.device, on_isolated_atoms="ignore")
-
-
-def chgnet_relaxer(
-    *,
-    fmax: float = DEFAULT_FMAX,
-    max_steps: int = DEFAULT_MAX_STEPS,
-    relax_cell: bool = True,
-    optimizer: str = "FIRE",
-    static: bool = False,
-    timeout_s: float | None = None,
-    workers: int = 1,
-    torch_threads: int | None = None,
-    device: str = "cpu",
-    **kwargs: Any,
-) -> ASERelaxer:
-    """An ``ASERelaxer`` over CHGNet 0.3.0 (CPU by default).
-
-    ``torch_threads`` sets torch's intra-op threads in this process (None: torch's default) and
-    in each worker (None: 1). Further keyword arguments go to ``ASERelaxer``.
-    """
-    return ASERelaxer(
-        CHGNetCalculatorFactory(device=device, torch_threads=torch_threads),
-        name=f"chgnet-{CHGNET_MODEL_VERSION}",
-        fmax=fmax,
-        max_steps=max_steps,
-        relax_cell=relax_cell,
-        optimizer=optimizer,
-        static=static,
-        timeout_s=timeout_s,
-        workers=workers,
-        torch_threads=torch_threads,
-        extra_settings={
-            "model": "CHGNet",
-            "model_version": CHGNET_MODEL_VERSION,
-            "chgnet_package": distribution_version("chgnet"),
-            "device": device,
-        },
-        **kwargs,
-    )
-
-
-def chgnet_static_energies(
-    crystals: Sequence[Crystal], *, batch_size: int = 32, model: Any = None, device: str = "cpu"
-) -> np.ndarray:
-    """CHGNet energies per atom (eV/atom) of the given structures, batched, energy head only.
-
-    A batch that fails is retried one structure at a time; a structure that still fails (or
-    gives a non-finite energy) gets NaN. ``model`` is a loaded ``CHGNet`` (loaded if None).
-
-    Returns:
-        ``[B]`` float64 array of energies per atom.
-
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    items = list(crystals)
-    out = np.full(len(items), np.nan)
-    if not items:
-        return out
-    model = model if model is not None else _load_chgnet(device)
-    structures: list[Any] = []
-    for crystal in items:
-        try:
-            structures.append(crystal.to_pymatgen())
-        except Exception:  # noqa: BLE001
-            structures.append(None)
-
-    def predict(group: list[Any]) -> list[float]:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            preds = model.predict_structure(group, task="e", batch_size=len(group))
-        preds = preds if isinstance(preds, list) else [preds]
-        return [float(np.asarray(p["e"]).reshape(-1)[0]) for p in preds]
-
-    for start in range(0, len(items), batch_size):
-        idx = [k for k in range(start, min(start + batch_size, len(items))) if structures[k] is not None]
-        if not idx:
-            continue
-        try:
-            values = predict([structures[k] for k in idx])
-            out[idx] = values
-        except Exception:  # noqa: BLE001 - retry one by one to isolate the bad structure
-            for k in idx:
-                try:
-                    out[k] = predict([structures[k]])[0]
-                except Exception:  # noqa: BLE001
-                    out[k] = np.nan
-    out[~np.isfinite(out)] = np.nan
-    return out
-
-
-class CHGNetStaticRelaxer(_WorkerPool):
-    """A ``Relaxer`` that only evaluates CHGNet energies, batched (for reference hulls).
-
-    Each result's crystal is its input, ``steps=0``, ``rmsd=0``, ``converged=True``; a structure
-    CHGNet cannot evaluate gets a ``calculator error`` failure. With ``workers > 1`` the input
-    is split into contiguous blocks evaluated in spawned processes (torch 1 thread each).
-    """
-
-    def __init__(
-        self,
-        *,
-        batch_size: int = 32,
-        workers: int = 1,
-        device: str = "cpu",
-        min_energy_per_atom: float = MIN_ENERGY_PER_ATOM,
-    ) -> None:
-        if batch_size < 1 or workers < 1:
-            raise ValueError("batch_size and workers must be >= 1")
-        self.batch_size = batch_size
-        self.workers = workers
-        self.device = device
-        self.min_energy_per_atom = min_energy_per_atom
-        self._model: Any = None
-        self._pool: ProcessPoolExecutor | None = None
-
-    @property
-    def name(self) -> str:
-        """Model name and version."""
-        return f"chgnet-{CHGNET_MODEL_VERSION}"
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """Static evaluation settings (``batch_size`` and ``workers`` do not change results)."""
-        return {
-            "mode": "static",
-            "task": "energy",
-            "min_energy_per_atom": self.min_energy_per_atom,
-            "batch_size": self.batch_size,
-            "workers": self.workers,
-            "model": "CHGNet",
-            "model_version": CHGNET_MODEL_VERSION,
-            "chgnet_package": distribution_version("chgnet"),
-            "device": self.device,
-        }
-
-    def energies(self, crystals: Sequence[Crystal]) -> np.ndarray:
-        """Energies per atom (eV/atom), NaN where CHGNet failed."""
-        items = list(crystals)
-        if self.workers > 1 and len(items) > self.batch_size:
-            if self._pool is None:  # kept for later calls: workers load CHGNet once
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self.workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init_static_worker,
-                    initargs=(self.device,),
-                )
-            blocks = [items[k : k + self.batch_size] for k in range(0, len(items), self.batch_size)]
-            parts = self._pool.map(_static_in_worker, [(block, self.batch_size) for block in blocks])
-            return np.concatenate(list(parts))
-        if self._model is None:
-            self._model = _load_chgnet(self.device)
-        return chgnet_static_energies(items, batch_size=self.batch_size, model=self._model)
-
-    def relax(self, crystals: Sequence[Crystal]) -> list[RelaxResult]:
-        """Static results, one per input, in order."""
-        items = list(crystals)
-        start = time.perf_counter()
-        values = self.energies(items)
-        per = (time.perf_counter() - start) / max(1, len(items))
-        out = []
-        for crystal, e in zip(items, values.tolist(), strict=True):
-            if not math.isfinite(e):
-                out.append(
-                    RelaxResult.failed(
-                        "calculator error: CHGNet could not evaluate the structure",
-                        material_id=crystal.material_id,
-                        wall_time_s=per,
-                    )
-                )
-            elif e < self.min_energy_per_atom:
-                out.append(
-                    RelaxResult.failed(
-                        f"explosion: energy {e:.3f} eV/atom is below {self.min_energy_per_atom:g} eV/atom",
-                        material_id=crystal.material_id,
-                        initial_energy_per_atom=e,
-                        wall_time_s=per,
-                    )
-                )
-            else:
-                out.append(
-                    RelaxResult(
-                        crystal=crystal,
-                        energy=e * crystal.num_atoms,
-                        energy_per_atom=e,
-                        initial_energy_per_atom=e,
-                        rmsd=0.0,
-                        steps=0,
-                        converged=True,
-                        wall_time_s=per,
-                        material_id=crystal.material_id,
-                    )
-                )
-        return out
-
-
-_WORKER_MODEL: Any = None
-
-
-def _init_static_worker(device: str) -> None:
-    global _WORKER_MODEL
-    import torch
-
-    torch.set_num_threads(1)
-    _WORKER_MODEL = _load_chgnet(device)
-
-
-def _static_in_worker(args: tuple[list[Crystal], int]) -> np.ndarray:
-    crystals, batch_size = args
-    return chgnet_static_energies(crystals, batch_size=batch_size, model=_WORKER_MODEL)
-
-
-def chgnet_static_relaxer(**kwargs: Any) -> CHGNetStaticRelaxer:
-    """A batched static CHGNet evaluator (see ``CHGNetStaticRelaxer``)."""
-    return CHGNetStaticRelaxer(**kwargs)
-
-
-# ---- registry -------------------------------------------------------------------------------------
-RELAXERS: dict[str, Callable[..., Any]] = {
-    "chgnet": chgnet_relaxer,
-    "chgnet-static": chgnet_static_relaxer,
-}
-"""Relaxer name → factory taking keyword settings."""
-
-
-def get_relaxer(name: str, **kwargs: Any) -> Any:
-    """The relaxer registered as ``name``, built with ``kwargs``.
-
-    Raises:
-        KeyError: for an unknown name (the message lists the known ones).
-
-    """
-    try:
-        factory = RELAXERS[name]
-    except KeyError:
-        raise KeyError(f"unknown relaxer {name!r} (known: {', '.join(sorted(RELAXERS))})") from None
-    return factory(**kwargs)

@@ -190,10 +190,22 @@ class CachedRelaxer:
                 self.progress(done, total)
         out = []
         for crystal, key in zip(items, keys, strict=True):
-            result = fresh.get(key) or self.cache.get(key)
-            assert result is not None
-            out.append(_with_identity(result, crystal))
+            found = fresh.get(key) or self.cache.get(key)
+            assert found is not None
+            out.append(_with_identity(found, crystal))
         return out
+
+    def close(self) -> None:
+        """Close the wrapped relaxer (its worker processes), when it can be closed."""
+        close = getattr(self.relaxer, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> CachedRelaxer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _with_identity(result: RelaxResult, crystal: Crystal) -> RelaxResult:

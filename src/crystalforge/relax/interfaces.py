@@ -4,6 +4,9 @@ A relaxer turns crystals into relaxed crystals with an energy. Implementations n
 a bad structure: every input gets one ``RelaxResult`` in order, and a structure that could not
 be relaxed carries a ``failure`` reason (``"<kind>: <details>"``, kinds in ``FAILURE_KINDS``)
 instead of an exception. Evaluation code depends on this module only, never on an MLIP.
+
+``relax_candidates`` runs a relaxer over ``Candidate``s and attaches each ``RelaxResult`` as the
+candidate's ``"relax"`` stage.
 """
 
 from __future__ import annotations
@@ -15,16 +18,22 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.periodic import frac_to_cart, pbc_diff
 
 __all__ = [
     "FAILURE_KINDS",
+    "RELAX_STAGE",
     "RelaxResult",
     "Relaxer",
     "failure_kind",
+    "relax_candidates",
     "relaxation_rmsd",
 ]
+
+RELAX_STAGE = "relax"
+"""The stage name under which a ``RelaxResult`` is attached to a ``Candidate``."""
 
 FAILURE_KINDS = ("calculator error", "non-finite", "explosion", "timeout", "invalid input")
 """Categories of ``RelaxResult.failure``; the reason string starts with one of them and a colon.
@@ -51,7 +60,11 @@ def failure_kind(failure: str | None) -> str | None:
 
 @dataclass(frozen=True, eq=False)
 class RelaxResult:
-    """The outcome of relaxing one crystal.
+    """The outcome of relaxing one crystal: the result of the relaxation *stage*.
+
+    A relaxation stage attaches it to its ``Candidate`` with
+    ``candidate.with_stage("relax", result)`` (see ``relax_candidates``); the candidate keeps the
+    unrelaxed input, the result holds the relaxed structure and energies.
 
     Attributes:
         crystal: the relaxed structure (same atom order as the input), or None after a failure.
@@ -229,3 +242,29 @@ def relaxation_rmsd(initial: Crystal, relaxed: Crystal, *, remove_drift: bool = 
         diff = pbc_diff(diff, diff.mean(axis=0, keepdims=True))
     cart = frac_to_cart(diff, relaxed.lattice)
     return float(np.sqrt(np.mean(np.sum(cart * cart, axis=1))))
+
+
+def relax_candidates(relaxer: Relaxer, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Relax the candidates that hold a crystal and attach each result as stage ``"relax"``.
+
+    The relaxer gets all structures in one call (so its workers or batches stay busy).
+    Candidates without a crystal pass through untouched; the order is kept.
+
+    Raises:
+        RuntimeError: if the relaxer returns a different number of results than it was given.
+
+    """
+    items = list(candidates)
+    todo: list[int] = []
+    crystals: list[Crystal] = []
+    for k, candidate in enumerate(items):
+        if candidate.crystal is not None:
+            todo.append(k)
+            crystals.append(candidate.crystal)
+    results = relaxer.relax(crystals) if crystals else []
+    if len(results) != len(todo):
+        raise RuntimeError(f"{relaxer.name} returned {len(results)} results for {len(todo)} structures")
+    out = list(items)
+    for k, result in zip(todo, results, strict=True):
+        out[k] = items[k].with_stage(RELAX_STAGE, result)
+    return out

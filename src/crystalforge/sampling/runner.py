@@ -1,36 +1,35 @@
-"""Chunked, seeded, resumable generation to disk.
+"""Chunked, seeded, resumable generation to disk, for any ``GenerativeModel``.
 
-Templates are cut into chunks of ``batch_size`` crystals. Chunk ``k`` is sampled with seed
-``seed + k`` and written atomically to ``<out>/chunks/chunk_<k>.extxyz``, so an interrupted run
-continues with the first missing chunk and gives the same structures as an uninterrupted one. At the
-end the chunks are gathered into ``samples.extxyz`` and one CIF per structure (P1 in ``cif/``,
-symmetrised in ``cif_symmetrized/``). ``run.json`` records the run's settings (model, sampler,
-seed, chunk size); once chunks exist, resuming with other settings is an error rather than a silent
-mix of two runs, and a chunk is reused only if it holds exactly its jobs (names, atom counts and,
-for CSP, compositions). A generated structure that is not a crystal (a flat or NaN cell) is not
-written but listed with its reason in ``failures.csv``; evaluating the folder (``read_failures``,
-``crystalforge evaluate <out>``) counts it as an invalid sample, so no rate is computed over
-survivors only.
+Jobs are cut into chunks of ``batch_size`` crystals. Chunk ``k`` is sampled with seed ``seed + k``
+and written atomically, so an interrupted run continues with the first missing chunk and gives the
+same structures as an uninterrupted one. At the end the chunks are gathered into the samples file
+and one CIF per structure (P1 and symmetrised); the folder layout is ``io.run_folder.RunFolder``.
+``run.json`` records the run's settings (model, sampler, steering, seed, chunk size); once chunks
+exist, resuming with other settings is an error rather than a silent mix of two runs, and a chunk
+is reused only if it holds exactly its jobs (names, atom counts and, for CSP, compositions).
+
+Jobs carry target ``properties``: a property-conditioned model reads them from the template (a
+missing value is NaN and hidden by ``condition_mask``). A generated structure that is not a
+crystal (a flat or NaN cell) is not written but listed with its reason in ``failures.csv``;
+evaluating the folder counts it as an invalid sample, so no rate is computed over survivors only.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from crystalforge.core.crystal import Crystal, CrystalBatch
-from crystalforge.core.errors import CrystalError
+from crystalforge.generative.interfaces import GenerativeModel, SamplePlan, SamplerConfig, model_dtype
 from crystalforge.io.atomic import atomic_write
 from crystalforge.io.files import read_structures, write_structures
-from crystalforge.sampling.samplers import SamplerConfig, sample
+from crystalforge.io.run_folder import RunFolder
+from crystalforge.sampling.samplers import as_plan, sample
 from crystalforge.sampling.templates import template_from_compositions, template_from_num_atoms
 
 logger = logging.getLogger(__name__)
@@ -38,32 +37,40 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Job:
-    """One crystal to generate: its name and what the template needs."""
+    """One crystal to generate: its name and what the template needs.
+
+    ``composition``: Z per atom for CSP (None for DNG). ``properties``: target values of a
+    property-conditioned model (absent or NaN: unconditioned for that property).
+    """
 
     name: str
     num_atoms: int
-    composition: tuple[int, ...] | None = None  # Z per atom for CSP; None for DNG
+    composition: tuple[int, ...] | None = None
+    properties: Mapping[str, float] = field(default_factory=dict)
 
 
-RUN_FILE = "run.json"
-SAMPLES_FILE = "samples.extxyz"
-FAILURES_FILE = "failures.csv"
-
-
-def _template(jobs: Sequence[Job], dtype: torch.dtype) -> CrystalBatch:
-    if all(j.composition is not None for j in jobs):
-        return template_from_compositions([j.composition for j in jobs], dtype=dtype)  # type: ignore[misc]
-    if any(j.composition is not None for j in jobs):
+def jobs_template(jobs: Sequence[Job], dtype: torch.dtype) -> CrystalBatch:
+    """The sampling template of a chunk of jobs (names as ``material_ids``, properties as conditions)."""
+    keys = sorted({k for j in jobs for k in j.properties})
+    properties = {k: [float(j.properties.get(k, math.nan)) for j in jobs] for k in keys}
+    compositions = [j.composition for j in jobs]
+    if all(c is not None for c in compositions):
+        template = template_from_compositions(
+            [c for c in compositions if c is not None], dtype=dtype, properties=properties
+        )
+    elif any(c is not None for c in compositions):
         raise ValueError("a chunk mixes CSP jobs (composition given) and DNG jobs")
-    return template_from_num_atoms([j.num_atoms for j in jobs], dtype=dtype)
+    else:
+        template = template_from_num_atoms([j.num_atoms for j in jobs], dtype=dtype, properties=properties)
+    return template.replace(material_ids=tuple(j.name for j in jobs))
 
 
 def run_jobs(
-    model: Any,
+    model: GenerativeModel,
     jobs: Sequence[Job],
     out_dir: str | Path,
     *,
-    sampler: SamplerConfig,
+    sampler: SamplePlan | SamplerConfig | None = None,
     batch_size: int = 256,
     seed: int = 0,
     device: str = "cpu",
@@ -73,27 +80,31 @@ def run_jobs(
 ) -> list[Crystal]:
     """Generate every job (resuming from chunks already on disk); return the crystals in job order.
 
-    ``model_name`` is stored in ``run.json`` with the sampler, seed and chunk size; a folder whose
-    chunks were made with other settings raises ``ValueError``.
+    ``sampler`` is a plan (settings + guidance + constraints) or plain settings (None: the model's
+    default). ``model_name`` is stored in ``run.json`` with the sampler settings, guidance and
+    constraints, seed and chunk size; a folder whose chunks were made with other settings raises
+    ``ValueError``.
     """
-    out = Path(out_dir)
-    chunk_dir = out / "chunks"
-    settings = {"model": model_name, "sampler": asdict(sampler), "seed": seed, "batch_size": batch_size}
-    _check_run_settings(out, settings, resuming=any(chunk_dir.glob("chunk_*.extxyz")))
-    chunk_dir.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(Path(out_dir))
+    plan = as_plan(sampler, model)
+    settings = {"model": model_name, "sampler": asdict(plan.sampler), "seed": seed, "batch_size": batch_size}
+    if plan.guidance or plan.constraints:
+        settings["steering"] = [repr(g) for g in (*plan.guidance, *plan.constraints)]
+    folder.record_settings(settings, resuming=folder.has_chunks())
+    folder.chunk_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device)
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)
     crystals: list[Crystal] = []
-    failed_before = {name for name, _ in read_failures(out)}
+    failed_before = folder.failed_names()
     n_chunks = math.ceil(len(jobs) / batch_size)
     for k in range(n_chunks):
         part = jobs[k * batch_size : (k + 1) * batch_size]
-        path = chunk_dir / f"chunk_{k:05d}.extxyz"
+        path = folder.chunk_path(k)
         made = _finished_chunk(path, part, failed_before)
         if made is None:
             generator = torch.Generator(device=device).manual_seed(seed + k)
-            result = sample(model, _template(part, dtype).to(device), sampler, generator=generator)
-            made, failed = _to_crystals(result, [j.name for j in part])
+            result = sample(model, jobs_template(part, dtype).to(device), plan, generator=generator)
+            made, failed = _to_crystals(result)
             for name, reason in failed:
                 logger.warning("%s: generated structure is unusable (%s); not written", name, reason)
             if made:
@@ -101,41 +112,21 @@ def run_jobs(
             else:  # every structure failed: an empty chunk file marks the chunk as done
                 with atomic_write(path) as handle:
                     handle.write("")
-            _append_failures(out / FAILURES_FILE, failed)  # after the chunk: a crash between never lists twice
+            folder.append_failures(failed)  # after the chunk: a crash between never lists twice
         crystals.extend(made)
         if progress:
             progress(len(part))
     if crystals:
-        write_structures(crystals, out / SAMPLES_FILE)
+        write_structures(crystals, folder.samples_file)
         for crystal in crystals:
-            write_structures([crystal], out / "cif" / f"{crystal.material_id}.cif")
+            name = str(crystal.material_id)
+            write_structures([crystal], folder.cif_path(name))
             if symmetrize:
                 try:
-                    write_structures([crystal], out / "cif_symmetrized" / f"{crystal.material_id}.cif", symmetrize=True)
+                    write_structures([crystal], folder.cif_path(name, symmetrized=True), symmetrize=True)
                 except Exception as exc:  # noqa: BLE001 - spglib can fail on odd cells; the P1 file exists
-                    logger.warning("%s: no symmetrised CIF (%s)", crystal.material_id, exc)
+                    logger.warning("%s: no symmetrised CIF (%s)", name, exc)
     return crystals
-
-
-def _check_run_settings(out: Path, settings: dict[str, Any], *, resuming: bool) -> None:
-    """Write ``run.json``; when resuming (chunks exist), first check the earlier run used these settings."""
-    record = json.loads(json.dumps(settings, default=str))  # as it reads back from disk
-    path = out / RUN_FILE
-    if resuming and path.exists():
-        try:
-            before = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: unreadable run record ({exc}); use a new output folder") from None
-        if before != record:
-            diff = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
-            shown = "; ".join(f"{k}: {before.get(k)!r} before, {record.get(k)!r} now" for k in diff)
-            raise ValueError(
-                f"{out} holds a run with other settings ({shown}); resume with the same settings or use a new --out"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as fh:
-        json.dump(record, fh, indent=1, sort_keys=True)
 
 
 def _finished_chunk(path: Path, part: Sequence[Job], failed: set[str]) -> list[Crystal] | None:
@@ -158,47 +149,8 @@ def _finished_chunk(path: Path, part: Sequence[Job], failed: set[str]) -> list[C
     return None
 
 
-def read_failures(out_dir: str | Path) -> list[tuple[str, str]]:
-    """``(job name, reason)`` for each structure a generation folder could not write (its ``failures.csv``)."""
-    path = Path(out_dir) / FAILURES_FILE
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return [(row[0], row[1]) for row in list(csv.reader(handle))[1:] if row]
-
-
-def is_generation_folder(path: str | Path) -> bool:
-    """True for a folder written by ``run_jobs`` (it holds ``run.json``)."""
-    return (Path(path) / RUN_FILE).is_file()
-
-
-def _to_crystals(batch: CrystalBatch, names: Sequence[str]) -> tuple[list[Crystal], list[tuple[str, str]]]:
-    """Generated batch → crystals named ``names``; degenerate ones (flat cell, NaN) as (name, reason)."""
-    cpu = batch.to("cpu", torch.float64)
-    bounds = [0, *torch.cumsum(cpu.num_atoms, 0).tolist()]
-    good, bad = [], []
-    for b, name in enumerate(names):
-        s, e = bounds[b], bounds[b + 1]
-        try:
-            good.append(
-                Crystal(
-                    cpu.atomic_numbers[s:e].numpy(),
-                    cpu.frac_coords[s:e].numpy(),
-                    cpu.lattice[b].numpy(),
-                    material_id=name,
-                )
-            )
-        except CrystalError as exc:
-            bad.append((name, exc.problem))
-    return good, bad
-
-
-def _append_failures(path: Path, failed: Sequence[tuple[str, str]]) -> None:
-    if not failed:
-        return
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        if new:
-            writer.writerow(["name", "reason"])
-        writer.writerows(failed)
+def _to_crystals(batch: CrystalBatch) -> tuple[list[Crystal], list[tuple[str, str]]]:
+    """Generated batch → crystals (named by the batch's ids); degenerate ones (flat cell, NaN) as (name, reason)."""
+    crystals, failures = batch.split_checked()
+    names = batch.material_ids or tuple(f"<crystal {i}>" for i in range(batch.num_crystals))
+    return [c for c in crystals if c is not None], [(str(names[i]), exc.problem) for i, exc in failures]

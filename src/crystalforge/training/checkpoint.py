@@ -20,7 +20,7 @@ FORMAT_VERSION = 1
 def save_checkpoint(
     path: str | Path,
     *,
-    kind: str,
+    family: str,
     config: Mapping[str, Any],
     weights: Mapping[str, torch.Tensor],
     dataset_stats: Mapping[str, Any] | None = None,
@@ -30,7 +30,7 @@ def save_checkpoint(
     """Write a checkpoint atomically; weights are stored as float32 CPU tensors unless integer."""
     data = {
         "format_version": FORMAT_VERSION,
-        "kind": kind,
+        "family": family,
         "config": dict(config),
         "dataset_stats": None if dataset_stats is None else dict(dataset_stats),
         "weights": {
@@ -61,3 +61,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{p}: checkpoint format {data['format_version']} is newer than this crystalforge reads ({FORMAT_VERSION})"
         )
     return data
+
+
+def checkpoint_family(data: Mapping[str, Any]) -> str:
+    """The model family a checkpoint records (format-1 files before families said ``kind: joint``)."""
+    family = data.get("family", data.get("kind"))
+    if not isinstance(family, str) or not family:
+        raise ValueError("checkpoint records no model family")
+    return family

@@ -10,76 +10,26 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 
 from crystalforge.config import dump_config, to_dict
-from crystalforge.registry import ModelConfig, build_model, resolve_elements
+from crystalforge.core.crystal import Crystal
+from crystalforge.core.dataset_stats import DatasetStats
+from crystalforge.core.extras import require
+from crystalforge.generative.interfaces import GenerativeModel
+from crystalforge.registry import build_model, resolve_config
+from crystalforge.training.config import DataConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Which data, how batched."""
-
-    dataset: str = "perov_5"
-    train_split: str = "train"
-    val_split: str | None = "val"  # None: no validation
-    root: str | None = None
-    batch_size: int = 256
-    limit: int | None = None  # use only the first N training structures (smoke runs)
-    augment: bool = False  # random rotation/translation/permutation (the model is invariant anyway)
-    workers: int = 0
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW, warm-up + cosine, EMA, clipping."""
-
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-    """Lightning Trainer settings."""
-
-    max_epochs: int = 100
-    # length of the warm-up + cosine schedule in epochs (None: max_epochs); set it above max_epochs to
-    # stop a run part-way through a longer schedule reproducibly (instead of by max_time_minutes)
-    schedule_epochs: int | None = None
-    max_time_minutes: float | None = None
-    accelerator: str = "auto"
-    devices: int = 1
-    precision: str = "32-true"
-    seed: int = 0
-    logger: Literal["csv", "tensorboard"] = "csv"
-    check_val_every_n_epoch: int = 5
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """A whole training run (``crystalforge train CONFIG [--set key=value ...]``)."""
-
-    name: str = "model"
-    init_from: str | None = None  # a model.pt whose weights start this run (continue a shipped model)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-
-def _datasets(config: DataConfig) -> tuple[list, list]:
-    from crystalforge.api import load_dataset
+def _datasets(config: DataConfig) -> tuple[list[Crystal], list[Crystal]]:
+    from crystalforge.data.resolve import load_dataset
 
     train = list(load_dataset(config.dataset, config.train_split, root=config.root))
     if config.limit is not None:
@@ -89,7 +39,12 @@ def _datasets(config: DataConfig) -> tuple[list, list]:
 
 
 def train(config: TrainConfig, out_dir: str | Path) -> Path:
-    """Train (or resume) and export ``<out_dir>/model.pt``; returns its path."""
+    """Train (or resume) and export ``<out_dir>/model.pt``; returns its path.
+
+    Raises ``MissingDependencyError`` (naming the ``train`` extra) before any work when Lightning
+    is not installed.
+    """
+    require("lightning", "training (crystalforge train)")
     threads = torch.get_num_threads()
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)
@@ -99,10 +54,13 @@ def train(config: TrainConfig, out_dir: str | Path) -> Path:
         torch.set_num_threads(threads)
 
 
-def prepare(config: TrainConfig) -> tuple[list, list, Any, TrainConfig, Any]:
+def prepare(
+    config: TrainConfig,
+) -> tuple[list[Crystal], list[Crystal], DatasetStats, TrainConfig, GenerativeModel]:
     """``(train_set, val_set, dataset_stats, resolved_config, model)`` of a run, before any training.
 
-    The resolved config names the elements the model's type vocabulary was built from.
+    The resolved config holds the family's data-derived settings (e.g. the elements of the type
+    vocabulary), so it rebuilds the same model without the data.
     """
     from crystalforge.data.stats import compute_dataset_stats
 
@@ -110,8 +68,21 @@ def prepare(config: TrainConfig) -> tuple[list, list, Any, TrainConfig, Any]:
     if not train_set:
         raise ValueError(f"{config.data.dataset}/{config.data.train_split}: no training structures")
     stats = compute_dataset_stats(train_set)
-    model_config = replace(config.model, elements=resolve_elements(config.model, stats))
-    return train_set, val_set, stats, replace(config, model=model_config), build_model(model_config, stats)
+    model_config = resolve_config(config.model, stats, family=config.family)
+    model = build_model(model_config, stats, family=config.family)
+    return train_set, val_set, stats, replace(config, model=model_config), model
+
+
+def optimizer_steps_per_epoch(num_structures: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimiser steps in one epoch when ``world_size`` processes each take ``batch_size`` per step.
+
+    Under DDP every process sees ``1/world_size`` of the data (Lightning's distributed sampler), so
+    one step consumes ``batch_size × world_size`` structures; incomplete last batches are dropped
+    when there is more than one batch (as the loader does). The LR schedule counts these steps.
+    """
+    if num_structures <= batch_size:
+        return 1
+    return max(1, math.ceil(num_structures / max(1, world_size)) // batch_size)
 
 
 def _train(config: TrainConfig, out: Path) -> Path:
@@ -134,7 +105,7 @@ def _train(config: TrainConfig, out: Path) -> Path:
             model.load_state_dict(init["weights"])
         except RuntimeError as exc:
             raise ValueError(f"init_from {config.init_from}: weights do not fit this model config ({exc})") from None
-    steps_per_epoch = max(1, len(train_set) // config.data.batch_size)
+    steps_per_epoch = optimizer_steps_per_epoch(len(train_set), config.data.batch_size, config.world_size)
     lit = LitGenerative(
         model,
         lr=config.optim.lr,
@@ -165,7 +136,8 @@ def _train(config: TrainConfig, out: Path) -> Path:
         max_time=max_time,
         accelerator=config.trainer.accelerator,
         devices=config.trainer.devices,
-        strategy="ddp" if config.trainer.devices > 1 else "auto",
+        num_nodes=config.trainer.num_nodes,
+        strategy=_strategy(config),
         precision=config.trainer.precision,
         gradient_clip_val=config.optim.grad_clip,
         logger=log,
@@ -200,7 +172,7 @@ def _train(config: TrainConfig, out: Path) -> Path:
     )
     path = save_checkpoint(
         out / "model.pt",
-        kind="joint",
+        family=config.family,
         config=to_dict(resolved),
         weights=lit.export_weights(),
         dataset_stats=stats.to_dict(),
@@ -211,16 +183,8 @@ def _train(config: TrainConfig, out: Path) -> Path:
     return path
 
 
-def load_model(checkpoint: str | Path | dict[str, Any]) -> tuple[Any, TrainConfig, Any]:
-    """``(model, config, dataset_stats)`` from a ``model.pt`` written by ``train``."""
-    from crystalforge.config import from_dict
-    from crystalforge.core.dataset_stats import DatasetStats
-    from crystalforge.training.checkpoint import load_checkpoint
-
-    data = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    config = from_dict(TrainConfig, data["config"])
-    stats = None if data.get("dataset_stats") is None else DatasetStats.from_dict(data["dataset_stats"])
-    model = build_model(config.model, stats)
-    model.load_state_dict(data["weights"])
-    model.eval()
-    return model, config, stats
+def _strategy(config: TrainConfig) -> str:
+    """The Lightning strategy: the config's, else DDP when several processes share the work."""
+    if config.trainer.strategy != "auto":
+        return config.trainer.strategy
+    return "ddp" if config.world_size > 1 else "auto"

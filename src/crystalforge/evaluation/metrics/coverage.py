@@ -23,20 +23,34 @@ they are excluded from the reference by default (``reference_failures="exclude"`
 
 Distances are computed in float64 with ``torch.cdist`` in its exact (no matrix-product) mode, in
 chunks of generated rows, keeping running minima, so 10,000 × 9,046 takes seconds and little memory.
+
+``CoverageMetric`` (the suite adapter) reports the scripts' rule as the headline ``cov_recall`` /
+``cov_precision`` (every fingerprinted sample enters, valid or not) and the valid-only variant
+beside it as ``cov_recall_valid_only`` / ``cov_precision_valid_only``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
+from crystalforge.core.crystal import Crystal
+from crystalforge.evaluation.features import FeaturizerLike, cached_features
+from crystalforge.evaluation.metrics.base import MetricResult, parsed, scatter, table_columns
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crystalforge.evaluation.context import EvaluationContext
+
 __all__ = [
     "COVERAGE_CUTOFFS",
+    "FEATURE_CHUNK",
+    "CoverageMetric",
     "CoverageResult",
     "coverage",
     "coverage_cutoffs",
@@ -54,6 +68,9 @@ ReferenceFailures = Literal["exclude", "uncovered"]
 
 DEFAULT_CHUNK_ELEMENTS = 8_000_000
 """Distance-matrix entries held at once (64 MB of float64)."""
+
+FEATURE_CHUNK = 100
+"""Crystals fingerprinted per resumable chunk (see ``cached_features``)."""
 
 
 def coverage_cutoffs(benchmark: str) -> tuple[float, float]:
@@ -283,3 +300,81 @@ def coverage(
         n_reference_failed=int((~ref_ok).sum()),
         protocol=protocol,
     )
+
+
+# ---- suite adapter ------------------------------------------------------------------------------------
+class CoverageMetric:
+    """COV-R / COV-P against the reference (CrystalNN + Magpie fingerprints); headline and valid-only."""
+
+    name = "coverage"
+
+    def missing(self, ctx: EvaluationContext) -> str | None:
+        """Needs a reference, both featurizers and the cutoffs."""
+        if ctx.reference is None:
+            return "no reference set"
+        if ctx.struct_featurizer is None or ctx.comp_featurizer is None:
+            return "not requested (or no fingerprint featurizers given)"
+        if ctx.coverage_cutoffs is None:
+            return f"no published cutoffs for reference {ctx.reference_name!r}"
+        return None
+
+    @staticmethod
+    def _features(
+        ctx: EvaluationContext, crystals: Sequence[Crystal], label: str, cache: Path | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        featurizers: tuple[FeaturizerLike | None, ...] = (ctx.struct_featurizer, ctx.comp_featurizer)
+        for featurizer in featurizers:
+            assert featurizer is not None
+            bar = ctx.progress(None, f"{featurizer.name} fingerprints ({label})")
+            try:
+                out.append(cached_features(featurizer, crystals, cache_dir=cache, chunk_size=FEATURE_CHUNK))
+            finally:
+                bar.close()
+        return out[0], out[1]
+
+    def __call__(self, ctx: EvaluationContext) -> MetricResult:
+        """Featurize the parsed samples and the (cached) reference, then count coverage both ways."""
+        assert ctx.reference is not None
+        assert ctx.coverage_cutoffs is not None
+        assert ctx.struct_featurizer is not None
+        assert ctx.comp_featurizer is not None
+        idx, crystals = parsed(ctx)
+        with ctx.timed("coverage.fingerprints_reference"):
+            ref_struct, ref_comp = self._features(ctx, ctx.reference, str(ctx.reference_name), ctx.cache_dir)
+        with ctx.timed("coverage.fingerprints_samples"):
+            gen_struct, gen_comp = self._features(ctx, crystals, "samples", ctx.sample_cache_dir)
+        valid = ctx.valid_mask()[idx]
+        struct_cut, comp_cut = ctx.coverage_cutoffs
+        fps = (gen_struct, gen_comp, ref_struct, ref_comp)
+        # The published scripts let every fingerprinted sample in, valid or not: that is the headline.
+        headline = coverage(*fps, struct_cutoff=struct_cut, comp_cutoff=comp_cut)
+        valid_only = coverage(*fps, struct_cutoff=struct_cut, comp_cutoff=comp_cut, gen_valid=valid)
+        # COV-P divides by all generated crystals: unreadable records count in the denominator.
+        scale = len(idx) / ctx.n if ctx.n else 0.0
+        summary = {
+            "cov_recall": headline.cov_recall,
+            "cov_precision": headline.cov_precision * scale,
+            "cov_recall_valid_only": valid_only.cov_recall,
+            "cov_precision_valid_only": valid_only.cov_precision * scale,
+        }
+        skip = ("cov_recall", "cov_precision", "protocol")
+        details: dict[str, Any] = {key: value for key, value in headline.summary().items() if key not in skip}
+        details["valid_only"] = {key: value for key, value in valid_only.summary().items() if key not in skip}
+        details["n_unreadable"] = ctx.n - len(idx)
+        rows = headline.per_generated()
+        columns = table_columns(ctx, idx, rows)
+        if rows:
+            columns["cov_precise_valid_only"] = scatter(ctx, idx, valid_only.gen_precise.tolist())
+        protocol = dict(headline.protocol)
+        protocol.update(
+            {
+                "reference": ctx.reference_name,
+                "struct_fingerprint": ctx.struct_featurizer.name,
+                "comp_fingerprint": ctx.comp_featurizer.name,
+                "samples_entering": "cov_recall, cov_precision: every sample with finite fingerprints, valid or "
+                "not (the published CDVAE/DiffCSP scripts); cov_*_valid_only: valid samples only",
+                "precision_denominator": "all input records (unreadable ones included)",
+            }
+        )
+        return MetricResult(summary=summary, columns=columns, details=details, protocol=protocol)

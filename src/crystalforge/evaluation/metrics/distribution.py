@@ -11,6 +11,7 @@ single ``valid_samples`` list does.
 A generated value is a candidate when it is finite and (if ``gen_valid`` is given) its crystal is
 valid; non-finite reference values are dropped and counted. ``property_wasserstein`` works on any
 per-crystal scalar (formation energy predicted by a model, band gap, ...).
+``PropertyDistributionMetric`` is the suite adapter (density and number of elements).
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
+from crystalforge.evaluation.metrics.base import MetricResult, parsed, scatter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crystalforge.evaluation.context import EvaluationContext
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
+    "PropertyDistributionMetric",
     "WassersteinResult",
     "density_values",
     "num_elements_values",
@@ -192,3 +198,44 @@ def wasserstein_num_elements(
         gen_valid=gen_valid,
         name="num_elements",
     )
+
+
+# ---- suite adapter ------------------------------------------------------------------------------------
+class PropertyDistributionMetric:
+    """Wasserstein distances of density and number of elements (random 1,000 valid samples)."""
+
+    name = "property_distribution"
+
+    def __init__(self, n_samples: int = DEFAULT_N_SAMPLES) -> None:
+        self.n_samples = n_samples
+
+    def missing(self, ctx: EvaluationContext) -> str | None:
+        """Needs a reference."""
+        return None if ctx.reference is not None else "no reference set"
+
+    def __call__(self, ctx: EvaluationContext) -> MetricResult:
+        """The two distances; the sampled samples are marked per structure."""
+        assert ctx.reference is not None
+        idx, crystals = parsed(ctx)
+        valid = ctx.valid_mask()[idx]
+        density, num_elements = density_values(crystals), num_elements_values(crystals)
+        out: dict[str, Any] = {}
+        details: dict[str, Any] = {}
+        result: WassersteinResult | None = None
+        for key, gen, values in (
+            ("wdist_density", density, density_values),
+            ("wdist_num_elements", num_elements, num_elements_values),
+        ):
+            result = property_wasserstein(
+                gen, values(ctx.reference), n_samples=self.n_samples, seed=ctx.seed, gen_valid=valid, name=key
+            )
+            out[key] = result.distance
+            details[key] = {k: v for k, v in result.summary().items() if k not in ("distance", "protocol")}
+        assert result is not None
+        # the sampled flags and protocol are the last draw's (#elements; the density draw differs only at NaN density)
+        columns = {
+            "density": scatter(ctx, idx, density.tolist()),
+            "num_elements": scatter(ctx, idx, [int(v) for v in num_elements]),
+            "wdist_sampled": scatter(ctx, idx, result.sampled.tolist(), False),
+        }
+        return MetricResult(summary=out, columns=columns, details=details, protocol=dict(result.protocol))

@@ -11,26 +11,33 @@ tolerances with any number: the symmetric rate of generated crystals depends str
 
 A crystal spglib cannot analyse (overlapping atoms at ``symprec``, a degenerate cell) gets number
 None and a reason; it is left out of the rate and counted in ``n_failed``. Nothing is raised.
+``SymmetryMetric`` is the suite adapter; ``workers`` may be an ``ExecutorConfig``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
+from crystalforge.evaluation.metrics.base import MetricResult, parsed, table_columns
+from crystalforge.execution import ExecutorConfig, make_executor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crystalforge.evaluation.context import EvaluationContext
 
 __all__ = [
     "DEFAULT_ANGLE_TOLERANCE",
     "DEFAULT_SYMPREC",
     "SpaceGroupResult",
+    "SymmetryMetric",
     "SymmetryReport",
     "crystal_system",
     "space_group",
@@ -158,8 +165,9 @@ def _cell(crystal: Crystal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _analyse_many(
-    cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]], symprec: float, angle_tolerance: float
+    task: tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], float, float],
 ) -> list[SpaceGroupResult]:
+    cells, symprec, angle_tolerance = task
     return [_analyse(cell, symprec, angle_tolerance) for cell in cells]
 
 
@@ -186,7 +194,7 @@ def symmetry_report(
     *,
     symprec: float = DEFAULT_SYMPREC,
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
-    workers: int = 1,
+    workers: int | ExecutorConfig = 1,
 ) -> SymmetryReport:
     """Space groups of many crystals, their distribution and the symmetric rate (percent of analysed > P1).
 
@@ -194,27 +202,24 @@ def symmetry_report(
         crystals: The structures.
         symprec: Distance tolerance in Å.
         angle_tolerance: Angle tolerance in degrees (-1 lets spglib choose).
-        workers: Processes to spread the crystals over (1 = in this process).
+        workers: Processes to spread the crystals over (1 = in this process), or an executor config.
 
     Returns:
         The report with one ``SpaceGroupResult`` per crystal and the protocol block.
 
     """
     _check_tolerances(symprec, angle_tolerance)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    config = ExecutorConfig.of(workers)
     cells = [_cell(c) for c in crystals]
-    workers = min(workers, max(1, len(cells) // _MIN_PER_WORKER))
-    if workers == 1:
-        results = _analyse_many(cells, symprec, angle_tolerance)
+    n_workers = min(config.workers, max(1, len(cells) // _MIN_PER_WORKER))
+    if n_workers == 1:
+        results = _analyse_many((cells, symprec, angle_tolerance))
     else:
-        size = math.ceil(len(cells) / (4 * workers))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [
-                pool.submit(_analyse_many, cells[s : s + size], symprec, angle_tolerance)
-                for s in range(0, len(cells), size)
-            ]
-            results = [r for f in futures for r in f.result()]
+        size = math.ceil(len(cells) / (4 * n_workers))
+        tasks = [(cells[s : s + size], symprec, angle_tolerance) for s in range(0, len(cells), size)]
+        local = config.ray is None
+        with make_executor(dataclasses.replace(config, workers=n_workers) if local else config) as executor:
+            results = [r for chunk in executor.map(_analyse_many, tasks) for r in chunk]
     numbers = [r.number for r in results if r.number is not None]
     sg_counts: dict[int, int] = {}
     for n in sorted(numbers):
@@ -242,3 +247,26 @@ def symmetry_report(
         crystal_system_counts=cs_counts,
         protocol=protocol,
     )
+
+
+# ---- suite adapter ------------------------------------------------------------------------------------
+class SymmetryMetric:
+    """Space group of each sample and the fraction above P1 (spglib)."""
+
+    name = "symmetry"
+
+    def missing(self, ctx: EvaluationContext) -> str | None:
+        """Always computable."""
+        return None
+
+    def __call__(self, ctx: EvaluationContext) -> MetricResult:
+        """``symmetric_rate`` over the samples spglib could analyse."""
+        idx, crystals = parsed(ctx)
+        report = symmetry_report(crystals, workers=ctx.workers)
+        details = {k: v for k, v in report.summary().items() if k not in ("symmetric_rate", "protocol")}
+        return MetricResult(
+            summary={"symmetric_rate": report.symmetric_rate},
+            columns=table_columns(ctx, idx, report.per_crystal()),
+            details=details,
+            protocol=report.protocol,
+        )

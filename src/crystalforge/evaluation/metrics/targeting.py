@@ -3,7 +3,8 @@
 The window ``[low, high]`` is closed (either end may be open, None). Inclusive bounds follow CDVAE's
 property-optimisation success rates (``OptEval``: ``best_props <= percentile``). The percentage is
 over *all* crystals given: a crystal marked invalid (``valid``) or with a non-finite value counts
-as a failure, with its reason.
+as a failure, with its reason. ``TargetingMetric`` is the suite adapter (the property is read from
+each sample's ``Crystal.properties``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["TargetingResult", "target_success"]
+from crystalforge.evaluation.metrics.base import MetricResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crystalforge.evaluation.context import EvaluationContext
+
+__all__ = ["TargetingMetric", "TargetingResult", "target_success"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,3 +122,37 @@ def target_success(
         reasons=tuple(reasons),
         protocol=protocol,
     )
+
+
+# ---- suite adapter ------------------------------------------------------------------------------------
+def _number(value: object) -> float:
+    """A property value as float; missing or non-numeric → NaN (counted as a failure with its reason)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class TargetingMetric:
+    """Success rate of valid samples whose property lies in the target window."""
+
+    name = "targeting"
+
+    def missing(self, ctx: EvaluationContext) -> str | None:
+        """Needs a property name and window."""
+        return None if ctx.property_name and ctx.target_window else "no property target given"
+
+    def __call__(self, ctx: EvaluationContext) -> MetricResult:
+        """Samples without the property count as failures."""
+        assert ctx.property_name is not None
+        assert ctx.target_window is not None
+        name = ctx.property_name
+        values = np.array([_number(None if s.crystal is None else s.crystal.properties.get(name)) for s in ctx.samples])
+        low, high = ctx.target_window
+        result = target_success(values, low=low, high=high, valid=ctx.valid_mask(), name=name)
+        rows = result.per_crystal()
+        columns = {key: [r[key] for r in rows] for key in rows[0]} if rows else {}
+        columns[f"target_{name}"] = values.tolist()
+        return MetricResult(
+            summary={"target_success_rate": result.success_rate}, columns=columns, protocol=result.protocol
+        )

@@ -24,14 +24,14 @@ from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import TypeVocabulary
 from crystalforge.core.periodic import wrap_frac
 from crystalforge.core.segment import segment_count
-from crystalforge.generative.flow.processes import (
+from crystalforge.generative.interfaces import PathSample
+from crystalforge.generative.process_base import (
     LatticeCodeProcessBase,
     TorusProcessBase,
     TypeProcessBase,
     atom_values,
     crystal_values,
 )
-from crystalforge.generative.interfaces import PathSample
 from crystalforge.geometry.wrapped_normal import (
     DEFAULT_NUM_IMAGES,
     ScoreVarianceTable,

@@ -1,0 +1,174 @@
+"""``evaluate_candidates``: one evaluation from candidates to a written report.
+
+This is the assembly behind ``crystalforge.api.evaluate`` and ``crystalforge evaluate``: it checks
+the settings, links CSP predictions to their references, finds CDVAE's coverage cutoffs for a
+benchmark, loads the shipped reference hull when a relaxer is given, builds the
+``EvaluationContext``, runs the task's suite and writes ``summary.json``, ``per_structure.csv``,
+``summary.md`` (and ``relaxed.extxyz`` after a relaxation) into ``out``. Reading files, loading
+datasets and building featurizers or relaxers stay with the caller: they come in as objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from crystalforge.core.candidate import Candidate
+from crystalforge.core.crystal import Crystal
+from crystalforge.core.errors import CrystalError
+from crystalforge.evaluation.context import (
+    CSPLink,
+    EvaluationContext,
+    ProgressFactory,
+    Task,
+    assign_groups,
+    null_progress,
+)
+from crystalforge.evaluation.features import FeaturizerLike
+from crystalforge.evaluation.hull import ReferenceHull
+from crystalforge.evaluation.metrics.coverage import coverage_cutoffs as published_cutoffs
+from crystalforge.evaluation.report import MetricReport
+from crystalforge.evaluation.suite import run_evaluation
+from crystalforge.execution import ExecutorConfig
+from crystalforge.io.files import write_structures
+from crystalforge.relax.interfaces import Relaxer
+
+__all__ = ["RELAXED_FILE", "evaluate_candidates", "link_predictions"]
+
+RELAXED_FILE = "relaxed.extxyz"
+"""The relaxed structures of a run with a relaxer, written beside the summary."""
+
+_TASKS: tuple[Task, ...] = ("dng", "csp")
+
+
+def link_predictions(
+    candidates: Sequence[Candidate], reference: Sequence[Crystal] | None, reference_name: str | None
+) -> list[CSPLink | None]:
+    """CSP links of ``candidates`` to ``reference`` (``assign_groups``), or a ``ValueError`` saying what is wrong.
+
+    Raises:
+        ValueError: without a reference, when a reference structure has no or a repeated
+            ``material_id``, or when no candidate links to any reference.
+
+    """
+    if reference is None:
+        raise ValueError("task='csp' needs a reference set")
+    ids = [c.material_id or "" for c in reference]
+    if "" in ids or len(set(ids)) != len(ids):
+        raise ValueError(f"reference {reference_name}: CSP needs a distinct material_id for every reference structure")
+    links = assign_groups(candidates, ids)
+    if not any(link is not None for link in links):
+        raise ValueError(
+            "no sample is linked to a reference material_id: name files <material_id>.cif or "
+            "<material_id>_<k>.cif, or give extxyz frames a material_id"
+        )
+    return links
+
+
+def _cutoffs(given: tuple[float, float] | None, reference_key: str | None) -> tuple[float, float] | None:
+    """The given cutoffs, else CDVAE's for the benchmark ``reference_key``, else None."""
+    if given is not None:
+        return (float(given[0]), float(given[1]))
+    if reference_key is None:
+        return None
+    try:
+        return published_cutoffs(reference_key)
+    except KeyError:
+        return None
+
+
+def evaluate_candidates(
+    candidates: Sequence[Candidate],
+    *,
+    task: str = "dng",
+    reference: Sequence[Crystal] | None,
+    reference_name: str | None,
+    reference_key: str | None = None,
+    train: Sequence[Crystal] | None = None,
+    train_name: str | None = None,
+    struct_featurizer: FeaturizerLike | None = None,
+    comp_featurizer: FeaturizerLike | None = None,
+    coverage_cutoffs: tuple[float, float] | None = None,
+    relaxer: Relaxer | None = None,
+    k: int | None = None,
+    target: tuple[str, float | None, float | None] | None = None,
+    out: Path | None = None,
+    workers: int | ExecutorConfig = 1,
+    cache_dir: Path | None = None,
+    progress: ProgressFactory = null_progress,
+) -> MetricReport:
+    """Evaluate generated (``task="dng"``) or predicted (``task="csp"``) candidates by the pinned protocol.
+
+    Args:
+        candidates: the records to evaluate, in order; those without a crystal count as invalid.
+        task: ``"dng"`` or ``"csp"``. For CSP, candidates link to reference ``material_id``s by
+            name (``mp-1234``, ``mp-1234_3``, ...; see ``assign_groups``), up to ``k`` per reference.
+        reference: the reference crystals (a benchmark's test split), or None for the
+            reference-free metrics only.
+        reference_name: the reference's name in the protocol block (e.g. ``"mp_20/test"``).
+        reference_key: the benchmark name, used only to look up CDVAE's coverage cutoffs.
+        train: the training crystals for novelty (and S.U.N.), or None; not used for CSP.
+        train_name: where ``train`` came from, or why there is none (for the protocol block).
+        struct_featurizer: structure fingerprints for coverage (None skips coverage).
+        comp_featurizer: composition fingerprints for coverage (None skips coverage).
+        coverage_cutoffs: (structure, composition) cutoffs; None takes CDVAE's for ``reference_key``.
+        relaxer: relaxes the candidates for stability and S.U.N. against the shipped hull, or None.
+        k: predictions per reference for best-of-k (CSP; None: the most any reference has).
+        target: ``(property, low, high)`` window for the targeting success rate.
+        out: folder for the report files (also caches the samples' fingerprints in
+            ``out/fingerprints`` so an interrupted coverage run resumes), or None.
+        workers: processes for fingerprints' reuse, matching and symmetry, or an executor config.
+        cache_dir: folder of the reference fingerprint cache (None: no cache).
+        progress: progress-bar factory (``total, description`` → bar).
+
+    Returns:
+        The report (also written into ``out`` when given).
+
+    Raises:
+        ValueError: for an unknown task, ``k < 1``, ``workers < 1`` and the CSP linking errors of
+            ``link_predictions``.
+        CrystalError: when there are no candidates.
+        FileNotFoundError: when a relaxer is given but the shipped hull is not installed.
+
+    """
+    if task not in _TASKS:
+        raise ValueError(f"task must be 'dng' or 'csp', not {task!r}")
+    if k is not None and not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k must be >= 1, got {k}")
+    config = ExecutorConfig.of(workers)
+    items = list(candidates)
+    if not items:
+        raise CrystalError("no structures to evaluate")
+    links = None
+    if task == "csp":
+        links = link_predictions(items, reference, reference_name)
+        train, train_name = None, "not used for CSP"
+    cutoffs = _cutoffs(coverage_cutoffs, reference_key) if task == "dng" and reference is not None else None
+    ctx = EvaluationContext(
+        samples=items,
+        task="csp" if task == "csp" else "dng",
+        reference=None if reference is None else list(reference),
+        reference_name=reference_name,
+        train=None if train is None else list(train),
+        train_name=train_name,
+        struct_featurizer=struct_featurizer,
+        comp_featurizer=comp_featurizer,
+        coverage_cutoffs=cutoffs,
+        relaxer=relaxer,
+        hull=None if relaxer is None else ReferenceHull.load(),
+        k=k,
+        property_name=None if target is None else target[0],
+        target_window=None if target is None else (target[1], target[2]),
+        csp_links=links,
+        workers=config,
+        cache_dir=cache_dir,
+        sample_cache_dir=None if out is None else Path(out) / "fingerprints",
+        progress=progress,
+    )
+    report = run_evaluation(ctx)
+    if out is not None:
+        report.write(out)
+        relaxed = ctx.relaxed_crystals()
+        if relaxed:
+            write_structures(relaxed, Path(out) / RELAXED_FILE)
+    return report

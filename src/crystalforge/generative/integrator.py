@@ -1,0 +1,114 @@
+"""The time-stepping loop of process-based models (flows and diffusions, CSP and DNG).
+
+Time runs 0 → 1 on a uniform grid of ``steps`` intervals. Each step calls the model's ``predict``
+(wrapped by any guidance) and ``step`` (Euler for flows, the reverse-diffusion predictor for
+diffusions); when a process has a corrector, ``corrector_steps`` Langevin moves come first at each
+level (DiffCSP's predictor–corrector). ``heun=True`` uses Heun's second-order rule for the fields
+whose process ``predicts_velocity`` (two backbone calls per step). Constraints rewrite the state after
+every step. The state is one ``CrystalBatch`` throughout; the loop yields ``SampleStep``s so callers
+decide about trajectories and progress bars.
+
+Each step runs under ``torch.no_grad`` (and only the step: grad mode is restored before every
+``yield``); a guidance with ``requires_grad`` is called with autograd enabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from crystalforge.core.crystal import CrystalBatch
+from crystalforge.generative.interfaces import (
+    FieldOutputs,
+    Guidance,
+    PredictFn,
+    SamplePlan,
+    SampleStep,
+    StepContext,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crystalforge.generative.joint import JointModel
+
+
+def integrate(
+    model: JointModel, template: CrystalBatch, plan: SamplePlan, *, generator: torch.Generator | None = None
+) -> Iterator[SampleStep]:
+    """Yield the state after each of ``plan.sampler.steps`` steps, starting from the prior."""
+    config = plan.sampler
+    if config.anti_annealing is not None:
+        check_anti_annealing(config.anti_annealing, model.velocity_fields)
+    predict: PredictFn = model.predict
+    for g in plan.guidance:
+        predict = _guided(g, predict)
+    context = StepContext(template=template, noise=partial(model.noise, generator=generator), generator=generator)
+    b = template.num_crystals
+    grid = torch.linspace(0.0, 1.0, config.steps + 1, dtype=template.frac_coords.dtype, device=template.device)
+    with torch.no_grad():
+        state = model.sample_prior(template, generator)
+        for c in plan.constraints:
+            state = c.apply(state, grid[0].expand(b), context)
+    for i in range(config.steps):
+        t = grid[i].expand(b)
+        dt = (grid[i + 1] - grid[i]).expand(b)
+        with torch.no_grad():
+            if model.has_corrector and config.corrector_steps:
+                for _ in range(config.corrector_steps):
+                    state = model.correct(state, predict(state, t), t, generator=generator)
+            outputs = predict(state, t)
+            if config.heun and i < config.steps - 1:
+                state = _heun(model, predict, state, outputs, t, dt, generator, config.anti_annealing)
+            else:
+                state = model.step(state, outputs, t, dt, anti_annealing=config.anti_annealing, generator=generator)
+            for c in plan.constraints:
+                state = c.apply(state, grid[i + 1].expand(b), context)
+        yield SampleStep(index=i, t=float(grid[i + 1]), state=state)
+
+
+def _guided(guidance: Guidance, inner: PredictFn) -> PredictFn:
+    """``inner`` wrapped by one guidance (with autograd on when the guidance asks for it)."""
+
+    def predict(state: CrystalBatch, t: Tensor) -> FieldOutputs:
+        if getattr(guidance, "requires_grad", False):
+            with torch.enable_grad():
+                return guidance(inner, state, t)
+        return guidance(inner, state, t)
+
+    return predict
+
+
+def check_anti_annealing(scale: float | Mapping[str, float], velocity_fields: Sequence[str]) -> None:
+    """Anti-annealing scales flow velocities: refuse a setting that would silently do nothing."""
+    if not velocity_fields:
+        raise ValueError("anti_annealing: this model has no flow (velocity) fields to scale")
+    if isinstance(scale, Mapping):
+        unknown = sorted(set(scale) - set(velocity_fields))
+        if unknown:
+            raise ValueError(
+                f"anti_annealing: unknown field(s) {unknown} (this model's flow fields: {', '.join(velocity_fields)})"
+            )
+
+
+def _heun(
+    model: JointModel,
+    predict: PredictFn,
+    state: CrystalBatch,
+    outputs: FieldOutputs,
+    t: Tensor,
+    dt: Tensor,
+    generator: torch.Generator | None,
+    anti_annealing: float | Mapping[str, float] | None,
+) -> CrystalBatch:
+    """Heun for velocity fields: average the velocity at both ends; other fields keep the first step."""
+    euler = model.step(state, outputs, t, dt, anti_annealing=anti_annealing, generator=generator)
+    outputs2 = predict(euler, t + dt)
+    velocity = model.velocity_fields
+    mixed = replace(outputs, **{f: 0.5 * (getattr(outputs, f) + getattr(outputs2, f)) for f in velocity})
+    heun = model.step(state, mixed, t, dt, anti_annealing=anti_annealing, generator=generator)
+    keep = {f: model.latent(heun if f in velocity else euler, f) for f in model.processes}
+    return model.with_latents(state, keep)

@@ -1,0 +1,134 @@
+"""The joint (flow / diffusion) family: its config and its builder.
+
+``ModelConfig`` is the plain-data description stored in every joint checkpoint; ``build_joint_model``
+turns it (plus the dataset statistics, a value) into a ``JointModel``: one backbone chosen by name
+from ``BACKBONES`` and one process per field chosen by ``kind`` from ``PROCESSES``. The family is
+registered under the name ``"joint"`` in ``crystalforge.registry``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from torch import nn
+
+from crystalforge.core.dataset_stats import DatasetStats
+from crystalforge.core.elements import TypeVocabulary
+from crystalforge.generative.interfaces import FieldProcess
+from crystalforge.generative.joint import JointModel
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Backbone name and sizes (see ``nn.backbones.PeriodicMPConfig``)."""
+
+    name: str = "periodic_mp"
+    hidden: int = 256
+    layers: int = 4
+    fourier_frequencies: int = 10
+    time_dim: int = 64
+    self_loops: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to generate and how.
+
+    Attributes:
+        kind: ``"flow"`` (Riemannian flow matching: torus geodesics, linear lattice-code path,
+            masked discrete flow for types) or ``"diffusion"`` (wrapped-normal score matching,
+            DDPM lattice, absorbing D3PM types: the DiffCSP/MatterGen recipe).
+        task: ``"csp"`` (composition given) or ``"dng"`` (types generated too).
+        elements: the type vocabulary (atomic numbers); empty means "the training data's elements".
+        properties: property names to condition on (classifier-free guidance needs them).
+        anti_annealing: FlowMM's inference-time velocity scale for flows (0 = plain Euler).
+        loss_weights: per-field loss weights (``frac_coords``, ``lattice``, ``atomic_numbers``).
+
+    """
+
+    kind: Literal["flow", "diffusion"] = "flow"
+    task: Literal["csp", "dng"] = "csp"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    elements: tuple[int, ...] = ()
+    properties: tuple[str, ...] = ()
+    anti_annealing: float = 0.0
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+
+def _periodic_mp(config: ModelConfig, elements: tuple[int, ...]) -> nn.Module:
+    from crystalforge.nn.backbones import PeriodicMP, PeriodicMPConfig
+
+    b = config.backbone
+    return PeriodicMP(
+        PeriodicMPConfig(
+            hidden=b.hidden,
+            layers=b.layers,
+            fourier_frequencies=b.fourier_frequencies,
+            time_dim=b.time_dim,
+            elements=elements,
+            properties=config.properties,
+            output_types=config.task == "dng",
+            self_loops=b.self_loops,
+        )
+    )
+
+
+BACKBONES: dict[str, Callable[[ModelConfig, tuple[int, ...]], nn.Module]] = {"periodic_mp": _periodic_mp}
+
+
+def _flow_processes(config: ModelConfig, vocab: TypeVocabulary, stats: DatasetStats | None) -> dict[str, FieldProcess]:
+    from crystalforge.generative.flow import LatticeFlow, MaskedTypeFlow, TorusFlow
+    from crystalforge.generative.process_base import FixedField
+
+    return {
+        "frac_coords": TorusFlow(anti_annealing=config.anti_annealing),
+        "lattice": LatticeFlow(stats, anti_annealing=config.anti_annealing),
+        "atomic_numbers": MaskedTypeFlow(vocab) if config.task == "dng" else FixedField("atomic_numbers"),
+    }
+
+
+def _diffusion_processes(
+    config: ModelConfig, vocab: TypeVocabulary, stats: DatasetStats | None
+) -> dict[str, FieldProcess]:
+    from crystalforge.generative.diffusion import AbsorbingD3PM, LatticeDDPM, WrappedNormalDiffusion
+    from crystalforge.generative.process_base import FixedField
+
+    return {
+        "frac_coords": WrappedNormalDiffusion(),
+        "lattice": LatticeDDPM(stats),
+        "atomic_numbers": AbsorbingD3PM(vocab) if config.task == "dng" else FixedField("atomic_numbers"),
+    }
+
+
+PROCESSES: dict[str, Callable[[ModelConfig, TypeVocabulary, DatasetStats | None], dict[str, FieldProcess]]] = {
+    "flow": _flow_processes,
+    "diffusion": _diffusion_processes,
+}
+
+
+def resolve_elements(config: ModelConfig, stats: DatasetStats | None) -> tuple[int, ...]:
+    """The vocabulary's elements: the config's, else those present in the training statistics."""
+    if config.elements:
+        return tuple(sorted(set(config.elements)))
+    if stats is None:
+        raise ValueError("ModelConfig.elements is empty and no dataset statistics were given")
+    return tuple(stats.elements)
+
+
+def resolve_joint_config(config: ModelConfig, stats: DatasetStats | None) -> ModelConfig:
+    """The config with its data-derived fields filled in (the vocabulary's elements)."""
+    return replace(config, elements=resolve_elements(config, stats))
+
+
+def build_joint_model(config: ModelConfig, stats: DatasetStats | None) -> JointModel:
+    """A ``JointModel`` for ``config``; ``stats`` informs the lattice prior and the vocabulary."""
+    if config.backbone.name not in BACKBONES:
+        raise KeyError(f"unknown backbone {config.backbone.name!r} (known: {', '.join(sorted(BACKBONES))})")
+    if config.kind not in PROCESSES:
+        raise KeyError(f"unknown model kind {config.kind!r} (known: {', '.join(sorted(PROCESSES))})")
+    elements = resolve_elements(config, stats)
+    backbone = BACKBONES[config.backbone.name](config, elements)
+    processes = PROCESSES[config.kind](config, TypeVocabulary(elements), stats)
+    return JointModel(backbone, processes, loss_weights=config.loss_weights)

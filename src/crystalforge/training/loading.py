@@ -1,0 +1,68 @@
+"""Loading a trained model of any family: from a ``model.pt`` or by shipped name.
+
+The checkpoint's recorded family (older checkpoints: ``kind``, always ``"joint"``) chooses the
+builder (``crystalforge.registry``), so a checkpoint of a family registered outside the package
+loads the same way. A shipped model's card may set the default sampler (steps, anti-annealing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
+
+from crystalforge.config import from_dict
+from crystalforge.core.dataset_stats import DatasetStats
+from crystalforge.generative.interfaces import GenerativeModel, SamplerConfig
+from crystalforge.pretrained import list_models, model_path
+from crystalforge.registry import build_model
+from crystalforge.training.checkpoint import checkpoint_family, load_checkpoint
+from crystalforge.training.config import TrainConfig
+
+
+class LoadedModel(NamedTuple):
+    """A model ready to sample, with what it was trained from and how it samples by default."""
+
+    model: GenerativeModel
+    config: TrainConfig
+    stats: DatasetStats | None
+    sampler: SamplerConfig
+
+
+def load_checkpoint_model(
+    checkpoint: str | Path | dict[str, object],
+) -> tuple[GenerativeModel, TrainConfig, DatasetStats | None]:
+    """``(model, config, dataset_stats)`` from a ``model.pt`` written by ``train`` (any family)."""
+    data = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    raw = dict(data["config"])  # type: ignore[call-overload]
+    raw.setdefault("family", checkpoint_family(data))
+    config = from_dict(TrainConfig, raw)
+    stats_data = data.get("dataset_stats")
+    stats = None if stats_data is None else DatasetStats.from_dict(stats_data)  # type: ignore[arg-type]
+    model = build_model(config.model, stats, family=config.family)
+    model.load_state_dict(data["weights"])  # type: ignore[arg-type]
+    model.eval()
+    return model, config, stats
+
+
+def load_model(model: str | Path) -> LoadedModel:
+    """A shipped model by name (``crystalforge models``) or a ``model.pt`` path, with its default sampler.
+
+    The default sampler is the model's own (``default_sampler()``), overridden by a shipped card's
+    ``default_steps``/``default_anti_annealing``.
+    """
+    path = model_path(str(model))
+    card = list_models().get(str(model), {})
+    if path is None:
+        path = Path(model).expanduser()
+        if not path.exists():
+            known = ", ".join(sorted(list_models())) or "none"
+            raise KeyError(f"unknown model {str(model)!r}: not a shipped model ({known}) nor a file")
+    net, config, stats = load_checkpoint_model(path)
+    default = net.default_sampler()
+    sampler = replace(
+        default,
+        steps=int(card.get("default_steps", default.steps)),
+        anti_annealing=card.get("default_anti_annealing", default.anti_annealing),
+    )
+    return LoadedModel(net, config, stats, sampler)
