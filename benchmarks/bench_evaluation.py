@@ -45,8 +45,10 @@ def _perturbed(crystals: list, *, seed: int = 0, noise: float = 0.05, strain: fl
 def bench_proxy(n: int, workers: int, warm: bool) -> None:
     from crystalforge import load_dataset
     from crystalforge.evaluation.context import EvaluationContext, Sample
-    from crystalforge.evaluation.metrics.coverage import COVERAGE_CUTOFFS
-    from crystalforge.evaluation.suite import CoverageMetric, PropertyDistributionMetric, ValidityMetric, run_evaluation
+    from crystalforge.evaluation.metrics.coverage import COVERAGE_CUTOFFS, CoverageMetric
+    from crystalforge.evaluation.metrics.distribution import PropertyDistributionMetric
+    from crystalforge.evaluation.metrics.validity import ValidityMetric
+    from crystalforge.evaluation.suite import run_evaluation
     from crystalforge.representations.fingerprints import CrystalNNFingerprint, MagpieComposition
 
     root = data_root()
@@ -87,7 +89,7 @@ def bench_proxy(n: int, workers: int, warm: bool) -> None:
 
 def bench_csp(workers_list: list[int], n: int) -> None:
     from crystalforge import load_dataset
-    from crystalforge.evaluation.metrics.matching import csp_match
+    from crystalforge.evaluation.metrics.csp import csp_match
 
     reference = list(load_dataset("mp_20", "test", root=data_root()))[:n]
     perturbed = _perturbed(reference)

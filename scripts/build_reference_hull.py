@@ -46,7 +46,7 @@ from crystalforge.data.dataset import file_digest, parse_csv
 from crystalforge.data.paths import DATA_ENV, cache_dir, data_dir
 from crystalforge.data.preprocess import PreprocessOptions
 from crystalforge.data.sources import BENCHMARKS
-from crystalforge.evaluation.metrics.stability import DEFAULT_HULL_VERSION, HullEntry, hull_data_path, write_hull_table
+from crystalforge.evaluation.hull import DEFAULT_HULL_VERSION, HullEntry, hull_data_path, write_hull_table
 from crystalforge.io.atomic import atomic_write
 from crystalforge.relax import CachedRelaxer, RelaxResult, chgnet_relaxer, chgnet_static_relaxer
 

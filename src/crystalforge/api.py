@@ -28,6 +28,7 @@ from crystalforge.execution import ExecutorConfig
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan
 from crystalforge.io.files import detect_format, iter_records, read_structures, write_structures
 from crystalforge.pretrained import list_models
+from crystalforge.progress import progress_bar
 from crystalforge.sampling.samplers import parse_anti_annealing
 from crystalforge.training.config import TrainConfig
 from crystalforge.training.loading import LoadedModel, load_model
@@ -36,7 +37,7 @@ __all__ = [
     "BENCHMARKS", "REDUCED", "SPLITS", "Crystal", "CrystalBatch", "CrystalError", "ExecutorConfig", "LoadedModel",
     "MissingDependencyError", "PreprocessOptions", "csp", "data_dir", "dataset_stats", "detect_format",
     "evaluate", "expected_rows", "generate", "iter_records", "known_datasets", "list_models", "load_dataset",
-    "load_model", "parse_anti_annealing", "read_samples", "read_structures", "require", "train",
+    "load_model", "parse_anti_annealing", "progress_bar", "read_samples", "read_structures", "require", "train",
     "write_structures", "z_to_symbol",
 ]  # fmt: skip
 

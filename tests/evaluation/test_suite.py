@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+
 import numpy as np
 import pytest
 
@@ -11,12 +12,14 @@ from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.evaluation.context import EvaluationContext, Sample, assign_groups
 from crystalforge.evaluation.metrics.base import MetricResult
+from crystalforge.evaluation.metrics.novelty import NoveltyMetric as _Novelty
 from crystalforge.evaluation.metrics.stability import StabilityMetric
+from crystalforge.evaluation.metrics.uniqueness import UniquenessMetric as _Uniqueness
 from crystalforge.evaluation.metrics.validity import ValidityMetric
 from crystalforge.evaluation.report import SUMMARY_KEYS
 from crystalforge.evaluation.suite import run_evaluation
 from crystalforge.testing import tiny_crystals
-from tests.evaluation.fakes import CompositionCounts, FakeRelaxer, nacl_hull
+from tests.evaluation.fakes import CompositionCounts, FakeRelaxer, KeyedFingerprint, nacl_hull
 
 
 def _valid_set() -> list[Crystal]:
@@ -217,7 +220,7 @@ def test_stability_sun_through_the_suite():
 
 def test_stability_without_training_set_gives_no_sun_and_skips_uniqueness():
     nacl = next(c for c in tiny_crystals() if c.material_id == "nacl_conv_8")
-    ctx = EvaluationContext(samples=[Sample(0, "a", crystal=nacl)], relaxer=FakeRelaxer(), hull=nacl_hull())
+    ctx = EvaluationContext(samples=[Candidate.of(nacl, "a")], relaxer=FakeRelaxer(), hull=nacl_hull())
 
     def no_matching():  # S.U.N. is off, so no structure matching may be done for it
         raise AssertionError("uniqueness computed without a training set")
@@ -227,3 +230,96 @@ def test_stability_without_training_set_gives_no_sun_and_skips_uniqueness():
     assert report.summary["stable_rate"] == 100.0 and "sun_rate" not in report.summary
     assert report.details["stability"]["sun"].startswith("not computed: no training set")
     assert "stability" not in report.protocol.get("errors", {})
+
+
+# ---- coverage: the scripts' rule as the headline, valid-only beside it ----------------------------------
+def _coverage_case() -> tuple[list[Candidate], list[Crystal], KeyedFingerprint]:
+    """Two references; samples: a valid cover of r1, an invalid cover of r2, a valid miss, an unreadable
+    record and a valid crystal without a fingerprint. Cutoffs 0.1 in both spaces.
+    """
+    tiny = {c.material_id: c for c in tiny_crystals()}
+    nacl = tiny["nacl_conv_8"]
+    reference = [nacl.replace(material_id="r1"), tiny["si_fcc_2"].replace(material_id="r2")]
+    overlapping = Crystal([11, 17], [[0, 0, 0], [0.01, 0, 0]], np.eye(3) * 5.0, material_id="s1")  # invalid
+    samples = [
+        Candidate.of(nacl.replace(material_id="s0")),
+        Candidate.of(overlapping),
+        Candidate.of(nacl.replace(material_id="s2")),
+        Candidate.failure("gone.cif", "file is empty"),
+        Candidate.of(nacl.replace(material_id="s4")),
+    ]
+    table = {"r1": (0.0, 0.0), "r2": (10.0, 0.0), "s0": (0.0, 0.05), "s1": (10.0, 0.05), "s2": (5.0, 5.0)}
+    return samples, reference, KeyedFingerprint("keyed", table)
+
+
+def test_coverage_headline_counts_invalid_fingerprinted_samples_and_reports_valid_only_beside_it(tmp_path):
+    samples, reference, fingerprint = _coverage_case()
+    ctx = _ctx(
+        samples, reference, struct_featurizer=fingerprint, comp_featurizer=fingerprint, coverage_cutoffs=(0.1, 0.1)
+    )
+    report = run_evaluation(ctx)
+    s = report.summary
+    assert [r["valid"] for r in report.per_structure] == [True, False, True, False, True]
+    # Headline (CDVAE/DiffCSP scripts): s0, s1 and s2 have fingerprints and enter, valid or not.
+    # COV-R: r1 is covered by s0 (0.05), r2 by the invalid s1 (0.05) -> 2 of 2.
+    assert s["cov_recall"] == pytest.approx(100.0)
+    # COV-P: s0 and s1 are within the cutoffs of a reference -> 2 of all 5 records.
+    assert s["cov_precision"] == pytest.approx(40.0)
+    # Valid only: s0 and s2 enter. r2's nearest is s2 at 7.07 -> COV-R 1 of 2; COV-P: s0 only -> 1 of 5.
+    assert s["cov_recall_valid_only"] == pytest.approx(50.0)
+    assert s["cov_precision_valid_only"] == pytest.approx(20.0)
+    rows = report.per_structure
+    assert [r["cov_entered"] for r in rows] == [True, True, True, None, False]
+    assert [r["cov_precise"] for r in rows] == [True, True, False, None, False]
+    assert [r["cov_precise_valid_only"] for r in rows] == [True, False, False, None, False]
+    assert rows[1]["cov_struct_dist"] == pytest.approx(0.05)
+    assert [r["cov_reason"] for r in rows] == ["entered", "entered", "entered", None, "no fingerprint"]
+    assert report.details["coverage"]["valid_only"]["n_entered"] == 2
+    assert report.details["coverage"]["n_entered"] == 3
+    assert report.protocol["coverage"]["valid_only"] is False
+    paths = report.write(tmp_path)
+    data = json.loads(paths["summary"].read_text())
+    assert (data["cov_recall"], data["cov_recall_valid_only"]) == (100.0, 50.0)
+    assert list(data)[:7] == [
+        "n",
+        "validity_struct",
+        "validity_comp",
+        "validity",
+        "cov_recall",
+        "cov_precision",
+        "cov_recall_valid_only",
+    ]
+    md = paths["markdown"].read_text()
+    assert "| COV-R (every fingerprinted sample, as the published scripts) (`cov_recall`) | 100.00 % |" in md
+    assert "| COV-P (valid samples only) (`cov_precision_valid_only`) | 20.00 % |" in md
+
+
+# ---- candidates, legacy records, shared results ------------------------------------------------------
+def test_legacy_samples_give_the_same_rows_as_candidates():
+    ref = [c for c in _valid_set() if c.material_id in ("si_fcc_2", "nacl_conv_8")]
+    crystals = [_rotated_copy(ref[0], 0.2, "si_fcc_2_0"), _rotated_copy(ref[1], 0.4, "nacl_conv_8")]
+    candidates = [Candidate.of(c, f"p{i}.cif") for i, c in enumerate(crystals)]
+    candidates.append(Candidate.failure("p2.cif", "malformed CIF", material_id="si_fcc_2_1"))
+    links = assign_groups(candidates, [c.material_id for c in ref])
+    legacy = [Sample(0, "p0.cif", crystal=crystals[0]), Sample(1, "p1.cif", crystal=crystals[1])]
+    legacy.append(Sample(2, "p2.cif", error="malformed CIF", material_id="si_fcc_2_1"))
+    legacy = assign_groups(legacy, [c.material_id for c in ref])  # type: ignore[assignment]
+    assert [s.group for s in legacy] == ["si_fcc_2", "nacl_conv_8", "si_fcc_2"]
+    new = run_evaluation(EvaluationContext(samples=candidates, task="csp", reference=ref, csp_links=links))
+    old = run_evaluation(EvaluationContext(samples=legacy, task="csp", reference=ref))  # type: ignore[arg-type]
+    assert new.to_csv() == old.to_csv()
+    assert [r["reference_id"] for r in new.per_structure] == ["si_fcc_2", "nacl_conv_8", "si_fcc_2"]
+    assert new.per_structure[2]["failure"] == "unreadable: malformed CIF"
+    with pytest.raises(ValueError, match="CSP links"):
+        EvaluationContext(samples=candidates, csp_links=links[:1])
+
+
+def test_uniqueness_and_novelty_share_the_context_reduction():
+    nacl = next(c for c in tiny_crystals() if c.material_id == "nacl_conv_8")
+    samples = [Candidate.of(nacl, "a"), Candidate.of(_rotated_copy(nacl, 0.3, "b")), Candidate.failure("c", "empty")]
+    ctx = EvaluationContext(samples=samples, train=[nacl], train_name="one")
+    report = run_evaluation(ctx, [_Uniqueness(), _Novelty()])
+    assert [r["unique"] for r in report.per_structure] == [True, False, False]
+    assert [r["novel"] for r in report.per_structure] == [False, False, False]
+    assert ctx.structure_set().num_reduced() == 2  # each NaCl cell reduced once for both metrics
+    assert ctx.uniqueness() is ctx.memo("uniqueness", lambda: None)

@@ -117,7 +117,7 @@ class MetricReport:
         """``summary.json`` content: the summary keys, then ``protocol``, ``details``, ``timings``."""
         ordered = {k: self.summary[k] for k in SUMMARY_KEYS if k in self.summary}
         ordered.update({k: v for k, v in self.summary.items() if k not in ordered})
-        out = dict(ordered)
+        out: dict[str, Any] = dict(ordered)
         out["protocol"] = dict(self.protocol)
         out["details"] = dict(self.details)
         out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+E = TypeVar("E", bound="_Base")
 
 Initializer = Callable[..., object]
 
@@ -67,6 +68,11 @@ class ExecutorConfig:
         """``value`` itself, or a config for that many local workers."""
         return value if isinstance(value, ExecutorConfig) else cls(workers=int(value))
 
+    @property
+    def parallel(self) -> bool:
+        """True when work leaves this process (several local workers, or Ray)."""
+        return self.workers > 1 or self.ray is not None
+
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
@@ -90,7 +96,7 @@ class _Base:
     def close(self) -> None:
         """Nothing to stop (overridden by pooled executors)."""
 
-    def __enter__(self) -> _Base:
+    def __enter__(self: E) -> E:
         return self
 
     def __exit__(self, *exc: object) -> None:

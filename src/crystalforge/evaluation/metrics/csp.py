@@ -136,7 +136,7 @@ def csp_match(
     k: int | None = None,
     rule: MatchRule = "diffcsp",
     pred_valid: Mapping[str, Sequence[bool]] | None = None,
-    ref_valid: Sequence[bool] | None = None,
+    ref_valid: Sequence[bool] | np.ndarray | None = None,
     ltol: float = CSP_LTOL,
     stol: float = CSP_STOL,
     angle_tol: float = CSP_ANGLE_TOL,
@@ -181,9 +181,9 @@ def csp_match(
         raise ValueError(f"k must be None or an integer >= 1, got {k!r}")
     check_workers(workers)
     settings = MatcherSettings(ltol, stol, angle_tol, primitive_cell, scale, attempt_supercell)
-    ids = [r.material_id for r in references]
-    if any(i is None for i in ids):
+    if any(r.material_id is None for r in references):
         raise ValueError("every reference needs a material_id (predictions are keyed by it)")
+    ids = [str(r.material_id) for r in references]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"duplicate reference material_ids: {dupes}")

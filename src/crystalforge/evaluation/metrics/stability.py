@@ -281,7 +281,7 @@ class StabilityMetric:
         if novel is not None:
             summary.update({"sun_rate": out.sun_rate, "msun_rate": out.msun_rate})
         rows = out.structures
-        columns = {
+        columns: dict[str, list[Any]] = {
             "e_above_hull": [r.e_above_hull for r in rows],
             "stable": [r.stable for r in rows],
             "metastable": [r.metastable for r in rows],

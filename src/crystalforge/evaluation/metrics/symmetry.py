@@ -143,7 +143,11 @@ def _analyse(
 
     try:
         with _quiet_spglib():
-            dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance)
+            dataset = spglib.get_symmetry_dataset(
+                cell,  # type: ignore[arg-type]  # spglib's stubs ask for sequences; arrays are what it reads
+                symprec=symprec,
+                angle_tolerance=angle_tolerance,
+            )
             detail = "" if dataset is not None else str(spglib.get_error_message() or "")
     except Exception as exc:  # noqa: BLE001 - any spglib failure becomes a reason, never an exception
         return SpaceGroupResult(None, None, None, f"spglib failed: {type(exc).__name__}: {exc}")
