@@ -23,7 +23,7 @@ from _common import data_root, machine
 
 
 def random_batch(num_crystals: int, *, max_atoms: int, generator: torch.Generator):
-    from crystalforge.core.crystal import CrystalBatch
+    from crystalforge.core.batch import CrystalBatch
 
     n = torch.randint(1, max_atoms + 1, (num_crystals,), generator=generator)
     side = (n.double() * 20.0) ** (1.0 / 3.0)

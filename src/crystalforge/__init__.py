@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Crystal": "crystalforge.core.crystal",
-    "CrystalBatch": "crystalforge.core.crystal",
+    "CrystalBatch": "crystalforge.core.batch",
     "CrystalError": "crystalforge.core.errors",
     "DatasetStats": "crystalforge.core.dataset_stats",
     "load_dataset": "crystalforge.api",
@@ -39,7 +39,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.api import dataset_stats, evaluate, load_dataset, read_structures, write_structures
-    from crystalforge.core.crystal import Crystal, CrystalBatch
+    from crystalforge.core.crystal import Crystal
+    from crystalforge.core.batch import CrystalBatch
     from crystalforge.core.dataset_stats import DatasetStats
     from crystalforge.core.errors import CrystalError
     from crystalforge.evaluation.report import MetricReport

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from crystalforge.core.crystal import Crystal, CrystalBatch
+from crystalforge.core.crystal import Crystal
+
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import z_to_symbol
 from crystalforge.core.errors import CrystalError

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crystalforge.core.crystal import Crystal, CrystalBatch
+from crystalforge.core.crystal import Crystal
+
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.lattice import lattice_from_params
 from crystalforge.core.symmetry_ops import (
     change_basis,

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from crystalforge.cli.main import main
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import MASK_Z
 from crystalforge.core.periodic import wrap_frac

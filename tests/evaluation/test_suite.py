@@ -10,8 +10,9 @@ import pytest
 
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
-from crystalforge.evaluation.context import EvaluationContext, Sample, assign_groups
+from crystalforge.evaluation.context import EvaluationContext, assign_groups
 from crystalforge.evaluation.metrics.base import MetricResult
+from crystalforge.evaluation.metrics.csp import CSPMatchMetric
 from crystalforge.evaluation.metrics.novelty import NoveltyMetric as _Novelty
 from crystalforge.evaluation.metrics.stability import StabilityMetric
 from crystalforge.evaluation.metrics.uniqueness import UniquenessMetric as _Uniqueness
@@ -295,21 +296,28 @@ def test_coverage_headline_counts_invalid_fingerprinted_samples_and_reports_vali
 
 
 # ---- candidates, legacy records, shared results ------------------------------------------------------
-def test_legacy_samples_give_the_same_rows_as_candidates():
+# per_structure.csv of the Sample-based suite (before candidates) for these inputs, unchanged since
+_CSP_ROWS = """\
+index,source,material_id,reference_id,formula,num_atoms,struct_valid,comp_valid,valid,validity_reason,csp_matched,csp_rms,csp_reason,failure
+0,p0.cif,si_fcc_2_0,si_fcc_2,Si,2,true,true,true,valid,true,0.0,match,
+1,p1.cif,nacl_conv_8,nacl_conv_8,NaCl,8,true,true,true,valid,true,0.0,match,
+2,p2.cif,,si_fcc_2,,,false,false,false,unreadable: malformed CIF,false,,no prediction,unreadable: malformed CIF
+3,q.cif,mp-77,,NaCl,8,true,true,true,valid,,,not linked to a reference material_id,
+"""
+
+
+def test_candidates_give_the_per_structure_rows_of_the_former_records():
     ref = [c for c in _valid_set() if c.material_id in ("si_fcc_2", "nacl_conv_8")]
-    crystals = [_rotated_copy(ref[0], 0.2, "si_fcc_2_0"), _rotated_copy(ref[1], 0.4, "nacl_conv_8")]
-    candidates = [Candidate.of(c, f"p{i}.cif") for i, c in enumerate(crystals)]
-    candidates.append(Candidate.failure("p2.cif", "malformed CIF", material_id="si_fcc_2_1"))
+    candidates = [
+        Candidate.of(_rotated_copy(ref[0], 0.2, "si_fcc_2_0"), "p0.cif"),
+        Candidate.of(_rotated_copy(ref[1], 0.4, "nacl_conv_8"), "p1.cif"),
+        Candidate.failure("p2.cif", "malformed CIF", material_id="si_fcc_2_1"),
+        Candidate.of(_rotated_copy(ref[1], 0.1, "mp-77"), "q.cif"),
+    ]
     links = assign_groups(candidates, [c.material_id for c in ref])
-    legacy = [Sample(0, "p0.cif", crystal=crystals[0]), Sample(1, "p1.cif", crystal=crystals[1])]
-    legacy.append(Sample(2, "p2.cif", error="malformed CIF", material_id="si_fcc_2_1"))
-    legacy = assign_groups(legacy, [c.material_id for c in ref])  # type: ignore[assignment]
-    assert [s.group for s in legacy] == ["si_fcc_2", "nacl_conv_8", "si_fcc_2"]
-    new = run_evaluation(EvaluationContext(samples=candidates, task="csp", reference=ref, csp_links=links))
-    old = run_evaluation(EvaluationContext(samples=legacy, task="csp", reference=ref))  # type: ignore[arg-type]
-    assert new.to_csv() == old.to_csv()
-    assert [r["reference_id"] for r in new.per_structure] == ["si_fcc_2", "nacl_conv_8", "si_fcc_2"]
-    assert new.per_structure[2]["failure"] == "unreadable: malformed CIF"
+    ctx = EvaluationContext(samples=candidates, task="csp", reference=ref, csp_links=links)
+    report = run_evaluation(ctx, [ValidityMetric(), CSPMatchMetric()])
+    assert report.to_csv() == _CSP_ROWS
     with pytest.raises(ValueError, match="CSP links"):
         EvaluationContext(samples=candidates, csp_links=links[:1])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 
 F64 = torch.float64
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MASK_Z, TypeVocabulary
 from crystalforge.core.lattice import metric_tensor
 from crystalforge.core.periodic import pbc_diff

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MASK_Z
 from crystalforge.data.stats import compute_dataset_stats
 from crystalforge.generative.joint_config import BackboneConfig, ModelConfig

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.data.stats import compute_dataset_stats
 from crystalforge.generative.interfaces import (
     FieldOutputs,

@@ -2,7 +2,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MASK_Z
 from crystalforge.nn.backbones import PeriodicMP, PeriodicMPConfig
 from crystalforge.testing import (

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from crystalforge.core.candidate import Candidate
-from crystalforge.core.crystal import Crystal, CrystalBatch
+from crystalforge.core.crystal import Crystal
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.extras import MissingDependencyError
 from crystalforge.core.symmetry_ops import (
     change_basis,

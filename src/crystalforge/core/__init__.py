@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from crystalforge.core.crystal import Crystal, CrystalBatch
+from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 
 __all__ = ["Crystal", "CrystalBatch", "CrystalError"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.lattice import plane_spacings
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)

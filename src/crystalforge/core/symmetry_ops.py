@@ -17,7 +17,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.periodic import wrap_frac
 
 

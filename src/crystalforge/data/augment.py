@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.symmetry_ops import (
     change_basis,
     permute,

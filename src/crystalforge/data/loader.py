@@ -8,7 +8,9 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader
 
-from crystalforge.core.crystal import Crystal, CrystalBatch
+from crystalforge.core.crystal import Crystal
+
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.data.augment import BatchAugment
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,18 +31,16 @@ from crystalforge.evaluation.metrics.structure_matcher import StructureSet
 from crystalforge.evaluation.metrics.uniqueness import UniquenessResult, uniqueness
 from crystalforge.evaluation.metrics.validity import ValidityReport, validity
 from crystalforge.execution import ExecutorConfig
+from crystalforge.progress import ProgressBar, null_progress
 from crystalforge.relax.interfaces import Relaxer, RelaxResult
 
 __all__ = [
     "CSPLink",
     "EvaluationContext",
-    "ProgressBar",
     "ProgressFactory",
-    "Sample",
     "Task",
     "assign_groups",
     "group_members",
-    "null_progress",
 ]
 
 Task = Literal["dng", "csp"]
@@ -50,31 +48,8 @@ Task = Literal["dng", "csp"]
 _RELAX = "relax"  # memo key of the relaxation results
 
 
-class ProgressBar(Protocol):
-    """What the evaluation needs of a progress bar (a tqdm bar will do)."""
-
-    def update(self, n: int = 1) -> object:
-        """Advance by ``n``."""
-
-    def close(self) -> None:
-        """Finish the bar."""
-
-
 ProgressFactory = Callable[[int | None, str], ProgressBar]
-"""``factory(total, description)`` → a ``ProgressBar`` (e.g. ``tqdm``)."""
-
-
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        """Ignore progress."""
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-def null_progress(total: int | None, desc: str) -> ProgressBar:
-    """A progress factory that shows nothing."""
-    return _NullBar()
+"""``factory(total, description)`` → a ``ProgressBar`` (``crystalforge.progress.progress_bar``, tqdm)."""
 
 
 # ---- CSP linking ---------------------------------------------------------------------------------------
@@ -84,34 +59,6 @@ class CSPLink:
 
     reference_id: str
     rank: int = -1
-
-
-@dataclass(frozen=True)
-class Sample:
-    """Legacy input record of ``crystalforge.api`` (a crystal or an ``error``), kept until it passes ``Candidate``s.
-
-    ``EvaluationContext`` turns a list of these into candidates and CSP links; ``assign_groups``
-    given samples returns samples with ``group``/``rank`` set, as before.
-    """
-
-    index: int
-    source: str
-    crystal: Crystal | None = None
-    error: str | None = None
-    group: str | None = None
-    material_id: str | None = None
-    rank: int = -1
-
-    @property
-    def ident(self) -> str:
-        """The record's name: its material_id, else its source."""
-        return self.candidate().ident
-
-    def candidate(self) -> Candidate:
-        """The record as a ``Candidate``."""
-        if self.crystal is not None:
-            return Candidate(self.source, crystal=self.crystal, material_id=self.material_id)
-        return Candidate.failure(self.source, self.error or "no structure", material_id=self.material_id)
 
 
 _SUFFIX = re.compile(r"^(?P<base>.+?)(?:[_:#.]|__)(?P<num>\d+)$")
@@ -137,17 +84,10 @@ def assign_groups(candidates: Sequence[Candidate], reference_ids: Sequence[str])
 
     A candidate belongs to reference ``R`` when its ``ident`` is ``R``, or is ``R`` followed by
     ``_k``, ``__k``, ``:k``, ``#k`` or ``.k`` with an integer ``k`` (k-th prediction, e.g. the file
-    ``mp-1234_3.cif`` or the block ``mp-1234:3``); a candidate without an id is named by the stem
-    of its source file. (Given legacy ``Sample``s it returns them with ``group``/``rank`` set.)
+    ``mp-1234_3.cif`` or the block ``mp-1234:3``); a candidate with neither a crystal nor an id is
+    named by the stem of its source file.
     """
     known = set(reference_ids)
-    if candidates and isinstance(candidates[0], Sample):
-        legacy: list[Any] = []
-        for s in candidates:
-            link = _link(s.candidate(), known)  # type: ignore[attr-defined]
-            group, rank = (None, -1) if link is None else (link.reference_id, link.rank)
-            legacy.append(Sample(s.index, s.source, s.crystal, s.error, group, s.material_id, rank))  # type: ignore[attr-defined]
-        return legacy
     return [_link(c, known) for c in candidates]
 
 
@@ -168,7 +108,7 @@ class EvaluationContext:
     """Inputs and lazily computed shared results of one evaluation.
 
     Args:
-        samples: the candidates to evaluate, in input order (legacy ``Sample``s are converted).
+        samples: the candidates to evaluate, in input order.
         task: ``"dng"`` (de novo generation) or ``"csp"`` (structure prediction).
         reference: the reference crystals (the test split of the protocol), or None.
         reference_name: the dataset or file the reference came from (for the protocol block).
@@ -214,11 +154,6 @@ class EvaluationContext:
     timings: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        items: Sequence[Any] = self.samples
-        if any(isinstance(s, Sample) for s in items):  # legacy records: candidates plus links
-            if self.csp_links is None and any(s.group for s in items):
-                self.csp_links = [None if s.group is None else CSPLink(s.group, s.rank) for s in items]
-            self.samples = [s.candidate() for s in items]
         if self.csp_links is not None and len(self.csp_links) != len(self.samples):
             raise ValueError(f"{len(self.csp_links)} CSP links for {len(self.samples)} samples")
 

@@ -16,14 +16,7 @@ from pathlib import Path
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
-from crystalforge.evaluation.context import (
-    CSPLink,
-    EvaluationContext,
-    ProgressFactory,
-    Task,
-    assign_groups,
-    null_progress,
-)
+from crystalforge.evaluation.context import CSPLink, EvaluationContext, ProgressFactory, Task, assign_groups
 from crystalforge.evaluation.features import FeaturizerLike
 from crystalforge.evaluation.hull import ReferenceHull
 from crystalforge.evaluation.metrics.coverage import coverage_cutoffs as published_cutoffs
@@ -31,9 +24,10 @@ from crystalforge.evaluation.report import MetricReport
 from crystalforge.evaluation.suite import run_evaluation
 from crystalforge.execution import ExecutorConfig
 from crystalforge.io.files import write_structures
+from crystalforge.progress import ProgressBar, null_progress, progress_bar
 from crystalforge.relax.interfaces import Relaxer
 
-__all__ = ["RELAXED_FILE", "evaluate_candidates", "link_predictions"]
+__all__ = ["RELAXED_FILE", "evaluate_candidates", "featurizers_needed", "link_predictions"]
 
 RELAXED_FILE = "relaxed.extxyz"
 """The relaxed structures of a run with a relaxer, written beside the summary."""
@@ -77,6 +71,20 @@ def _cutoffs(given: tuple[float, float] | None, reference_key: str | None) -> tu
         return None
 
 
+def featurizers_needed(
+    task: str, reference_key: str | None, coverage_cutoffs: tuple[float, float] | None = None
+) -> bool:
+    """Whether coverage can run (a DNG task with cutoffs given or published for ``reference_key``).
+
+    Callers build the fingerprint featurizers only when it does.
+    """
+    return task == "dng" and _cutoffs(coverage_cutoffs, reference_key) is not None
+
+
+def _quiet_bar(total: int | None, desc: str) -> ProgressBar:
+    return progress_bar(total, desc, leave=False)
+
+
 def evaluate_candidates(
     candidates: Sequence[Candidate],
     *,
@@ -96,6 +104,7 @@ def evaluate_candidates(
     workers: int | ExecutorConfig = 1,
     cache_dir: Path | None = None,
     progress: ProgressFactory = null_progress,
+    show_progress: bool = False,
 ) -> MetricReport:
     """Evaluate generated (``task="dng"``) or predicted (``task="csp"``) candidates by the pinned protocol.
 
@@ -117,9 +126,12 @@ def evaluate_candidates(
         target: ``(property, low, high)`` window for the targeting success rate.
         out: folder for the report files (also caches the samples' fingerprints in
             ``out/fingerprints`` so an interrupted coverage run resumes), or None.
-        workers: processes for fingerprints' reuse, matching and symmetry, or an executor config.
+        workers: processes (or an executor config) for structure matching and symmetry analysis;
+            featurizers and the relaxer bring their own.
         cache_dir: folder of the reference fingerprint cache (None: no cache).
         progress: progress-bar factory (``total, description`` → bar).
+        show_progress: tqdm bars on stderr (``crystalforge.progress.progress_bar``) when no
+            ``progress`` factory is given.
 
     Returns:
         The report (also written into ``out`` when given).
@@ -163,7 +175,7 @@ def evaluate_candidates(
         workers=config,
         cache_dir=cache_dir,
         sample_cache_dir=None if out is None else Path(out) / "fingerprints",
-        progress=progress,
+        progress=_quiet_bar if show_progress and progress is null_progress else progress,
     )
     report = run_evaluation(ctx)
     if out is not None:

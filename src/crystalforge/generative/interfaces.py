@@ -30,25 +30,16 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
+from crystalforge.nn.outputs import FieldOutputs
+
+__all__ = [
+    "TASKS", "Backbone", "Constraint", "FieldOutputs", "FieldProcess", "GenerativeModel", "Guidance", "PathSample",
+    "PredictFn", "SamplePlan", "SampleStep", "SamplerConfig", "StepContext", "last_state", "model_dtype",
+]  # fmt: skip
 
 TASKS = ("csp", "dng")
 """``csp``: the composition is given (template types are real); ``dng``: types are generated too."""
-
-
-@dataclass(frozen=True)
-class FieldOutputs:
-    """What a backbone predicts for one state, per field (None when a field is not generated).
-
-    ``frac_coords``: [N, 3] per-atom vector on the torus tangent space (velocity, score or noise,
-    as the process says). ``lattice``: [B, 6] per-crystal vector in lattice-code space.
-    ``atomic_numbers``: [N, K] per-atom logits over the type vocabulary.
-    """
-
-    frac_coords: Tensor | None = None
-    lattice: Tensor | None = None
-    atomic_numbers: Tensor | None = None
-    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

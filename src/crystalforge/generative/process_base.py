@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import TypeVocabulary
 from crystalforge.core.lattice import LATTICE_CODE_DIM, code_to_lattice, lattice_to_code

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MASK_Z, MAX_Z, TypeVocabulary
 from crystalforge.representations.graph import fourier_features, lattice_gram_features
 

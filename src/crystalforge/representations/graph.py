@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.lattice import metric_tensor
 from crystalforge.core.neighbors import PeriodicEdges, crystal_pairs, knn_graph, radius_graph
 from crystalforge.core.periodic import pbc_diff

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.generative.interfaces import (
     GenerativeModel,
     SamplePlan,

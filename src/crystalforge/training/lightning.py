@@ -15,7 +15,7 @@ import lightning as pl
 import torch
 from torch import nn
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.training.ema import EMA
 
 

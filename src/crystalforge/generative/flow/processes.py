@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import TypeVocabulary
 from crystalforge.core.segment import segment_count, segment_sum

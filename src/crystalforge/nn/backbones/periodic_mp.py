@@ -37,10 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from crystalforge.core.crystal import CrystalBatch
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MAX_Z, TypeVocabulary
 from crystalforge.core.segment import segment_mean
-from crystalforge.generative.interfaces import FieldOutputs
 from crystalforge.nn.embeddings import (
     NUM_LATTICE_FEATURES,
     PropertyEmbedding,
@@ -50,6 +49,7 @@ from crystalforge.nn.embeddings import (
     lattice_shape_features,
     mlp,
 )
+from crystalforge.nn.outputs import FieldOutputs
 from crystalforge.representations.graph import in_cell_graph
 
 __all__ = ["PeriodicMP", "PeriodicMPConfig"]
