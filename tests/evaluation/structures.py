@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from crystalforge.core.batch import CrystalBatch
 
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.symmetry_ops import (
     change_basis,

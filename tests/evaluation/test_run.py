@@ -155,3 +155,37 @@ def test_a_relaxer_loads_the_shipped_hull_and_writes_the_relaxed_structures(tmp_
     without = evaluate_candidates(candidates[:1], reference=None, reference_name=None, out=tmp_path / "plain")
     assert loaded == ["shipped"] and not (tmp_path / "plain" / RELAXED_FILE).exists()
     assert "stability" in without.protocol["skipped"]
+
+
+def test_featurizers_are_needed_only_when_coverage_can_run():
+    from crystalforge.evaluation.run import featurizers_needed
+
+    assert featurizers_needed("dng", "mp_20_reduced")
+    assert not featurizers_needed("dng", "mpts_52")  # no published cutoffs
+    assert featurizers_needed("dng", "mpts_52", (0.4, 10.0))
+    assert not featurizers_needed("dng", None)
+    assert not featurizers_needed("csp", "perov_5")
+
+
+def test_progress_factory_sees_the_relaxation(monkeypatch):
+    monkeypatch.setattr(ReferenceHull, "load", classmethod(lambda cls, *args, **kwargs: nacl_hull()))
+    seen: list[tuple[int | None, str]] = []
+
+    class Bar:
+        def update(self, n: int = 1) -> None: ...
+
+        def close(self) -> None: ...
+
+    def factory(total: int | None, desc: str) -> Bar:
+        seen.append((total, desc))
+        return Bar()
+
+    nacl = TINY["nacl_conv_8"]
+    evaluate_candidates(
+        [Candidate.of(nacl, "a"), Candidate.failure("b", "empty")],
+        reference=None,
+        reference_name=None,
+        relaxer=FakeRelaxer(),
+        progress=factory,
+    )
+    assert seen == [(1, "relaxing (fake)")]

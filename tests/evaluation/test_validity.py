@@ -9,9 +9,9 @@ from importlib.util import find_spec
 import numpy as np
 import pytest
 import torch
-from crystalforge.core.batch import CrystalBatch
 from hypothesis import given, settings
 
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.periodic import min_image_cart
 from crystalforge.core.symmetry_ops import (

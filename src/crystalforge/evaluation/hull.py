@@ -221,7 +221,7 @@ class ReferenceHull:
             metadata_path = path.with_name(f"{stem}.json")
         metadata = json.loads(Path(metadata_path).read_text()) if Path(metadata_path).is_file() else {}
         opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", newline="", encoding="utf-8") as handle:  # type: ignore[operator]
+        with opener(path, "rt", newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             missing = {"material_id", "formula", "energy_per_atom"} - set(reader.fieldnames or ())
             if missing:

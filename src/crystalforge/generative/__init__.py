@@ -1,1 +1,1 @@
-"""Generative processes and models (flows, diffusions) composed per field over one backbone."""
+"""Generative models: the ``GenerativeModel`` protocol and sampling plan, and the joint flow/diffusion family."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -32,12 +32,57 @@ from crystalforge.generative.interfaces import (
     StepContext,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from crystalforge.generative.joint import JointModel
+
+class ProcessModel(Protocol):
+    """What the loop needs of a process-based model (``generative.joint.JointModel`` is one)."""
+
+    @property
+    def processes(self) -> Mapping[str, object]:
+        """The field processes, by field name."""
+
+    @property
+    def has_corrector(self) -> bool:
+        """Whether any process has a corrector move."""
+
+    @property
+    def velocity_fields(self) -> tuple[str, ...]:
+        """Fields whose step is an Euler move along a predicted velocity."""
+
+    def sample_prior(self, template: CrystalBatch, generator: torch.Generator | None = None) -> CrystalBatch:
+        """The template with every field drawn from its prior."""
+
+    def noise(self, clean: CrystalBatch, t: Tensor, generator: torch.Generator | None = None) -> CrystalBatch:
+        """``clean`` put on each field's path at time ``t``."""
+
+    def predict(self, state: CrystalBatch, t: Tensor) -> FieldOutputs:
+        """The backbone's outputs."""
+
+    def step(
+        self,
+        state: CrystalBatch,
+        outputs: FieldOutputs,
+        t: Tensor,
+        dt: Tensor,
+        *,
+        anti_annealing: float | Mapping[str, float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> CrystalBatch:
+        """Every field one step from ``t`` to ``t + dt``."""
+
+    def correct(
+        self, state: CrystalBatch, outputs: FieldOutputs, t: Tensor, *, generator: torch.Generator | None = None
+    ) -> CrystalBatch:
+        """Corrector moves at fixed ``t``."""
+
+    def latent(self, state: CrystalBatch, field: str) -> Tensor:
+        """The working value of ``field``."""
+
+    def with_latents(self, state: CrystalBatch, x: Mapping[str, Tensor]) -> CrystalBatch:
+        """``state`` with fields set from working values."""
 
 
 def integrate(
-    model: JointModel, template: CrystalBatch, plan: SamplePlan, *, generator: torch.Generator | None = None
+    model: ProcessModel, template: CrystalBatch, plan: SamplePlan, *, generator: torch.Generator | None = None
 ) -> Iterator[SampleStep]:
     """Yield the state after each of ``plan.sampler.steps`` steps, starting from the prior."""
     config = plan.sampler
@@ -95,7 +140,7 @@ def check_anti_annealing(scale: float | Mapping[str, float], velocity_fields: Se
 
 
 def _heun(
-    model: JointModel,
+    model: ProcessModel,
     predict: PredictFn,
     state: CrystalBatch,
     outputs: FieldOutputs,

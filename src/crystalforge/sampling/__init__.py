@@ -1,1 +1,1 @@
-"""Samplers over ``JointModel``-like objects: templates, ODE/PC loops, streaming to disk."""
+"""Sampling any ``GenerativeModel``: templates, jobs, the run loop over ``model.sample``, resumable runs to disk."""

@@ -1,1 +1,1 @@
-"""Training: a thin Lightning adapter around ``model.loss(batch)``, EMA, and plain-data checkpoints."""
+"""Training any family: run configs, a Lightning adapter around ``model.loss(batch)``, EMA, checkpoints, loading."""

@@ -18,7 +18,7 @@ from crystalforge.core.crystal import Crystal
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext
 
-__all__ = ["Metric", "MetricResult", "parsed", "scatter"]
+__all__ = ["Metric", "MetricResult", "parsed", "pct", "scatter", "table_columns"]
 
 
 @dataclass(frozen=True)

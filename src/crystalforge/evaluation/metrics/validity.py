@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from crystalforge.core.crystal import Crystal
-
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.crystal import Crystal
 from crystalforge.core.elements import z_to_symbol
 from crystalforge.core.lattice import lll_reduction
 from crystalforge.core.neighbors import image_bounds, radius_graph
