@@ -9,18 +9,16 @@ work to the package that owns it (``sampling`` for generation, ``evaluation`` fo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
-from crystalforge.core.crystal import Crystal
-
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.crystal import Crystal
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import z_to_symbol
 from crystalforge.core.errors import CrystalError
 from crystalforge.core.extras import MissingDependencyError, require
 from crystalforge.data.benchmark import expected_rows
-from crystalforge.data.paths import data_dir
+from crystalforge.data.paths import cache_dir, data_dir
 from crystalforge.data.preprocess import PreprocessOptions
 from crystalforge.data.resolve import dataset_stats, load_dataset, resolve_reference, resolve_train
 from crystalforge.data.samples import read_samples
@@ -31,7 +29,9 @@ from crystalforge.generative.interfaces import GenerativeModel, SamplePlan
 from crystalforge.io.files import detect_format, iter_records, read_structures, write_structures
 from crystalforge.pretrained import list_models
 from crystalforge.progress import progress_bar
-from crystalforge.sampling.samplers import parse_anti_annealing
+from crystalforge.sampling.jobs import generation_jobs, prediction_jobs
+from crystalforge.sampling.runner import Job, run_jobs
+from crystalforge.sampling.samplers import parse_anti_annealing, with_overrides
 from crystalforge.training.config import TrainConfig
 from crystalforge.training.loading import LoadedModel, load_model
 
@@ -44,81 +44,63 @@ __all__ = [
 ]  # fmt: skip
 
 Progress = Callable[[int], None] | None
-Workers = int | ExecutorConfig
+AntiAnnealing = float | Mapping[str, float] | None
+JobsFor = Callable[[GenerativeModel, DatasetStats | None], list[Job]]
 
 
-def _generate(model: str | Path, jobs_for: Callable, out: str | Path, steps: int | None,
-              anti_annealing: float | Mapping[str, float] | None, plan: SamplePlan | None, *, batch_size: int,
-              seed: int, device: str, progress: Progress) -> list[Crystal]:  # fmt: skip
-    """Load the model, build its jobs, run them with the default sampler overridden where given."""
-    from crystalforge.sampling.runner import run_jobs
-
+def _run(model: str | Path, out: str | Path, jobs_for: JobsFor, steps: int | None, anti_annealing: AntiAnnealing,
+         plan: SamplePlan | None, batch_size: int, seed: int, device: str,
+         progress: Progress) -> list[Crystal]:  # fmt: skip
+    """Load the model, build its jobs, run them with its default sampler overridden where given."""
     net, _, stats, default = load_model(model)
-    if steps is not None:
-        default = replace(default, steps=steps)
-    if anti_annealing is not None:
-        default = replace(default, anti_annealing=anti_annealing)
-    sampler = SamplePlan(default) if plan is None else replace(plan, sampler=default)
-    jobs = jobs_for(net, stats)
-    return run_jobs(net, jobs, out, sampler=sampler, model_name=str(model), batch_size=batch_size, seed=seed,
-                    device=device, progress=progress)  # fmt: skip
+    sampler = with_overrides(default, steps=steps, anti_annealing=anti_annealing, plan=plan)
+    return run_jobs(net, jobs_for(net, stats), out, sampler=sampler, model_name=str(model), batch_size=batch_size,
+                    seed=seed, device=device, progress=progress)  # fmt: skip
 
 
 def generate(model: str | Path = "perov_5-dng", *, n: int = 100, out: str | Path, num_atoms: int | None = None,
-             composition: str | None = None, properties: Mapping[str, float] | None = None,
-             steps: int | None = None, anti_annealing: float | Mapping[str, float] | None = None,
-             plan: SamplePlan | None = None, seed: int = 0, device: str = "cpu", batch_size: int = 256,
-             progress: Progress = None) -> list[Crystal]:  # fmt: skip
+             composition: str | None = None, properties: Mapping[str, float] | None = None, steps: int | None = None,
+             anti_annealing: AntiAnnealing = None, plan: SamplePlan | None = None, seed: int = 0, device: str = "cpu",
+             batch_size: int = 256, progress: Progress = None) -> list[Crystal]:  # fmt: skip
     """Generate ``n`` crystals into ``out`` (resumable; see ``sampling.runner``, ``sampling.jobs``).
 
     ``composition`` (a formula: the cell content) needs a CSP model; ``properties`` are targets of a
     conditioned model; ``plan`` adds guidance/constraints; ``anti_annealing`` (``s`` or
     ``{field: s}``, 0 = off) scales flow velocities by ``1 + s·t``.
     """
-    from crystalforge.sampling.jobs import dng_jobs, formula_jobs, require_task
 
-    def jobs_for(net: GenerativeModel, stats: DatasetStats | None) -> list:
-        require_task(net, "dng" if composition is None else "csp", str(model))
-        if composition is not None:
-            return formula_jobs(composition, n, properties=properties)
-        return dng_jobs(n, num_atoms=num_atoms, stats=stats, seed=seed, properties=properties)
+    def jobs_for(net: GenerativeModel, stats: DatasetStats | None) -> list[Job]:
+        return generation_jobs(net, stats, n=n, num_atoms=num_atoms, composition=composition,
+                               properties=properties, seed=seed, name=str(model))  # fmt: skip
 
-    return _generate(model, jobs_for, out, steps, anti_annealing, plan, batch_size=batch_size, seed=seed,
-                     device=device, progress=progress)  # fmt: skip
+    return _run(model, out, jobs_for, steps, anti_annealing, plan, batch_size, seed, device, progress)
 
 
 def csp(model: str | Path = "perov_5-csp", *, out: str | Path, formulas: Sequence[str] = (),
         reference: str | Path | None = None, split: str = "test", limit: int | None = None, k: int = 1,
-        steps: int | None = None, anti_annealing: float | Mapping[str, float] | None = None, seed: int = 0,
-        device: str = "cpu", batch_size: int = 256, root: str | Path | None = None,
-        progress: Progress = None) -> list[Crystal]:  # fmt: skip
+        steps: int | None = None, anti_annealing: AntiAnnealing = None, seed: int = 0, device: str = "cpu",
+        batch_size: int = 256, root: str | Path | None = None, progress: Progress = None) -> list[Crystal]:  # fmt: skip
     """Predict ``k`` structures per formula or per composition of a reference split.
 
     Outputs are named ``<material_id>`` (k = 1) or ``<material_id>_<j>``, ready for
     ``evaluate(..., task="csp")``; formulas give ``<formula>``/``<formula>_<j>``.
     """
-    from crystalforge.sampling.jobs import csp_jobs, formula_targets, require_task
-
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    crystals = [] if reference is None else resolve_reference(reference, split, root, None)[0][:limit]
+    targets = [(str(c.material_id), c.atomic_numbers.tolist()) for c in crystals]
 
-    def jobs_for(net: GenerativeModel, stats: DatasetStats | None) -> list:
-        require_task(net, "csp", str(model))
-        targets: list[tuple[str, Sequence[int]]] = []
-        if reference is not None:
-            crystals = resolve_reference(reference, split, root, None)[0][:limit]
-            targets = [(str(c.material_id), c.atomic_numbers.tolist()) for c in crystals]
-        return csp_jobs([*targets, *formula_targets(formulas)], k=k)
+    def jobs_for(net: GenerativeModel, stats: DatasetStats | None) -> list[Job]:
+        return prediction_jobs(net, targets, formulas=formulas, k=k, name=str(model))
 
-    return _generate(model, jobs_for, out, steps, anti_annealing, None, batch_size=batch_size, seed=seed,
-                     device=device, progress=progress)  # fmt: skip
+    return _run(model, out, jobs_for, steps, anti_annealing, None, batch_size, seed, device, progress)
 
 
 def evaluate(samples: str | Path | Iterable[Crystal], *, reference: str | Path | Sequence[Crystal] | None = "mp_20",
              task: str = "dng", split: str = "test", train: str | Path | Sequence[Crystal] | bool | None = None,
              relax: str | None = None, coverage: bool = True, coverage_cutoffs: tuple[float, float] | None = None,
              k: int | None = None, target: tuple[str, float | None, float | None] | None = None,
-             out: str | Path | None = None, workers: Workers = 1, root: str | Path | None = None,
+             out: str | Path | None = None, workers: int | ExecutorConfig = 1, root: str | Path | None = None,
              fmt: str | None = None, show_progress: bool = False) -> MetricReport:  # fmt: skip
     """Evaluate generated (``task="dng"``) or predicted (``task="csp"``) crystals by the pinned protocol.
 
@@ -128,7 +110,6 @@ def evaluate(samples: str | Path | Iterable[Crystal], *, reference: str | Path |
     ``coverage``: COV-R/P; ``k``: best-of-k for CSP; ``target``: ``(property, low, high)``;
     ``out``: folder for ``summary.json``, ``per_structure.csv``, ``summary.md``. See docs/metrics.md.
     """
-    from crystalforge.data.paths import cache_dir
     from crystalforge.evaluation.run import evaluate_candidates, featurizers_needed
 
     candidates = read_samples(samples, fmt=fmt, workers=workers)
@@ -146,12 +127,17 @@ def evaluate(samples: str | Path | Iterable[Crystal], *, reference: str | Path |
 
         cache = (Path(out) if out is not None else cache_dir()) / f"relax-{relax}.jsonl"
         relaxer = make_relaxer(relax, workers=workers, cache_file=cache)
-    return evaluate_candidates(
-        candidates, task=task, reference=ref, reference_name=ref_name, reference_key=key, train=train_set,
-        train_name=train_name, struct_featurizer=struct_fp, comp_featurizer=comp_fp, coverage_cutoffs=coverage_cutoffs,
-        relaxer=relaxer, k=k, target=target, out=None if out is None else Path(out), workers=workers,
-        cache_dir=cache_dir() / "fingerprints", show_progress=show_progress,
-    )  # fmt: skip
+    try:
+        return evaluate_candidates(
+            candidates, task=task, reference=ref, reference_name=ref_name, reference_key=key, train=train_set,
+            train_name=train_name, struct_featurizer=struct_fp, comp_featurizer=comp_fp,
+            coverage_cutoffs=coverage_cutoffs, relaxer=relaxer, k=k, target=target,
+            out=None if out is None else Path(out), workers=workers, cache_dir=cache_dir() / "fingerprints",
+            show_progress=show_progress,
+        )  # fmt: skip
+    finally:
+        if relaxer is not None:
+            relaxer.close()
 
 
 def train(config: str | Path | TrainConfig, out: str | Path, *, overrides: Sequence[str] = ()) -> Path:

@@ -102,7 +102,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def to_dict(config: Any) -> dict[str, Any]:
+def to_dict(config: object) -> dict[str, Any]:
     """Plain data (dicts, lists, numbers, strings) of a dataclass config."""
 
     def plain(v: Any) -> Any:
@@ -170,7 +170,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return from_dict(cls, apply_overrides(data, overrides), where=str(path or "config"))
 
 
-def dump_config(config: Any) -> str:
+def dump_config(config: object) -> str:
     """The config as YAML text (written next to every artifact)."""
     import yaml
 

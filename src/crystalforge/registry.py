@@ -45,8 +45,11 @@ class Family(Generic[C]):
     resolve: Callable[[C, DatasetStats | None], C] | None = None
     description: str = ""
 
-    def parse(self, data: Mapping[str, Any] | C) -> C:
-        """The family's config from plain data (unknown keys and bad types are errors)."""
+    def parse(self, data: object) -> C:
+        """The family's config: ``data`` itself when it is one, else read from plain data (a mapping).
+
+        Unknown keys and values of the wrong type are ``ConfigError``s naming the key.
+        """
         if isinstance(data, self.config_type):
             return data
         if not isinstance(data, Mapping):
@@ -103,13 +106,13 @@ def get_family(name: str) -> Family[Any]:
     raise KeyError(f"unknown model family {name!r} (known: {', '.join(family_names())})")
 
 
-def build_model(config: Any, stats: DatasetStats | None, *, family: str = DEFAULT_FAMILY) -> GenerativeModel:
+def build_model(config: object, stats: DatasetStats | None, *, family: str = DEFAULT_FAMILY) -> GenerativeModel:
     """A model of ``family`` from its config (a dataclass or plain data) and dataset statistics."""
     fam = get_family(family)
     return fam.build(fam.parse(config), stats)
 
 
-def resolve_config(config: Any, stats: DatasetStats | None, *, family: str = DEFAULT_FAMILY) -> Any:
+def resolve_config(config: object, stats: DatasetStats | None, *, family: str = DEFAULT_FAMILY) -> object:
     """The family config with its data-derived fields filled in from ``stats``."""
     fam = get_family(family)
     parsed = fam.parse(config)

@@ -115,8 +115,7 @@ def test_fourth_family_trains_samples_and_evaluates_through_the_cli(tmp_path, to
     out = tmp_path / "eval"
     assert main(["evaluate", str(gen), "--reference", str(data / "tiny.extxyz"), "--no-coverage", "--out", str(out)]) == 0
     report = json.loads((out / "summary.json").read_text())
-    assert report["summary"]["n"] == 5
-    assert report["summary"]["validity_struct"] is not None
+    assert report["n"] == 5 and report["validity_struct"] is not None
     # the same checkpoint loads through the API by its recorded family
     from crystalforge import api
 

@@ -8,6 +8,7 @@ Anything that is not a ``torch.Tensor`` takes the NumPy path (as ``np.asarray`` 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
@@ -18,80 +19,97 @@ Array = TypeVar("Array", np.ndarray, torch.Tensor)
 """A NumPy array or a torch tensor; functions typed with it return the library they were given."""
 
 
-class ArrayOps(Generic[Array]):
+class ArrayOps(ABC, Generic[Array]):
     """The array functions shared code needs, for one library (see ``NUMPY_OPS`` / ``TORCH_OPS``)."""
 
+    @abstractmethod
     def stack(self, parts: Sequence[Array], axis: int) -> Array:
-        raise NotImplementedError
+        """Join ``parts`` along a new ``axis``."""
 
+    @abstractmethod
     def concat(self, parts: Sequence[Array], axis: int) -> Array:
-        raise NotImplementedError
+        """Join ``parts`` along the existing ``axis``."""
 
+    @abstractmethod
     def norm(self, x: Array) -> Array:
         """Euclidean norm over the last axis."""
-        raise NotImplementedError
 
+    @abstractmethod
     def det(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Determinant of the last two axes."""
 
+    @abstractmethod
     def inv(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Inverse of the last two axes."""
 
+    @abstractmethod
     def swap_last(self, x: Array) -> Array:
         """Transpose of the last two axes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def zeros_like(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Zeros with the shape, dtype (and device) of ``x``."""
 
+    @abstractmethod
     def sqrt(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Elementwise square root."""
 
+    @abstractmethod
     def exp(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Elementwise exponential."""
 
+    @abstractmethod
     def log(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Elementwise natural logarithm."""
 
+    @abstractmethod
     def cos(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Elementwise cosine (radians)."""
 
+    @abstractmethod
     def sin(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Elementwise sine (radians)."""
 
+    @abstractmethod
     def tanh(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Elementwise hyperbolic tangent."""
 
+    @abstractmethod
     def cosh(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Elementwise hyperbolic cosine."""
 
+    @abstractmethod
     def arccos(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Elementwise inverse cosine (radians)."""
 
+    @abstractmethod
     def arctanh(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Elementwise inverse hyperbolic tangent."""
 
+    @abstractmethod
     def deg2rad(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Degrees to radians."""
 
+    @abstractmethod
     def rad2deg(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Radians to degrees."""
 
+    @abstractmethod
     def clip(self, x: Array, lo: float, hi: float) -> Array:
-        raise NotImplementedError
+        """Elementwise clip into ``[lo, hi]``."""
 
+    @abstractmethod
     def maximum(self, x: Array, floor: float) -> Array:
         """Elementwise ``max(x, floor)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def as_like(self, values: Array, like: Array) -> Array:
         """``values`` converted to the dtype (and device) of ``like``."""
-        raise NotImplementedError
 
 
 class _NumpyOps(ArrayOps[np.ndarray]):
-    # numpy's stubs type the reductions and ``linalg`` results as Any; the annotated locals
-    # record what they are.
+    # numpy's stubs give Any for ufuncs and ``linalg`` on arrays of unknown dtype; the
+    # annotated locals record that the results are arrays.
     def stack(self, parts: Sequence[np.ndarray], axis: int) -> np.ndarray:
         return np.stack(parts, axis)
 
@@ -110,49 +128,63 @@ class _NumpyOps(ArrayOps[np.ndarray]):
         return np.linalg.inv(x)
 
     def swap_last(self, x: np.ndarray) -> np.ndarray:
-        return x.swapaxes(-1, -2)
+        out: np.ndarray = x.swapaxes(-1, -2)
+        return out
 
     def zeros_like(self, x: np.ndarray) -> np.ndarray:
         return np.zeros_like(x)
 
     def sqrt(self, x: np.ndarray) -> np.ndarray:
-        return np.sqrt(x)
+        out: np.ndarray = np.sqrt(x)
+        return out
 
     def exp(self, x: np.ndarray) -> np.ndarray:
-        return np.exp(x)
+        out: np.ndarray = np.exp(x)
+        return out
 
     def log(self, x: np.ndarray) -> np.ndarray:
-        return np.log(x)
+        out: np.ndarray = np.log(x)
+        return out
 
     def cos(self, x: np.ndarray) -> np.ndarray:
-        return np.cos(x)
+        out: np.ndarray = np.cos(x)
+        return out
 
     def sin(self, x: np.ndarray) -> np.ndarray:
-        return np.sin(x)
+        out: np.ndarray = np.sin(x)
+        return out
 
     def tanh(self, x: np.ndarray) -> np.ndarray:
-        return np.tanh(x)
+        out: np.ndarray = np.tanh(x)
+        return out
 
     def cosh(self, x: np.ndarray) -> np.ndarray:
-        return np.cosh(x)
+        out: np.ndarray = np.cosh(x)
+        return out
 
     def arccos(self, x: np.ndarray) -> np.ndarray:
-        return np.arccos(x)
+        out: np.ndarray = np.arccos(x)
+        return out
 
     def arctanh(self, x: np.ndarray) -> np.ndarray:
-        return np.arctanh(x)
+        out: np.ndarray = np.arctanh(x)
+        return out
 
     def deg2rad(self, x: np.ndarray) -> np.ndarray:
-        return np.deg2rad(x)
+        out: np.ndarray = np.deg2rad(x)
+        return out
 
     def rad2deg(self, x: np.ndarray) -> np.ndarray:
-        return np.rad2deg(x)
+        out: np.ndarray = np.rad2deg(x)
+        return out
 
     def clip(self, x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-        return np.clip(x, lo, hi)
+        out: np.ndarray = np.clip(x, lo, hi)
+        return out
 
     def maximum(self, x: np.ndarray, floor: float) -> np.ndarray:
-        return np.maximum(x, floor)
+        out: np.ndarray = np.maximum(x, floor)
+        return out
 
     def as_like(self, values: np.ndarray, like: np.ndarray) -> np.ndarray:
         return np.asarray(values, dtype=like.dtype)

@@ -80,7 +80,10 @@ class CrystalBatch:
             for name, value in values.items()
         }
         batch = cls(
-            **tensors,
+            atomic_numbers=tensors["atomic_numbers"],
+            frac_coords=tensors["frac_coords"],
+            lattice=tensors["lattice"],
+            num_atoms=tensors["num_atoms"],
             properties=props,
             condition_mask={k: ~torch.isnan(v) for k, v in props.items()},
             material_ids=ids if any(i is not None for i in ids) else None,
@@ -161,7 +164,8 @@ class CrystalBatch:
     @property
     def volume(self) -> Tensor:
         """Cell volumes ``[B]`` in Å³."""
-        return torch.linalg.det(self.lattice)
+        det: Tensor = torch.linalg.det(self.lattice)  # torch.linalg is untyped in torch's stubs
+        return det
 
     @property
     def fixed_mask(self) -> Tensor:

@@ -53,7 +53,7 @@ class Candidate:
             return self.crystal.material_id
         return self.material_id or self.source
 
-    def with_stage(self, name: str, result: Any) -> Candidate:
+    def with_stage(self, name: str, result: object) -> Candidate:
         """A copy with one more (or a replaced) stage result."""
         return dataclasses.replace(self, stages={**self.stages, name: result})
 

@@ -53,7 +53,8 @@ class DatasetStats:
     def num_atoms_distribution(self) -> np.ndarray:
         """Probabilities ``[max_atoms + 1]`` of each number of atoms."""
         hist = np.asarray(self.num_atoms_hist, dtype=np.float64)
-        return hist / hist.sum()
+        probs: np.ndarray = hist / hist.sum()  # numpy's stubs type ``sum()`` as Any
+        return probs
 
     def sample_num_atoms(self, n: int, *, rng: np.random.Generator) -> np.ndarray:
         """Draw ``n`` atom counts from the empirical distribution."""
@@ -96,4 +97,5 @@ class DatasetStats:
             raise ValueError(
                 f"DatasetStats keys differ: missing {sorted(required - set(data))}, unknown {sorted(set(data) - names)}"
             )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)

@@ -9,22 +9,15 @@ lattices through ``metric_tensor`` or parameters, never raw matrices.
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import numpy as np
-import torch
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
-
-
-def _lib(x: object):  # noqa: ANN202 - returns the module matching the array type
-    return torch if isinstance(x, torch.Tensor) else np
+from crystalforge.core.array_ops import Array, ops
 
 
 def _lengths_and_cosines(lattice: Array) -> tuple[Array, Array]:
     """Lengths ``[..., 3]`` (Å) and cosines of (alpha, beta, gamma) ``[..., 3]``, unclipped."""
-    xp = _lib(lattice)
-    lengths = xp.linalg.norm(lattice, axis=-1) if xp is np else torch.linalg.norm(lattice, dim=-1)
+    xp = ops(lattice)
+    lengths = xp.norm(lattice)
     a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
     la, lb, lc = lengths[..., 0], lengths[..., 1], lengths[..., 2]
     cos = xp.stack([(b * c).sum(-1) / (lb * lc), (a * c).sum(-1) / (la * lc), (a * b).sum(-1) / (la * lb)], -1)
@@ -34,9 +27,8 @@ def _lengths_and_cosines(lattice: Array) -> tuple[Array, Array]:
 def lattice_to_params(lattice: Array) -> tuple[Array, Array]:
     """Lengths ``[..., 3]`` (Å) and angles ``[..., 3]`` (alpha, beta, gamma; degrees)."""
     lengths, cos = _lengths_and_cosines(lattice)
-    if _lib(lattice) is np:
-        return lengths, np.rad2deg(np.arccos(np.clip(cos, -1.0, 1.0)))
-    return lengths, torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+    xp = ops(lattice)
+    return lengths, xp.rad2deg(xp.arccos(xp.clip(cos, -1.0, 1.0)))
 
 
 def lattice_from_params(lengths: Array, angles: Array) -> Array:
@@ -44,7 +36,7 @@ def lattice_from_params(lengths: Array, angles: Array) -> Array:
 
     Raises ``ValueError`` when the angles do not describe a cell (non-positive volume).
     """
-    xp = _lib(lengths)
+    xp = ops(lengths)
     alpha, beta, gamma = (xp.deg2rad(angles[..., i]) for i in range(3))
     ca, cb, cg = xp.cos(alpha), xp.cos(beta), xp.cos(gamma)
     sg = xp.sin(gamma)
@@ -66,27 +58,24 @@ def lattice_from_params(lengths: Array, angles: Array) -> Array:
 
 def volume(lattice: Array) -> Array:
     """Signed cell volume ``det(lattice)`` in Å³ (positive for a right-handed cell)."""
-    xp = _lib(lattice)
-    return xp.linalg.det(lattice)
+    return ops(lattice).det(lattice)
 
 
 def metric_tensor(lattice: Array) -> Array:
     """Gram matrix ``L Lᵀ`` ``[..., 3, 3]``: invariant under rotations of the Cartesian frame."""
-    return lattice @ lattice.swapaxes(-1, -2) if _lib(lattice) is np else lattice @ lattice.transpose(-1, -2)
+    gram: Array = lattice @ ops(lattice).swap_last(lattice)  # numpy's stubs give Any for ``@``
+    return gram
 
 
 def reciprocal(lattice: Array) -> Array:
     """Reciprocal lattice without the 2π factor: rows b_i with a_i · b_j = δ_ij."""
-    xp = _lib(lattice)
-    inv = xp.linalg.inv(lattice)
-    return inv.swapaxes(-1, -2) if xp is np else inv.transpose(-1, -2)
+    xp = ops(lattice)
+    return xp.swap_last(xp.inv(lattice))
 
 
 def plane_spacings(lattice: Array) -> Array:
     """Distances between adjacent lattice planes ``[..., 3]``: 1 / |b_i| (Å)."""
-    rec = reciprocal(lattice)
-    xp = _lib(lattice)
-    norms = xp.linalg.norm(rec, axis=-1) if xp is np else torch.linalg.norm(rec, dim=-1)
+    norms = ops(lattice).norm(reciprocal(lattice))
     return 1.0 / norms
 
 
@@ -151,15 +140,10 @@ def lattice_to_code(lattice: Array, num_atoms: Array) -> Array:
     ``code_to_lattice(lattice_to_code(L, n), n)`` has the metric tensor of ``L``.
     """
     lengths, cos = _lengths_and_cosines(lattice)
-    if _lib(lattice) is np:
-        n = np.asarray(num_atoms, dtype=lengths.dtype)
-        log_s = np.log(n)[..., None] / 3.0
-        angle_code = -np.arctanh(np.clip(cos, -_MAX_ABS_COS, _MAX_ABS_COS))
-        return np.concatenate([np.log(lengths) - log_s, angle_code], -1)
-    n = torch.as_tensor(num_atoms, device=lengths.device).to(lengths.dtype)
-    log_s = torch.log(n)[..., None] / 3.0
-    angle_code = -torch.atanh(cos.clamp(-_MAX_ABS_COS, _MAX_ABS_COS))
-    return torch.cat([torch.log(lengths) - log_s, angle_code], -1)
+    xp = ops(lattice)
+    log_s = xp.log(xp.as_like(num_atoms, lengths))[..., None] / 3.0
+    angle_code = -xp.arctanh(xp.clip(cos, -_MAX_ABS_COS, _MAX_ABS_COS))
+    return xp.concat([xp.log(lengths) - log_s, angle_code], -1)
 
 
 def code_to_lattice(code: Array, num_atoms: Array) -> Array:
@@ -171,13 +155,8 @@ def code_to_lattice(code: Array, num_atoms: Array) -> Array:
     c above the ab plane is raised to ``MIN_RELATIVE_HEIGHT · c`` (a nearly flat, valid cell), so
     a sampler never produces a non-cell. Differentiable (torch) except at that floor.
     """
-    xp = _lib(code)
-    if xp is np:
-        n = np.asarray(num_atoms, dtype=code.dtype)
-        log_s = np.log(n)[..., None] / 3.0
-    else:
-        n = torch.as_tensor(num_atoms, device=code.device).to(code.dtype)
-        log_s = torch.log(n)[..., None] / 3.0
+    xp = ops(code)
+    log_s = xp.log(xp.as_like(num_atoms, code))[..., None] / 3.0
     lengths = xp.exp(code[..., :3] + log_s)
     ang = code[..., 3:]
     cos = -xp.tanh(ang)
@@ -189,7 +168,7 @@ def code_to_lattice(code: Array, num_atoms: Array) -> Array:
     ry = (ca - cb * cg) / sg  # c_y / c
     rz_sq = 1.0 - cb**2 - ry**2  # (c_z / c)²
     floor = MIN_RELATIVE_HEIGHT**2
-    rz = xp.sqrt(np.maximum(rz_sq, floor) if xp is np else rz_sq.clamp(min=floor))
+    rz = xp.sqrt(xp.maximum(rz_sq, floor))
     rows = [
         xp.stack([a, zero, zero], -1),
         xp.stack([b * cg, b * sg, zero], -1),

@@ -6,12 +6,10 @@ are pure linear maps and never wrap; wrapping is always an explicit ``wrap_frac`
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import numpy as np
 import torch
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+from crystalforge.core.array_ops import Array, ops
 
 
 def wrap_frac(frac_coords: Array) -> Array:
@@ -29,7 +27,7 @@ def pbc_diff(frac_a: Array, frac_b: Array) -> Array:
     This is the minimum image in fractional space; for skewed cells it is not always the shortest
     Cartesian vector (use ``min_image_cart`` for that).
     """
-    diff = frac_a - frac_b
+    diff: Array = frac_a - frac_b  # numpy's stubs give Any for arrays of unknown dtype
     if isinstance(diff, torch.Tensor):
         return diff - torch.floor(diff + 0.5)
     return diff - np.floor(diff + 0.5)
@@ -37,13 +35,14 @@ def pbc_diff(frac_a: Array, frac_b: Array) -> Array:
 
 def frac_to_cart(frac_coords: Array, lattice: Array) -> Array:
     """Cartesian coordinates ``[..., 3]`` (Å) from fractional ones; ``lattice`` broadcastable ``[..., 3, 3]``."""
-    return (frac_coords[..., None, :] @ lattice)[..., 0, :]
+    cart: Array = (frac_coords[..., None, :] @ lattice)[..., 0, :]  # numpy's stubs give Any for ``@``
+    return cart
 
 
 def cart_to_frac(cart_coords: Array, lattice: Array) -> Array:
     """Fractional coordinates from Cartesian ones (inverse of ``frac_to_cart``; no wrapping)."""
-    inv = torch.linalg.inv(lattice) if isinstance(cart_coords, torch.Tensor) else np.linalg.inv(lattice)
-    return (cart_coords[..., None, :] @ inv)[..., 0, :]
+    frac: Array = (cart_coords[..., None, :] @ ops(cart_coords).inv(lattice))[..., 0, :]
+    return frac
 
 
 def min_image_cart(frac_diff: Array, lattice: Array) -> tuple[Array, Array]:
@@ -54,21 +53,19 @@ def min_image_cart(frac_diff: Array, lattice: Array) -> tuple[Array, Array]:
     ``[3, 3]`` or ``[..., 3, 3]`` matching the leading dims of ``frac_diff [..., 3]``. Returns
     ``(vectors [..., 3], distances [...])``.
     """
-    is_torch = isinstance(frac_diff, torch.Tensor)
-    if is_torch:
+    xp = ops(frac_diff)
+    if isinstance(frac_diff, torch.Tensor):
         base = frac_diff - torch.floor(frac_diff + 0.5)
         grid = torch.tensor(IMAGE_OFFSETS, dtype=frac_diff.dtype, device=frac_diff.device)
         cand = (base[..., None, :] + grid) @ lattice
-        dist = torch.linalg.norm(cand, dim=-1)
-        best = dist.argmin(-1)
+        best = xp.norm(cand).argmin(-1)
         vec = torch.gather(cand, -2, best[..., None, None].expand(*best.shape, 1, 3))[..., 0, :]
-        return vec, torch.linalg.norm(vec, dim=-1)
+        return vec, xp.norm(vec)
     base = frac_diff - np.floor(frac_diff + 0.5)
     cand = (base[..., None, :] + IMAGE_OFFSETS) @ lattice
-    dist = np.linalg.norm(cand, axis=-1)
-    best = dist.argmin(-1)
+    best = xp.norm(cand).argmin(-1)
     vec = np.take_along_axis(cand, best[..., None, None], axis=-2)[..., 0, :]
-    return vec, np.linalg.norm(vec, axis=-1)
+    return vec, xp.norm(vec)
 
 
 IMAGE_OFFSETS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=np.int64)

@@ -26,7 +26,9 @@ def random_rotations(
 ) -> Tensor:
     """Uniform random proper rotations ``[num, 3, 3]`` (QR of a Gaussian matrix, sign-fixed)."""
     g = torch.randn(num, 3, 3, generator=generator, dtype=dtype)
-    q, r = torch.linalg.qr(g)
+    q: Tensor
+    r: Tensor
+    q, r = torch.linalg.qr(g)  # torch.linalg is untyped in torch's stubs
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
     flip = torch.linalg.det(q) < 0
     q[flip, :, 0] = -q[flip, :, 0]

@@ -94,7 +94,8 @@ class FieldProcessBase:
 
     def encode(self, batch: CrystalBatch) -> Tensor:
         """The field's working representation read from ``batch``."""
-        return getattr(batch, self.field)
+        value: Tensor = getattr(batch, self.field)  # ``field`` names one of the batch's tensor fields
+        return value
 
     def decode(self, x: Tensor, batch: CrystalBatch) -> Tensor:
         """The batch field value for the working representation ``x``."""
@@ -299,7 +300,8 @@ class FixedField(FieldProcessBase):
 
     def sample_prior(self, template: CrystalBatch, generator: torch.Generator | None = None) -> Tensor:
         """The template's value of the field (a copy)."""
-        return getattr(template, self.field).clone()
+        value: Tensor = getattr(template, self.field)  # ``field`` names one of the batch's tensor fields
+        return value.clone()
 
     def sample_path(
         self, x_data: Tensor, t: Tensor, batch: CrystalBatch, *, generator: torch.Generator | None = None

@@ -87,7 +87,8 @@ class CrystalArrays:
         }
         arrays.update({f"property:{k}": v for k, v in self.properties.items()})
         with atomic_write(path, "wb") as handle:
-            np.savez(handle, **arrays)
+            # no key is "allow_pickle" (numpy >= 2.1 has that keyword; naming it would break older numpy)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | Path) -> CrystalArrays:

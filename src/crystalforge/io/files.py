@@ -13,12 +13,16 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 from crystalforge.io.archive import CrystalArrays
 from crystalforge.io.atomic import atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ase import Atoms
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +204,8 @@ def _extxyz_records(path: Path, text: str) -> Iterator[Candidate]:
             yield Candidate(source, error=f"malformed extxyz frame {i}: {problem}", material_id=ident)
             continue
         try:
-            atoms = read(io.StringIO(frame), index=0, format="extxyz")
+            # an integer index reads one frame: an Atoms, never the list ASE's annotation allows
+            atoms = cast("Atoms", read(io.StringIO(frame), index=0, format="extxyz"))
         except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed text
             yield Candidate(source, error=f"malformed extxyz frame {i}: {exc}", material_id=ident)
             continue

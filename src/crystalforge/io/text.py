@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 
@@ -137,7 +137,8 @@ class CrystalText:
         """International space-group number (1..230) found by spglib at ``symprec`` (spglib's angle tolerance)."""
         import spglib
 
-        cell = (crystal.lattice, crystal.frac_coords, crystal.atomic_numbers)
+        # spglib's alias names nested sequences, but it reads its input with np.asarray: arrays are fine
+        cell = cast(spglib.SpgCell, (crystal.lattice, crystal.frac_coords, crystal.atomic_numbers))
         dataset = spglib.get_symmetry_dataset(cell, symprec=self.symprec, angle_tolerance=-1.0)
         if dataset is None:
             raise CrystalError(f"spglib found no space group at symprec={self.symprec}", source=crystal.material_id)

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import spglib
@@ -57,10 +57,14 @@ def _check_tolerances(symprec: float, angle_tolerance: float, source: str | None
 def _symmetry_dataset(crystal: Crystal, symprec: float, angle_tolerance: float) -> Any:
     """Run spglib on ``crystal``; raises ``CrystalError`` naming the crystal when spglib fails."""
     _check_tolerances(symprec, angle_tolerance, crystal.material_id)
-    cell = (
-        np.ascontiguousarray(crystal.lattice),
-        np.ascontiguousarray(crystal.frac_coords),
-        np.ascontiguousarray(crystal.atomic_numbers, dtype=np.intc),
+    # spglib's alias names nested sequences, but it reads its input with np.asarray: arrays are fine
+    cell = cast(
+        spglib.SpgCell,
+        (
+            np.ascontiguousarray(crystal.lattice),
+            np.ascontiguousarray(crystal.frac_coords),
+            np.ascontiguousarray(crystal.atomic_numbers, dtype=np.intc),
+        ),
     )
     problem = f"spglib found no space group (symprec={symprec} Å, angle_tolerance={angle_tolerance}°)"
     try:

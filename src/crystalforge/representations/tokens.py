@@ -141,5 +141,5 @@ class CrystalTokenizer:
 
 def _as_int_list(ids: Sequence[int] | np.ndarray | Tensor) -> list[int]:
     if hasattr(ids, "detach"):
-        ids = ids.detach().cpu().numpy()  # type: ignore[union-attr]
+        ids = ids.detach().cpu().numpy()
     return [int(i) for i in np.asarray(ids).reshape(-1).tolist()]

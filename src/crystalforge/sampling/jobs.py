@@ -77,3 +77,34 @@ def csp_jobs(
 def formula_targets(formulas: Sequence[str]) -> list[tuple[str, list[int]]]:
     """``(name, atomic numbers)`` of each formula (spaces dropped from the name)."""
     return [(f.replace(" ", ""), parse_formula(f)) for f in formulas]
+
+
+def generation_jobs(
+    model: GenerativeModel,
+    stats: DatasetStats | None,
+    *,
+    n: int,
+    num_atoms: int | None = None,
+    composition: str | None = None,
+    properties: Mapping[str, float] | None = None,
+    seed: int = 0,
+    name: str = "model",
+) -> list[Job]:
+    """``generate``'s jobs: de novo (counts from ``num_atoms`` or ``stats``), or ``n`` of one composition."""
+    require_task(model, "dng" if composition is None else "csp", name)
+    if composition is not None:
+        return formula_jobs(composition, n, properties=properties)
+    return dng_jobs(n, num_atoms=num_atoms, stats=stats, seed=seed, properties=properties)
+
+
+def prediction_jobs(
+    model: GenerativeModel,
+    targets: Sequence[tuple[str, Sequence[int]]],
+    *,
+    formulas: Sequence[str] = (),
+    k: int = 1,
+    name: str = "model",
+) -> list[Job]:
+    """``csp``'s jobs: ``k`` predictions for each target and each formula (a CSP model is required)."""
+    require_task(model, "csp", name)
+    return csp_jobs([*targets, *formula_targets(formulas)], k=k)

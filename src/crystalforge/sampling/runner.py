@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-from crystalforge.core.crystal import Crystal
-
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.crystal import Crystal
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan, SamplerConfig, model_dtype
 from crystalforge.io.atomic import atomic_write
 from crystalforge.io.files import read_structures, write_structures

@@ -9,7 +9,8 @@ guidance or constraints.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 
 import torch
 
@@ -22,7 +23,10 @@ from crystalforge.generative.interfaces import (
     last_state,
 )
 
-__all__ = ["SamplePlan", "SampleStep", "SamplerConfig", "as_plan", "iterate", "parse_anti_annealing", "sample"]
+__all__ = [
+    "SamplePlan", "SampleStep", "SamplerConfig", "as_plan", "iterate", "parse_anti_annealing", "sample",
+    "with_overrides",
+]  # fmt: skip
 
 
 def as_plan(plan: SamplePlan | SamplerConfig | None, model: GenerativeModel) -> SamplePlan:
@@ -30,6 +34,22 @@ def as_plan(plan: SamplePlan | SamplerConfig | None, model: GenerativeModel) -> 
     if plan is None:
         return SamplePlan(model.default_sampler())
     return plan if isinstance(plan, SamplePlan) else SamplePlan(plan)
+
+
+def with_overrides(
+    default: SamplerConfig,
+    *,
+    steps: int | None = None,
+    anti_annealing: float | Mapping[str, float] | None = None,
+    plan: SamplePlan | None = None,
+) -> SamplePlan:
+    """A model's default sampler with the user's ``steps``/``anti_annealing`` (None keeps the default), in ``plan``."""
+    sampler = replace(
+        default,
+        steps=default.steps if steps is None else steps,
+        anti_annealing=default.anti_annealing if anti_annealing is None else anti_annealing,
+    )
+    return SamplePlan(sampler) if plan is None else replace(plan, sampler=sampler)
 
 
 def iterate(
