@@ -44,7 +44,8 @@ def _perturbed(crystals: list, *, seed: int = 0, noise: float = 0.05, strain: fl
 
 def bench_proxy(n: int, workers: int, warm: bool) -> None:
     from crystalforge import load_dataset
-    from crystalforge.evaluation.context import EvaluationContext, Sample
+    from crystalforge.core.candidate import Candidate
+    from crystalforge.evaluation.context import EvaluationContext
     from crystalforge.evaluation.metrics.coverage import COVERAGE_CUTOFFS, CoverageMetric
     from crystalforge.evaluation.metrics.distribution import PropertyDistributionMetric
     from crystalforge.evaluation.metrics.validity import ValidityMetric
@@ -53,9 +54,9 @@ def bench_proxy(n: int, workers: int, warm: bool) -> None:
 
     root = data_root()
     pool = list(load_dataset("mp_20", "val", root=root)) + list(load_dataset("mp_20", "train_partial", root=root))
-    samples = [Sample(i, c.material_id or str(i), crystal=c) for i, c in enumerate(pool[:n])]
+    samples = [Candidate.of(c, c.material_id or str(i)) for i, c in enumerate(pool[:n])]
     reference = list(load_dataset("mp_20", "test", root=root))
-    atoms = sum(s.crystal.num_atoms for s in samples)
+    atoms = sum(c.num_atoms for c in pool[:n])
     print(f"machine: {machine()}; workers={workers}")
     print(f"samples: {len(samples)} structures ({atoms} sites); reference mp_20 test {len(reference)} structures")
     cache = Path(tempfile.mkdtemp(prefix="cf-bench-fp-"))

@@ -99,7 +99,9 @@ def test_anti_annealing_option(tmp_path, capsys):
 def test_card_default_anti_annealing(tmp_path, monkeypatch):
     cards = api.list_models()
     cards["perov_5-csp"]["default_anti_annealing"] = {"frac_coords": 5.0}
-    monkeypatch.setattr(api, "list_models", lambda: cards)
+    from crystalforge.training import loading
+
+    monkeypatch.setattr(loading, "list_models", lambda: cards)  # where shipped cards are read for loading
 
     def coords(**kwargs):
         out = tmp_path / str(len(list(tmp_path.iterdir())))

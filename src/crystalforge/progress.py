@@ -2,11 +2,13 @@
 
 A *progress factory* is ``factory(total, desc) -> bar`` with ``bar.update(n)`` and ``bar.close()``;
 library code takes one as a value (default ``null_progress``) and never prints by itself.
+``progress_bar`` bars are also context managers that close on exit.
 """
 
 from __future__ import annotations
 
 import sys
+from types import TracebackType
 from typing import Protocol
 
 
@@ -18,6 +20,20 @@ class ProgressBar(Protocol):
 
     def close(self) -> None:
         """Finish the bar."""
+
+
+class ClosingProgressBar(ProgressBar, Protocol):
+    """A bar that is also a context manager, closed when the ``with`` block ends; ``n`` is the count so far."""
+
+    n: int
+
+    def __enter__(self) -> ClosingProgressBar:
+        """The bar itself."""
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the bar."""
 
 
 class _NullBar:
@@ -33,11 +49,11 @@ def null_progress(total: int | None, desc: str) -> ProgressBar:
     return _NullBar()
 
 
-def progress_bar(total: int | None, desc: str, *, leave: bool = True) -> ProgressBar:
+def progress_bar(total: int | None, desc: str, *, leave: bool = True) -> ClosingProgressBar:
     """A tqdm bar on stderr counting structures, with rate and ETA (hidden when stderr is not a terminal)."""
     from tqdm.auto import tqdm
 
-    bar: ProgressBar = tqdm(
+    bar: ClosingProgressBar = tqdm(
         total=total, desc=desc, unit="struct", file=sys.stderr, disable=None, dynamic_ncols=True, leave=leave
     )
     return bar

@@ -11,15 +11,14 @@ Outside users test their own backbones and featurisers with the same three-line 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from crystalforge.core.crystal import Crystal
-
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.crystal import Crystal
 from crystalforge.core.lattice import lattice_from_params
 from crystalforge.core.symmetry_ops import (
     change_basis,
@@ -30,6 +29,9 @@ from crystalforge.core.symmetry_ops import (
     rotate,
     translate,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hypothesis.strategies import SearchStrategy
 
 Kind = Literal["scalar", "vector", "lattice", "stress"]
 Output = Tensor | Mapping[str, Tensor]
@@ -43,22 +45,22 @@ def tiny_crystals() -> list[Crystal]:
     """
     si_a = 5.431
     fcc = np.array([[0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]) * si_a
-    nacl_frac = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    nacl_frac: list[list[float]] = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
     nacl_frac = nacl_frac + [[x + 0.5 if i == 0 else x for i, x in enumerate(r)] for r in nacl_frac]
     triclinic = lattice_from_params(np.array([4.1, 5.3, 6.2]), np.array([100.0, 110.0, 95.0]))
     return [
-        Crystal([84], [[0.0, 0.0, 0.0]], np.eye(3) * 3.359, material_id="po_sc_1"),
-        Crystal([14, 14], [[0.0, 0.0, 0.0], [0.25, 0.25, 0.25]], fcc, material_id="si_fcc_2"),
-        Crystal([11] * 4 + [17] * 4, nacl_frac, np.eye(3) * 5.64, material_id="nacl_conv_8"),
+        Crystal(np.array([84]), np.array([[0.0, 0.0, 0.0]]), np.eye(3) * 3.359, material_id="po_sc_1"),
+        Crystal(np.array([14, 14]), np.array([[0.0, 0.0, 0.0], [0.25, 0.25, 0.25]]), fcc, material_id="si_fcc_2"),
+        Crystal(np.array([11] * 4 + [17] * 4), np.array(nacl_frac), np.eye(3) * 5.64, material_id="nacl_conv_8"),
         Crystal(
-            [8, 8, 22, 56, 8],
-            [[0.1, 0.2, 0.3], [0.6, 0.1, 0.9], [0.35, 0.55, 0.45], [0.8, 0.75, 0.15], [0.05, 0.9, 0.6]],
+            np.array([8, 8, 22, 56, 8]),
+            np.array([[0.1, 0.2, 0.3], [0.6, 0.1, 0.9], [0.35, 0.55, 0.45], [0.8, 0.75, 0.15], [0.05, 0.9, 0.6]]),
             triclinic,
             material_id="triclinic_5",
         ),
         Crystal(
-            [6, 6, 6],
-            [[0.0, 0.0, 0.0], [1.0, 0.5, 0.5], [0.5, 1.0, 0.0]],
+            np.array([6, 6, 6]),
+            np.array([[0.0, 0.0, 0.0], [1.0, 0.5, 0.5], [0.5, 1.0, 0.0]]),
             np.diag([2.5, 3.0, 3.5]),
             material_id="edge_3",
         ),
@@ -71,7 +73,9 @@ def tiny_batch(*, dtype: torch.dtype = torch.float64) -> CrystalBatch:
 
 
 # ---- hypothesis strategies --------------------------------------------------------------------
-def crystals(*, max_atoms: int = 8, elements: tuple[int, ...] = tuple(range(1, 84)), min_distance: float = 0.0) -> Any:
+def crystals(
+    *, max_atoms: int = 8, elements: tuple[int, ...] = tuple(range(1, 84)), min_distance: float = 0.0
+) -> SearchStrategy[Crystal]:
     """Hypothesis strategy for random valid ``Crystal``s.
 
     Lengths in [2.5, 12] Å, angles in [60°, 120°], cells with volume < 0.3·abc rejected;
@@ -81,7 +85,7 @@ def crystals(*, max_atoms: int = 8, elements: tuple[int, ...] = tuple(range(1, 8
     from hypothesis import strategies as st
 
     @st.composite
-    def build(draw: Callable[..., Any]) -> Crystal:
+    def build(draw: st.DrawFn) -> Crystal:
         n = draw(st.integers(1, max_atoms))
         lengths = np.array(draw(st.lists(st.floats(2.5, 12.0), min_size=3, max_size=3)))
         angles = np.array(draw(st.lists(st.floats(60.0, 120.0), min_size=3, max_size=3)))
@@ -97,7 +101,7 @@ def crystals(*, max_atoms: int = 8, elements: tuple[int, ...] = tuple(range(1, 8
                 )
             )
         )
-        z = draw(st.lists(st.sampled_from(elements), min_size=n, max_size=n))
+        z = np.array(draw(st.lists(st.sampled_from(elements), min_size=n, max_size=n)))
         crystal = Crystal(z, frac, lattice)
         if min_distance > 0 and n > 1:
             assume(min_pair_distance(crystal) >= min_distance)
@@ -106,7 +110,9 @@ def crystals(*, max_atoms: int = 8, elements: tuple[int, ...] = tuple(range(1, 8
     return build()
 
 
-def crystal_batches(*, max_atoms: int = 8, max_crystals: int = 3, dtype: torch.dtype = torch.float64) -> Any:
+def crystal_batches(
+    *, max_atoms: int = 8, max_crystals: int = 3, dtype: torch.dtype = torch.float64
+) -> SearchStrategy[CrystalBatch]:
     """Hypothesis strategy for ``CrystalBatch``es of 1..``max_crystals`` random crystals."""
     from hypothesis import strategies as st
 

@@ -11,11 +11,14 @@ import pytest
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.evaluation.context import EvaluationContext, assign_groups
+from crystalforge.evaluation.metrics import uniqueness as uniqueness_module
 from crystalforge.evaluation.metrics.base import MetricResult
 from crystalforge.evaluation.metrics.csp import CSPMatchMetric
 from crystalforge.evaluation.metrics.novelty import NoveltyMetric as _Novelty
 from crystalforge.evaluation.metrics.stability import StabilityMetric
+from crystalforge.evaluation.metrics.structure_matcher import structure_set
 from crystalforge.evaluation.metrics.uniqueness import UniquenessMetric as _Uniqueness
+from crystalforge.evaluation.metrics.uniqueness import uniqueness_result
 from crystalforge.evaluation.metrics.validity import ValidityMetric
 from crystalforge.evaluation.report import SUMMARY_KEYS
 from crystalforge.evaluation.suite import run_evaluation
@@ -219,14 +222,14 @@ def test_stability_sun_through_the_suite():
     assert rows[3]["relax_failure"].startswith("unreadable")
 
 
-def test_stability_without_training_set_gives_no_sun_and_skips_uniqueness():
+def test_stability_without_training_set_gives_no_sun_and_skips_uniqueness(monkeypatch):
     nacl = next(c for c in tiny_crystals() if c.material_id == "nacl_conv_8")
     ctx = EvaluationContext(samples=[Candidate.of(nacl, "a")], relaxer=FakeRelaxer(), hull=nacl_hull())
 
-    def no_matching():  # S.U.N. is off, so no structure matching may be done for it
+    def no_matching(*args, **kwargs):  # S.U.N. is off, so no structure matching may be done for it
         raise AssertionError("uniqueness computed without a training set")
 
-    ctx.uniqueness = no_matching
+    monkeypatch.setattr(uniqueness_module, "uniqueness", no_matching)
     report = run_evaluation(ctx, [StabilityMetric()])
     assert report.summary["stable_rate"] == 100.0 and "sun_rate" not in report.summary
     assert report.details["stability"]["sun"].startswith("not computed: no training set")
@@ -329,5 +332,5 @@ def test_uniqueness_and_novelty_share_the_context_reduction():
     report = run_evaluation(ctx, [_Uniqueness(), _Novelty()])
     assert [r["unique"] for r in report.per_structure] == [True, False, False]
     assert [r["novel"] for r in report.per_structure] == [False, False, False]
-    assert ctx.structure_set().num_reduced() == 2  # each NaCl cell reduced once for both metrics
-    assert ctx.uniqueness() is ctx.memo("uniqueness", lambda: None)
+    assert structure_set(ctx).num_reduced() == 2  # each NaCl cell reduced once for both metrics
+    assert uniqueness_result(ctx) is ctx.memo("uniqueness", lambda: None)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     to_folder = args.output.endswith(("/", "\\")) or out.is_dir()
     fmt = args.to
     if fmt is None and not to_folder:
-        fmt = "text" if out.suffix.lower() in api.TEXT_SUFFIXES else api.detect_format(out)
+        fmt = api.detect_format(out)  # .txt and .cftxt are crystal text
     if to_folder and fmt is None:
         print("error: converting into a folder needs --to FORMAT", file=sys.stderr)
         return 2

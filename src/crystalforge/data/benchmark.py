@@ -47,7 +47,7 @@ def load_benchmark(
     options: PreprocessOptions | None = None,
     workers: int | ExecutorConfig | None = None,
     use_cache: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> CrystalDataset:
     """One split of a benchmark (``perov_5``, ``mp_20``, …) or a reduced protocol (``mp_20_reduced``).
 

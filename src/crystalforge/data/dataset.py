@@ -145,7 +145,7 @@ def parse_csv_rows(
     options: PreprocessOptions | None = None,
     rows: np.ndarray | None = None,
     workers: int | ExecutorConfig = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     label: str | None = None,
 ) -> list[tuple[int, Candidate]]:
     """Parse a CDVAE-format CSV row by row, keeping file order: ``(row, candidate)``.

@@ -46,7 +46,7 @@ def load_dataset(
     properties: str | Path | None = None,
     workers: Workers = None,
     cache: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> CrystalDataset:
     """A sized, indexable dataset of ``Crystal``.
 

@@ -1,12 +1,15 @@
-"""``EvaluationContext``: the inputs of one evaluation and the expensive shared results, computed once.
+"""``EvaluationContext``: the inputs of one evaluation and a memo of the expensive shared results.
 
-Metrics read what they need from the context (validity flags, the grouped and reduced structures,
-uniqueness, novelty, relaxation results, ...). Each such thing is computed lazily on first use and
-kept, so coverage and S.U.N. do not featurize or relax twice, and uniqueness and novelty reduce
-each cell once. Nothing here knows which model made the structures: inputs are
-``crystalforge.core.candidate.Candidate``s (a crystal, or the reason there is none) and plain
-reference crystals. For CSP, ``csp_links`` (built by ``assign_groups``) says which reference each
-candidate predicts. Things that live in other packages (fingerprint featurizers, the relaxer)
+Metrics read their inputs from the context and keep what several of them need in its memo
+(``ctx.memo(key, compute)``): each shared result is computed by a small function of the metric
+module that owns it (``metrics.validity.valid_mask``, ``metrics.structure_matcher.structure_set``,
+``metrics.uniqueness.uniqueness_result``, ``metrics.novelty.novelty_result``, ...) on first use and
+kept, so coverage and S.U.N. do not featurize twice, and uniqueness and novelty reduce each cell
+once. The context itself knows no metric, and only the relaxation (``relax_results``), which
+belongs to no metric, is computed here. Nothing here knows which model made the structures:
+inputs are ``crystalforge.core.candidate.Candidate``s (a crystal, or the reason there is none) and
+plain reference crystals. For CSP, ``csp_links`` (built by ``assign_groups``) says which reference
+each candidate predicts. Things that live in other packages (fingerprint featurizers, the relaxer)
 come in as objects satisfying ``FeaturizerLike`` and ``Relaxer``.
 """
 
@@ -18,18 +21,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import Any, Literal, TypeVar
 
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.evaluation.features import FeaturizerLike
 from crystalforge.evaluation.hull import ReferenceHull
-from crystalforge.evaluation.metrics.novelty import NoveltyResult, novelty
-from crystalforge.evaluation.metrics.structure_matcher import StructureSet
-from crystalforge.evaluation.metrics.uniqueness import UniquenessResult, uniqueness
-from crystalforge.evaluation.metrics.validity import ValidityReport, validity
 from crystalforge.execution import ExecutorConfig
 from crystalforge.progress import ProgressBar, null_progress
 from crystalforge.relax.interfaces import Relaxer, RelaxResult
@@ -46,6 +43,8 @@ __all__ = [
 Task = Literal["dng", "csp"]
 
 _RELAX = "relax"  # memo key of the relaxation results
+
+_T = TypeVar("_T")
 
 
 ProgressFactory = Callable[[int | None, str], ProgressBar]
@@ -189,50 +188,18 @@ class EvaluationContext:
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
-    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per context; later calls return the kept value."""
+    def memo(self, key: str, compute: Callable[[], _T]) -> _T:
+        """``compute()`` once per context; later calls with the same ``key`` return the kept value.
+
+        Each key belongs to one function (e.g. ``metrics.validity.validity_report``), so the kept
+        value always has the type that function's ``compute`` returns.
+        """
         if key not in self._cache:
             self._cache[key] = compute()
-        return self._cache[key]
+        value: _T = self._cache[key]
+        return value
 
-    # ---- shared expensive results ----------------------------------------------------------
-    def validity_report(self) -> ValidityReport:
-        """Validity of the parsed crystals (unparsed samples are handled by ``valid_mask``)."""
-        return self.memo("validity", lambda: validity([c for c in self.crystals if c is not None]))
-
-    def valid_mask(self) -> np.ndarray:
-        """``[n]`` bool: sample parsed and is valid (structure and composition)."""
-
-        def compute() -> np.ndarray:
-            mask = np.zeros(self.n, dtype=bool)
-            for i, result in zip(self.parsed_indices(), self.validity_report().crystals, strict=True):
-                mask[i] = result.valid
-            return mask
-
-        return self.memo("valid_mask", compute)
-
-    def reference_validity(self) -> np.ndarray:
-        """``[n_ref]`` bool validity of the reference crystals (the DiffCSP CSP rule needs it)."""
-        if self.reference is None:
-            raise ValueError("no reference set given")
-        ref = self.reference
-        return self.memo("reference_validity", lambda: np.array([c.valid for c in validity(ref).crystals], dtype=bool))
-
-    def structure_set(self) -> StructureSet:
-        """The samples grouped by reduced formula, each cell reduced at most once (uniqueness and novelty share it)."""
-        return self.memo("structure_set", lambda: StructureSet(self.crystals))
-
-    def uniqueness(self) -> UniquenessResult:
-        """Structure-matching uniqueness over all samples (None entries are never unique)."""
-        return self.memo("uniqueness", lambda: uniqueness(self.structure_set(), workers=self.workers))
-
-    def novelty(self) -> NoveltyResult:
-        """Novelty of every sample against the training set."""
-        if self.train is None:
-            raise ValueError("no training set given")
-        train = self.train
-        return self.memo("novelty", lambda: novelty(self.structure_set(), train, workers=self.workers))
-
+    # ---- the relaxation (shared by stability and the written relaxed structures) ------------
     def relax_results(self) -> list[RelaxResult]:
         """One relaxation result per sample (unreadable samples get a failed result)."""
         if self.relaxer is None:

@@ -27,16 +27,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.analysis.phase_diagram import PhaseDiagram
-    from pymatgen.core import Composition
+    from pymatgen.core.composition import Composition
 
 __all__ = [
     "DEFAULT_HULL_VERSION",
     "ENERGY_TREATMENTS",
     "HULL_COLUMNS",
+    "CompositionLike",
     "EnergyTreatment",
     "HullEntry",
     "ReferenceHull",
@@ -47,6 +48,9 @@ __all__ = [
 
 EnergyTreatment = Literal["none", "mp2020"]
 ENERGY_TREATMENTS: tuple[str, ...] = ("none", "mp2020")
+
+CompositionLike: TypeAlias = "Composition | str | Mapping[str, float]"
+"""A pymatgen ``Composition``, a formula (``"Fe2O3"``) or element symbol → amount (``Crystal.composition``)."""
 
 DEFAULT_HULL_VERSION = "chgnet-0.3.0-v1"
 """The reference hull shipped in ``crystalforge/evaluation/data`` (built by
@@ -65,8 +69,8 @@ def hull_data_path(version: str = DEFAULT_HULL_VERSION) -> tuple[Path, Path]:
 
 
 # ---- energy treatment ---------------------------------------------------------------------------------
-def _as_composition(composition: Any) -> Composition:
-    from pymatgen.core import Composition
+def _as_composition(composition: CompositionLike) -> Composition:
+    from pymatgen.core.composition import Composition
 
     if isinstance(composition, Composition):
         return composition
@@ -80,7 +84,7 @@ def _as_composition(composition: Any) -> Composition:
 _MP2020_CACHE: dict[str, float] = {}
 
 
-def mp2020_correction_per_atom(composition: Any) -> float:
+def mp2020_correction_per_atom(composition: CompositionLike) -> float:
     """MP2020 energy correction (eV/atom) for a composition computed with MP's GGA/GGA+U rules.
 
     The entry is a composition-only ``ComputedEntry`` with ``run_type`` "GGA+U" and MP's U
@@ -150,7 +154,7 @@ class ReferenceHull:
         metadata: Mapping[str, Any] | None = None,
         energy_treatment: EnergyTreatment | None = None,
     ) -> None:
-        from pymatgen.core import Composition
+        from pymatgen.core.composition import Composition
 
         self.metadata: dict[str, Any] = dict(metadata or {})
         if self.metadata.get("partial"):
@@ -271,7 +275,7 @@ class ReferenceHull:
         }
 
     # ---- energies and hulls ----------------------------------------------------------------------------
-    def treated_energy_per_atom(self, composition: Any, energy_per_atom: float) -> float:
+    def treated_energy_per_atom(self, composition: CompositionLike, energy_per_atom: float) -> float:
         """``energy_per_atom`` after this hull's energy treatment (what enters the hull)."""
         if self.energy_treatment == "mp2020":
             return float(energy_per_atom) + mp2020_correction_per_atom(composition)
@@ -289,7 +293,7 @@ class ReferenceHull:
             self._treated[index] = value
         return value
 
-    def missing_elements(self, composition: Any) -> list[str]:
+    def missing_elements(self, composition: CompositionLike) -> list[str]:
         """Elements of ``composition`` that have no elemental entry in the hull."""
         comp = _as_composition(composition)
         return sorted(el.symbol for el in comp.elements if el.symbol not in self.elements)
@@ -323,20 +327,20 @@ class ReferenceHull:
         self._diagrams[chemsys] = diagram
         return diagram
 
-    def hull_energy_per_atom(self, composition: Any) -> float:
+    def hull_energy_per_atom(self, composition: CompositionLike) -> float:
         """Energy per atom (treated, eV/atom) of the reference hull at ``composition``."""
         comp = _as_composition(composition)
         diagram = self.phase_diagram(el.symbol for el in comp.elements)
         return float(diagram.get_hull_energy_per_atom(comp))
 
-    def e_above_hull(self, composition: Any, energy_per_atom: float) -> float:
+    def e_above_hull(self, composition: CompositionLike, energy_per_atom: float) -> float:
         """Energy above the hull (eV/atom, negative below it) of a raw MLIP ``energy_per_atom``.
 
         NaN when it cannot be computed (see ``e_above_hull_with_reason`` for why).
         """
         return self.e_above_hull_with_reason(composition, energy_per_atom)[0]
 
-    def e_above_hull_with_reason(self, composition: Any, energy_per_atom: float) -> tuple[float, str]:
+    def e_above_hull_with_reason(self, composition: CompositionLike, energy_per_atom: float) -> tuple[float, str]:
         """``(E_hull, "ok")``, or ``(NaN, reason)`` when it cannot be computed."""
         if not math.isfinite(energy_per_atom):
             return math.nan, "non-finite energy"
@@ -362,7 +366,7 @@ class ReferenceHull:
 
 def write_hull_table(entries: Iterable[HullEntry], handle: io.TextIOBase) -> None:
     """Write entries as the hull CSV (``HULL_COLUMNS``, energies rounded to 1e-5, sorted rows)."""
-    from pymatgen.core import Composition
+    from pymatgen.core.composition import Composition
 
     rows = []
     for e in entries:

@@ -104,7 +104,8 @@ class JointModel(nn.Module):
 
     def predict(self, state: CrystalBatch, t: Tensor) -> FieldOutputs:
         """The backbone's outputs for a noisy state at per-crystal time ``t`` [B]."""
-        return self.backbone(state, t)
+        outputs: FieldOutputs = self.backbone(state, t)  # nn.Module calls are untyped; see ``Backbone``
+        return outputs
 
     def step(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +74,7 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         """Embed times ``t [B]`` (any float dtype; computed in the module's dtype)."""
-        dtype = self.net[0].weight.dtype
+        dtype = cast(nn.Linear, self.net[0]).weight.dtype  # ``mlp`` starts with a Linear
         return self.net(sinusoidal_embedding(t.to(dtype), self.time_dim))
 
 
@@ -83,6 +84,8 @@ class TypeEmbedding(nn.Module):
     ``forward(atomic_numbers)`` looks up Z (``MASK_Z`` allowed); ``forward(probs=...)`` mixes the
     class vectors with soft probabilities ``[N, K]`` (one-hot probabilities give the same result).
     """
+
+    z_to_class: Tensor  # [MAX_Z + 1] class index of each Z (−1 outside the vocabulary); a buffer
 
     def __init__(self, vocabulary: TypeVocabulary, dim: int) -> None:
         super().__init__()

@@ -29,7 +29,7 @@ from crystalforge.core.crystal import Crystal
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan, SamplerConfig, model_dtype
 from crystalforge.io.atomic import atomic_write
 from crystalforge.io.files import read_structures, write_structures
-from crystalforge.io.run_folder import RunFolder
+from crystalforge.io.run_folder import JSONValue, RunFolder
 from crystalforge.sampling.samplers import as_plan, sample
 from crystalforge.sampling.templates import template_from_compositions, template_from_num_atoms
 
@@ -75,7 +75,7 @@ def run_jobs(
     batch_size: int = 256,
     seed: int = 0,
     device: str = "cpu",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     symmetrize: bool = True,
     model_name: str | None = None,
 ) -> list[Crystal]:
@@ -88,7 +88,12 @@ def run_jobs(
     """
     folder = RunFolder(Path(out_dir))
     plan = as_plan(sampler, model)
-    settings = {"model": model_name, "sampler": asdict(plan.sampler), "seed": seed, "batch_size": batch_size}
+    settings: dict[str, JSONValue] = {
+        "model": model_name,
+        "sampler": asdict(plan.sampler),
+        "seed": seed,
+        "batch_size": batch_size,
+    }
     if plan.guidance or plan.constraints:
         settings["steering"] = [repr(g) for g in (*plan.guidance, *plan.constraints)]
     folder.record_settings(settings, resuming=folder.has_chunks())

@@ -3,29 +3,52 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
-class EMA:
+class Weighted(Protocol):
+    """What the average needs of a model (every ``nn.Module`` has it)."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The trainable parameters."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Parameters and buffers by name."""
+
+    def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> object:
+        """Load weights by name."""
+
+    def eval(self) -> object:
+        """Inference mode, in place."""
+
+
+M = TypeVar("M", bound=Weighted)
+
+
+class EMA(Generic[M]):
     """``shadow = decay · shadow + (1 − decay) · current`` after each optimiser step.
 
-    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` over the first updates so that the
-    average is not dominated by the random initialisation.
+    ``shadow`` is a copy of the model (same type) holding the average. The decay warms up as
+    ``min(decay, (1 + n) / (10 + n))`` over the first updates so that the average is not
+    dominated by the random initialisation.
     """
 
-    def __init__(self, model: nn.Module, *, decay: float = 0.999) -> None:
+    def __init__(self, model: M, *, decay: float = 0.999) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.num_updates = 0
-        self.shadow = copy.deepcopy(model).eval()
+        self.shadow: M = copy.deepcopy(model)
+        self.shadow.eval()
         for p in self.shadow.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: M) -> None:
         """Blend the model's current weights into the average."""
         self.num_updates += 1
         decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
@@ -37,11 +60,11 @@ class EMA:
             else:
                 value.copy_(src)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Weights of the average and the update count."""
         return {"num_updates": self.num_updates, "decay": self.decay, "weights": self.shadow.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
         self.num_updates = int(state["num_updates"])
         self.decay = float(state["decay"])

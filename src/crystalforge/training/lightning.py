@@ -9,14 +9,20 @@ then cosine decay.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import lightning as pl
 import torch
-from torch import nn
 
 from crystalforge.core.batch import CrystalBatch
-from crystalforge.training.ema import EMA
+from crystalforge.training.ema import EMA, Weighted
+
+
+class Trainable(Weighted, Protocol):
+    """An ``nn.Module`` with ``loss(batch)`` (every ``GenerativeModel`` is one)."""
+
+    def loss(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
+        """``{"loss": scalar to minimise, <part>: scalar, ...}`` for one data batch."""
 
 
 class LitGenerative(pl.LightningModule):
@@ -34,7 +40,7 @@ class LitGenerative(pl.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Trainable,
         *,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -43,7 +49,7 @@ class LitGenerative(pl.LightningModule):
         ema_decay: float = 0.999,
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model = model  # registered as a submodule: at run time it is an ``nn.Module``
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from crystalforge.config import from_dict
 from crystalforge.core.dataset_stats import DatasetStats
@@ -30,17 +30,17 @@ class LoadedModel(NamedTuple):
 
 
 def load_checkpoint_model(
-    checkpoint: str | Path | dict[str, object],
+    checkpoint: str | Path | dict[str, Any],
 ) -> tuple[GenerativeModel, TrainConfig, DatasetStats | None]:
     """``(model, config, dataset_stats)`` from a ``model.pt`` written by ``train`` (any family)."""
     data = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    raw = dict(data["config"])  # type: ignore[call-overload]
+    raw = dict(data["config"])
     raw.setdefault("family", checkpoint_family(data))
     config = from_dict(TrainConfig, raw)
     stats_data = data.get("dataset_stats")
-    stats = None if stats_data is None else DatasetStats.from_dict(stats_data)  # type: ignore[arg-type]
+    stats = None if stats_data is None else DatasetStats.from_dict(stats_data)
     model = build_model(config.model, stats, family=config.family)
-    model.load_state_dict(data["weights"])  # type: ignore[arg-type]
+    model.load_state_dict(data["weights"])
     model.eval()
     return model, config, stats
 

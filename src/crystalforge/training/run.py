@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -130,7 +131,7 @@ def _train(config: TrainConfig, out: Path) -> Path:
     )
     max_time = None
     if config.trainer.max_time_minutes is not None:
-        max_time = {"minutes": config.trainer.max_time_minutes}
+        max_time = timedelta(minutes=config.trainer.max_time_minutes)  # what Lightning builds from a dict
     trainer = pl.Trainer(
         max_epochs=config.trainer.max_epochs,
         max_time=max_time,
@@ -138,7 +139,8 @@ def _train(config: TrainConfig, out: Path) -> Path:
         devices=config.trainer.devices,
         num_nodes=config.trainer.num_nodes,
         strategy=_strategy(config),
-        precision=config.trainer.precision,
+        # a plain string in the config; Lightning validates it against its own Literal
+        precision=config.trainer.precision,  # type: ignore[arg-type]
         gradient_clip_val=config.optim.grad_clip,
         logger=log,
         callbacks=[

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from crystalforge.core.crystal import Crystal
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext
 
 __all__ = ["Metric", "MetricResult", "parsed", "pct", "scatter", "table_columns"]
+
+_V = TypeVar("_V")
+_F = TypeVar("_F")
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,19 @@ class Metric(Protocol):
         """Compute the metric."""
 
 
-def scatter(ctx: EvaluationContext, indices: Sequence[int], values: Sequence[Any], fill: Any = None) -> list[Any]:
-    """Spread values computed on a subset of samples back to one value per sample."""
-    out = [fill] * ctx.n
+@overload
+def scatter(ctx: EvaluationContext, indices: Sequence[int], values: Sequence[_V]) -> list[_V | None]: ...
+
+
+@overload
+def scatter(ctx: EvaluationContext, indices: Sequence[int], values: Sequence[_V], fill: _F) -> list[_V | _F]: ...
+
+
+def scatter(
+    ctx: EvaluationContext, indices: Sequence[int], values: Sequence[_V], fill: _F | None = None
+) -> Sequence[_V | _F | None]:  # a list; Sequence (covariant) so both overloads are compatible with it
+    """Spread values computed on a subset of samples back to one value per sample (``fill`` elsewhere)."""
+    out: list[_V | _F | None] = [fill] * ctx.n
     for i, v in zip(indices, values, strict=True):
         out[i] = v
     return out

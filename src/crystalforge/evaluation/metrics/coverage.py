@@ -43,6 +43,7 @@ import torch
 from crystalforge.core.crystal import Crystal
 from crystalforge.evaluation.features import FeaturizerLike, cached_features
 from crystalforge.evaluation.metrics.base import MetricResult, parsed, scatter, table_columns
+from crystalforge.evaluation.metrics.validity import valid_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext
@@ -344,7 +345,7 @@ class CoverageMetric:
             ref_struct, ref_comp = self._features(ctx, ctx.reference, str(ctx.reference_name), ctx.cache_dir)
         with ctx.timed("coverage.fingerprints_samples"):
             gen_struct, gen_comp = self._features(ctx, crystals, "samples", ctx.sample_cache_dir)
-        valid = ctx.valid_mask()[idx]
+        valid = valid_mask(ctx)[idx]
         struct_cut, comp_cut = ctx.coverage_cutoffs
         fps = (gen_struct, gen_comp, ref_struct, ref_comp)
         # The published scripts let every fingerprinted sample in, valid or not: that is the headline.

@@ -32,6 +32,7 @@ from crystalforge.evaluation.metrics.structure_matcher import (
     parallel_map,
     percent,
 )
+from crystalforge.evaluation.metrics.validity import reference_validity, valid_mask
 from crystalforge.execution import ExecutorConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -303,12 +304,12 @@ class CSPMatchMetric:
     def __call__(self, ctx: EvaluationContext) -> MetricResult:
         """One ``csp_match`` pass (rule "cdvae"), then k=1 under the DiffCSP rule from its rows."""
         assert ctx.reference is not None
-        valid = ctx.valid_mask()
+        valid = valid_mask(ctx)
         groups = ctx.csp_groups()
         k = ctx.k or max(len(v) for v in groups.values())
         predictions = {g: [ctx.samples[i].crystal for i in idx[:k]] for g, idx in groups.items()}
         pred_valid = {g: [bool(valid[i]) for i in idx[:k]] for g, idx in groups.items()}
-        ref_valid = ctx.reference_validity()
+        ref_valid = reference_validity(ctx)
         result = csp_match(
             predictions,
             ctx.reference,

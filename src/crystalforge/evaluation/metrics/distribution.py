@@ -25,6 +25,7 @@ import numpy as np
 
 from crystalforge.core.crystal import Crystal
 from crystalforge.evaluation.metrics.base import MetricResult, parsed, scatter
+from crystalforge.evaluation.metrics.validity import valid_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext
@@ -217,7 +218,7 @@ class PropertyDistributionMetric:
         """The two distances; the sampled samples are marked per structure."""
         assert ctx.reference is not None
         idx, crystals = parsed(ctx)
-        valid = ctx.valid_mask()[idx]
+        valid = valid_mask(ctx)[idx]
         density, num_elements = density_values(crystals), num_elements_values(crystals)
         out: dict[str, Any] = {}
         details: dict[str, Any] = {}

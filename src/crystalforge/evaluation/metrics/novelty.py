@@ -9,13 +9,12 @@ cells with ``uniqueness``, and a ``TrainingSet`` to reuse the training reduction
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
-from crystalforge.core.versions import distribution_version
 from crystalforge.evaluation.metrics.base import MetricResult
 from crystalforge.evaluation.metrics.structure_matcher import (
     FIT_ANGLE_TOL,
@@ -23,16 +22,19 @@ from crystalforge.evaluation.metrics.structure_matcher import (
     FIT_STOL,
     FITS_PER_TASK,
     MatcherSettings,
+    PerStructureResult,
     ReducedCell,
     StructureSet,
     check_workers,
     first_fit,
+    fit_error_text,
     formula_key,
+    matching_protocol,
     parallel_map,
     percent,
-    prefilter_text,
     site_subgroups,
     split_reduced,
+    structure_set,
     to_structure,
 )
 from crystalforge.evaluation.metrics.uniqueness import UniquenessResult
@@ -41,7 +43,15 @@ from crystalforge.execution import ExecutorConfig
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext
 
-__all__ = ["NoveltyMetric", "NoveltyResult", "StructureNovelty", "TrainingSet", "novel_unique_rate", "novelty"]
+__all__ = [
+    "NoveltyMetric",
+    "NoveltyResult",
+    "StructureNovelty",
+    "TrainingSet",
+    "novel_unique_rate",
+    "novelty",
+    "novelty_result",
+]
 
 
 class TrainingSet(StructureSet):
@@ -73,8 +83,10 @@ class StructureNovelty:
 
 
 @dataclass(frozen=True)
-class NoveltyResult:
+class NoveltyResult(PerStructureResult):
     """Percent of structures (None entries included) that match no training structure."""
+
+    SUMMARY = ("novel_rate", "num_structures", "num_novel", "num_errors")
 
     novel_rate: float
     num_structures: int
@@ -87,17 +99,6 @@ class NoveltyResult:
     def novel(self) -> np.ndarray:
         """``[n]`` bool flags."""
         return np.array([s.novel for s in self.structures], dtype=bool)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON-ready): the summary, the protocol and one row per structure."""
-        return {
-            "novel_rate": self.novel_rate,
-            "num_structures": self.num_structures,
-            "num_novel": self.num_novel,
-            "num_errors": self.num_errors,
-            "protocol": dict(self.protocol),
-            "structures": [asdict(s) for s in self.structures],
-        }
 
 
 def _novelty_task(
@@ -178,7 +179,7 @@ def novelty(
             if hit is not None:
                 hits[i] = cands[hit]
             if n_err:
-                errors[i] = f"{n_err} comparison(s) raised, counted as no match: {first}"
+                errors[i] = fit_error_text(n_err, first)
 
     rows = []
     for i, c in enumerate(generated.crystals):
@@ -194,17 +195,9 @@ def novelty(
             rows.append(StructureNovelty(True, None, None, reason))
 
     num_novel = sum(s.novel for s in rows)
-    protocol = {
-        "metric": "novelty",
-        **settings.as_dict(),
-        "comparison": "StructureMatcher.fit(structure, training structure)",
-        "prefilter": prefilter_text(settings),
-        "num_training_structures": len(train),
-        "training_reduction_errors": len(train_errors),
-        "none_entries": "counted in the total, never novel",
-        "errors": "an exception from pymatgen counts as no match",
-        "pymatgen_version": distribution_version("pymatgen"),
-    }
+    extra = {"num_training_structures": len(train), "training_reduction_errors": len(train_errors)}
+    comparison = "StructureMatcher.fit(structure, training structure)"
+    protocol = matching_protocol("novelty", settings, comparison, extra, "novel")
     return NoveltyResult(
         novel_rate=percent(num_novel, len(rows)),
         num_structures=len(rows),
@@ -223,6 +216,14 @@ def novel_unique_rate(unique: UniquenessResult, novel: NoveltyResult) -> float:
     return percent(both, unique.num_structures)
 
 
+def novelty_result(ctx: EvaluationContext) -> NoveltyResult:
+    """Novelty of every sample of the context against its training set, computed once per context."""
+    if ctx.train is None:
+        raise ValueError("no training set given")
+    train = ctx.train
+    return ctx.memo("novelty", lambda: novelty(structure_set(ctx), train, workers=ctx.workers))
+
+
 class NoveltyMetric:
     """Fraction of samples that match no training structure of the same reduced formula."""
 
@@ -234,7 +235,7 @@ class NoveltyMetric:
 
     def __call__(self, ctx: EvaluationContext) -> MetricResult:
         """Over all input records (unreadable ones are never novel)."""
-        result = ctx.novelty()
+        result = novelty_result(ctx)
         return MetricResult(
             summary={"novel_rate": result.novel_rate},
             columns={

@@ -31,6 +31,8 @@ import numpy as np
 
 from crystalforge.evaluation.hull import ReferenceHull
 from crystalforge.evaluation.metrics.base import MetricResult
+from crystalforge.evaluation.metrics.novelty import novelty_result
+from crystalforge.evaluation.metrics.uniqueness import uniqueness_result
 from crystalforge.relax.interfaces import Relaxer, RelaxResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -270,8 +272,8 @@ class StabilityMetric:
         with ctx.timed("stability.relax"):
             results = ctx.relax_results()
         # uniqueness only serves S.U.N., which needs novelty too: without a training set it is not computed
-        novel = None if ctx.train is None else ctx.novelty().novel
-        unique = None if novel is None else ctx.uniqueness().unique
+        novel = None if ctx.train is None else novelty_result(ctx).novel
+        unique = None if novel is None else uniqueness_result(ctx).unique
         out = stability(results, ctx.hull, unique=unique, novel=novel, relaxer=ctx.relaxer)
         summary = {
             "stable_rate": out.stable_rate,

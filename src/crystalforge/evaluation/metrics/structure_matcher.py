@@ -6,7 +6,9 @@ would do on every call), lazily and kept, so uniqueness and novelty of the same 
 one grouping and one reduction. Structures whose reduced cells hold different numbers of sites are
 never compared: with ``attempt_supercell=False`` pymatgen cannot match them, so that prefilter
 changes no verdict. ``parallel_map`` hands the pymatgen work to a ``crystalforge.execution``
-executor; results never depend on the number of workers.
+executor; results never depend on the number of workers. ``structure_set(ctx)`` is the
+``StructureSet`` of an evaluation's samples, kept in its ``EvaluationContext``;
+``PerStructureResult`` and ``matching_protocol`` are the parts uniqueness and novelty report alike.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
+from crystalforge.core.versions import distribution_version
 from crystalforge.execution import ExecutorConfig, make_executor
 
 if TYPE_CHECKING:  # pragma: no cover
+    from _typeshed import DataclassInstance
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
+
+    from crystalforge.evaluation.context import EvaluationContext
 
 __all__ = [
     "CSP_ANGLE_TOL",
@@ -36,10 +42,13 @@ __all__ = [
     "FIT_STOL",
     "FormulaKey",
     "MatcherSettings",
+    "PerStructureResult",
     "ReducedCell",
     "StructureSet",
     "formula_key",
+    "matching_protocol",
     "parallel_map",
+    "structure_set",
 ]
 
 CSP_LTOL, CSP_STOL, CSP_ANGLE_TOL = 0.3, 0.5, 10.0
@@ -274,3 +283,49 @@ def prefilter_text(settings: MatcherSettings) -> str:
     return "same reduced formula" + (
         " and same site count of the reduced cell" if settings.site_count_prefilter else ""
     )
+
+
+def fit_error_text(num_errors: int, first: str | None) -> str:
+    """Why a structure's verdict may have missed a match: ``num_errors`` comparisons raised."""
+    return f"{num_errors} comparison(s) raised, counted as no match: {first}"
+
+
+def matching_protocol(
+    metric: str, settings: MatcherSettings, comparison: str, extra: Mapping[str, Any], never: str
+) -> dict[str, Any]:
+    """Protocol block of uniqueness and novelty; ``extra`` goes before the None-entry and error rules.
+
+    ``never`` is what a None entry (no structure) never is: ``"unique"``, ``"novel"``.
+    """
+    return {
+        "metric": metric,
+        **settings.as_dict(),
+        "comparison": comparison,
+        "prefilter": prefilter_text(settings),
+        **extra,
+        "none_entries": f"counted in the total, never {never}",
+        "errors": "an exception from pymatgen counts as no match",
+        "pymatgen_version": distribution_version("pymatgen"),
+    }
+
+
+class PerStructureResult:
+    """``to_dict`` of the uniqueness and novelty results (frozen dataclasses with one row per structure).
+
+    ``SUMMARY`` names the summary attributes in the order ``to_dict`` writes them; the protocol
+    and the rows (dataclasses, ``structures``) follow.
+    """
+
+    SUMMARY: ClassVar[tuple[str, ...]]
+    protocol: Mapping[str, Any]
+    structures: Sequence[DataclassInstance]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready): the summary, the protocol and one row per structure."""
+        summary = {name: getattr(self, name) for name in self.SUMMARY}
+        return {**summary, "protocol": dict(self.protocol), "structures": [asdict(s) for s in self.structures]}
+
+
+def structure_set(ctx: EvaluationContext) -> StructureSet:
+    """The context's samples grouped by reduced formula, each cell reduced at most once (kept in ``ctx``)."""
+    return ctx.memo("structure_set", lambda: StructureSet(ctx.crystals))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crystalforge.evaluation.metrics.base import MetricResult
+from crystalforge.evaluation.metrics.validity import valid_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext
@@ -149,7 +150,7 @@ class TargetingMetric:
         name = ctx.property_name
         values = np.array([_number(None if s.crystal is None else s.crystal.properties.get(name)) for s in ctx.samples])
         low, high = ctx.target_window
-        result = target_success(values, low=low, high=high, valid=ctx.valid_mask(), name=name)
+        result = target_success(values, low=low, high=high, valid=valid_mask(ctx), name=name)
         rows = result.per_crystal()
         columns = {key: [r[key] for r in rows] for key in rows[0]} if rows else {}
         columns[f"target_{name}"] = values.tolist()

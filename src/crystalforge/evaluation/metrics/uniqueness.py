@@ -10,28 +10,30 @@ with ``novelty`` of the same structures.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
-from crystalforge.core.versions import distribution_version
 from crystalforge.evaluation.metrics.base import MetricResult
 from crystalforge.evaluation.metrics.structure_matcher import (
     FIT_ANGLE_TOL,
     FIT_LTOL,
     FIT_STOL,
     MatcherSettings,
+    PerStructureResult,
     ReducedCell,
     StructureSet,
     check_workers,
     first_fit,
+    fit_error_text,
+    matching_protocol,
     parallel_map,
     percent,
-    prefilter_text,
     site_subgroups,
     split_reduced,
+    structure_set,
     to_structure,
 )
 from crystalforge.execution import ExecutorConfig
@@ -39,7 +41,7 @@ from crystalforge.execution import ExecutorConfig
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext
 
-__all__ = ["StructureUniqueness", "UniquenessMetric", "UniquenessResult", "uniqueness"]
+__all__ = ["StructureUniqueness", "UniquenessMetric", "UniquenessResult", "uniqueness", "uniqueness_result"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,10 @@ class StructureUniqueness:
 
 
 @dataclass(frozen=True)
-class UniquenessResult:
+class UniquenessResult(PerStructureResult):
     """Percent of structures that are the first of their cluster (= clusters / all structures)."""
+
+    SUMMARY = ("unique_rate", "num_structures", "num_unique", "num_errors")
 
     unique_rate: float
     num_structures: int
@@ -66,17 +70,6 @@ class UniquenessResult:
     def unique(self) -> np.ndarray:
         """``[n]`` bool flags."""
         return np.array([s.unique for s in self.structures], dtype=bool)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON-ready): the summary, the protocol and one row per structure."""
-        return {
-            "unique_rate": self.unique_rate,
-            "num_structures": self.num_structures,
-            "num_unique": self.num_unique,
-            "num_errors": self.num_errors,
-            "protocol": dict(self.protocol),
-            "structures": [asdict(s) for s in self.structures],
-        }
 
 
 def _cluster_task(task: tuple[MatcherSettings, list[ReducedCell]]) -> list[tuple[int, int, str | None]]:
@@ -146,7 +139,7 @@ def uniqueness(
         for i, (local_rep, n_err, first) in zip(job, outcome, strict=True):
             rep_of[i] = job[local_rep]
             if n_err:
-                errors[i] = f"{n_err} comparison(s) raised, counted as no match: {first}"
+                errors[i] = fit_error_text(n_err, first)
 
     rows: list[StructureUniqueness] = []
     for i, c in enumerate(structures.crystals):
@@ -158,15 +151,8 @@ def uniqueness(
         rows.append(StructureUniqueness(rep == i, rep, ("unique" if rep == i else f"duplicate of {rep}") + note))
 
     num_unique = sum(s.unique for s in rows)
-    protocol = {
-        "metric": "uniqueness",
-        **settings.as_dict(),
-        "comparison": "StructureMatcher.fit(structure, earlier representative), greedy in input order",
-        "prefilter": prefilter_text(settings),
-        "none_entries": "counted in the total, never unique",
-        "errors": "an exception from pymatgen counts as no match",
-        "pymatgen_version": distribution_version("pymatgen"),
-    }
+    comparison = "StructureMatcher.fit(structure, earlier representative), greedy in input order"
+    protocol = matching_protocol("uniqueness", settings, comparison, {}, "unique")
     return UniquenessResult(
         unique_rate=percent(num_unique, len(rows)),
         num_structures=len(rows),
@@ -175,6 +161,11 @@ def uniqueness(
         structures=tuple(rows),
         protocol=protocol,
     )
+
+
+def uniqueness_result(ctx: EvaluationContext) -> UniquenessResult:
+    """Uniqueness over all of the context's samples (unreadable ones are never unique), computed once per context."""
+    return ctx.memo("uniqueness", lambda: uniqueness(structure_set(ctx), workers=ctx.workers))
 
 
 class UniquenessMetric:
@@ -188,7 +179,7 @@ class UniquenessMetric:
 
     def __call__(self, ctx: EvaluationContext) -> MetricResult:
         """Over all input records (unreadable ones are never unique)."""
-        result = ctx.uniqueness()
+        result = uniqueness_result(ctx)
         return MetricResult(
             summary={"unique_rate": result.unique_rate},
             columns={

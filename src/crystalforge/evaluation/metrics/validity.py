@@ -4,12 +4,15 @@ The rules are those of the CDVAE / DiffCSP protocol (``docs/metrics.md``, sectio
 
 - structure: cell volume >= ``min_volume`` Å³ and every distance between two *different* atoms,
   over all periodic images, >= ``min_distance`` Å. An atom's distance to its own images is not
-  checked, so a one-atom cell is valid. The neighbour search is exact for any cell shape.
+  checked, so a one-atom cell is valid. The neighbour search (``metrics.closest_pairs``) is exact
+  for any cell shape.
 - composition: CDVAE's SMACT rule (charge neutrality and the Pauling test on the gcd-reduced
   formula), implemented in ``metrics.smact_rule``; ``reproduce_smact_221=True`` (the default)
   restores what smact 2.2.1, the version behind the published numbers, did differently.
 
-``ValidityMetric`` is the suite adapter.
+``ValidityMetric`` is the suite adapter; ``validity_report``, ``valid_mask`` and
+``reference_validity`` are the shared results other metrics read, computed once per
+``EvaluationContext``.
 """
 
 from __future__ import annotations
@@ -20,16 +23,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.elements import z_to_symbol
-from crystalforge.core.lattice import lll_reduction
-from crystalforge.core.neighbors import image_bounds, radius_graph
-from crystalforge.core.periodic import pbc_diff
 from crystalforge.core.versions import distribution_version
 from crystalforge.evaluation.metrics.base import MetricResult, pct, scatter
+from crystalforge.evaluation.metrics.closest_pairs import closest_pair_blocked, closest_pairs_batched, search_cell
 from crystalforge.evaluation.metrics.smact_rule import OxidationStateList, reduced_formula, smact_verdict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,9 +43,12 @@ __all__ = [
     "ValidityReport",
     "ValidityResult",
     "composition_validity",
+    "reference_validity",
     "structure_validity",
     "structure_validity_many",
+    "valid_mask",
     "validity",
+    "validity_report",
 ]
 
 MIN_DISTANCE = 0.5
@@ -172,7 +174,7 @@ def structure_validity_many(
         elif crystal.num_atoms == 1 or min_distance == 0:
             results[k] = ValidityResult(True, "valid")
         else:
-            cell, cost = _search_cell(crystal, min_distance)
+            cell, cost = search_cell(crystal, min_distance)
             if not cost <= MAX_EXACT_CANDIDATES:
                 results[k] = ValidityResult(
                     False, f"degenerate cell: an exact distance check would need {cost:.3g} (pair, image) candidates"
@@ -183,11 +185,11 @@ def structure_validity_many(
                 heavy.append((k, cell))
     for start in range(0, len(light), _CRYSTALS_PER_BATCH):
         group = light[start : start + _CRYSTALS_PER_BATCH]
-        hits = _closest_pairs_batched([cell for _, cell in group], min_distance, max_candidates)
+        hits = closest_pairs_batched([cell for _, cell in group], min_distance, max_candidates)
         for (k, _), hit in zip(group, hits, strict=True):
             results[k] = _distance_verdict(crystals[k], hit, min_distance)
     for k, cell in heavy:
-        hit = _closest_pair_blocked(cell, min_distance, max_candidates)
+        hit = closest_pair_blocked(cell, min_distance, max_candidates)
         results[k] = _distance_verdict(crystals[k], hit, min_distance)
     return [r if r is not None else ValidityResult(False, "not checked") for r in results]
 
@@ -202,81 +204,6 @@ def _distance_verdict(crystal: Crystal, hit: tuple[float, int, int] | None, min_
         f"atoms {i} ({z_to_symbol(zi)}) and {j} ({z_to_symbol(zj)}) are {dist:.3f} Å apart "
         f"(minimum {min_distance:g} Å)",
     )
-
-
-def _search_cost(crystal: Crystal, cutoff: float) -> float:
-    bounds = image_bounds(crystal.lattice, cutoff)
-    cost = float(crystal.num_atoms) ** 2 * float(np.prod(2.0 * bounds + 1.0))
-    return cost if math.isfinite(cost) else math.inf
-
-
-def _search_cell(crystal: Crystal, cutoff: float) -> tuple[Crystal, float]:
-    """The crystal in the cheapest of its given and LLL-reduced bases, with the search cost."""
-    cost = _search_cost(crystal, cutoff)
-    if cost <= crystal.num_atoms**2:  # one image per pair already
-        return crystal, cost
-    m = lll_reduction(crystal.lattice)
-    if m is None:
-        return crystal, cost
-    inverse = np.round(np.linalg.inv(m.astype(np.float64)))
-    try:
-        reduced = Crystal(crystal.atomic_numbers, crystal.frac_coords @ inverse, m.astype(np.float64) @ crystal.lattice)
-    except ValueError:
-        return crystal, cost
-    reduced_cost = _search_cost(reduced, cutoff)
-    return (reduced, reduced_cost) if reduced_cost < cost else (crystal, cost)
-
-
-def _closest_pairs_batched(
-    cells: list[Crystal], cutoff: float, max_candidates: int
-) -> list[tuple[float, int, int] | None]:
-    """Per crystal, the closest pair of different atoms nearer than ``cutoff`` (distance, i, j), or None."""
-    batch = CrystalBatch.collate(cells, dtype=torch.float64)
-    edges = radius_graph(batch, cutoff, max_candidates=max_candidates)
-    centre, neighbour = edges.edge_index  # [E], [E]
-    close = (centre != neighbour) & (edges.distances < cutoff)  # [E]
-    out: list[tuple[float, int, int] | None] = [None] * len(cells)
-    if not bool(close.any()):
-        return out
-    owner = batch.crystal_idx[centre[close]]  # [e]
-    offset = batch.atom_offsets[owner]
-    i = (centre[close] - offset).numpy()
-    j = (neighbour[close] - offset).numpy()
-    dist = edges.distances[close].numpy()
-    owner_np = owner.numpy()
-    order = np.lexsort((dist, owner_np))
-    first = order[np.r_[True, owner_np[order][1:] != owner_np[order][:-1]]]
-    for e in first.tolist():
-        out[int(owner_np[e])] = (float(dist[e]), int(min(i[e], j[e])), int(max(i[e], j[e])))
-    return out
-
-
-def _closest_pair_blocked(cell: Crystal, cutoff: float, max_candidates: int) -> tuple[float, int, int] | None:
-    """Exact closest pair of one large or very skewed cell, searching images block by block."""
-    n = cell.num_atoms
-    ii, jj = np.triu_indices(n, k=1)  # [P], [P]
-    diff = pbc_diff(cell.frac_coords[jj], cell.frac_coords[ii])  # in [-1/2, 1/2), so the image bounds hold
-    lattice = cell.lattice
-    pair_vec = diff @ lattice  # [P, 3]
-    bounds = image_bounds(lattice, cutoff).astype(np.int64)  # [3]
-    outer = int(np.argmin(bounds))
-    a, b = (axis for axis in range(3) if axis != outer)
-    width_b = 2 * int(bounds[b]) + 1
-    plane = (2 * int(bounds[a]) + 1) * width_b
-    step = max(1, max_candidates // len(ii))
-    best = np.full(len(ii), np.inf)  # [P] squared distances
-    for n_outer in range(-int(bounds[outer]), int(bounds[outer]) + 1):
-        base = pair_vec + n_outer * lattice[outer]  # [P, 3]
-        for start in range(0, plane, step):
-            idx = np.arange(start, min(start + step, plane))
-            steps_a = (idx // width_b - bounds[a]).astype(np.float64)  # [m]
-            steps_b = (idx % width_b - bounds[b]).astype(np.float64)
-            shifts = steps_a[:, None] * lattice[a] + steps_b[:, None] * lattice[b]  # [m, 3]
-            vec = base[:, None, :] + shifts[None, :, :]  # [P, m, 3]
-            np.minimum(best, np.einsum("pmk,pmk->pm", vec, vec).min(axis=1), out=best)
-    k = int(np.argmin(best))
-    dist = math.sqrt(float(best[k]))
-    return (dist, int(ii[k]), int(jj[k])) if dist < cutoff else None
 
 
 # ---- composition validity -------------------------------------------------------------------
@@ -358,9 +285,6 @@ def validity(
             )
         )
 
-    def percent(flags: list[bool]) -> float:
-        return 100.0 * sum(flags) / len(flags) if flags else math.nan
-
     protocol = {
         "metric": "validity",
         "min_distance": min_distance,
@@ -372,11 +296,37 @@ def validity(
     }
     return ValidityReport(
         crystals=tuple(per_crystal),
-        validity_struct=percent([c.struct_valid for c in per_crystal]),
-        validity_comp=percent([c.comp_valid for c in per_crystal]),
-        validity=percent([c.valid for c in per_crystal]),
+        validity_struct=pct([c.struct_valid for c in per_crystal]),
+        validity_comp=pct([c.comp_valid for c in per_crystal]),
+        validity=pct([c.valid for c in per_crystal]),
         protocol=protocol,
     )
+
+
+# ---- shared results of an evaluation ------------------------------------------------------------------
+def validity_report(ctx: EvaluationContext) -> ValidityReport:
+    """Validity of the context's parsed crystals, computed once per context (unparsed ones: ``valid_mask``)."""
+    return ctx.memo("validity", lambda: validity([c for c in ctx.crystals if c is not None]))
+
+
+def valid_mask(ctx: EvaluationContext) -> np.ndarray:
+    """``[n]`` bool: the sample parsed and is valid (structure and composition); computed once per context."""
+
+    def compute() -> np.ndarray:
+        mask = np.zeros(ctx.n, dtype=bool)
+        for i, result in zip(ctx.parsed_indices(), validity_report(ctx).crystals, strict=True):
+            mask[i] = result.valid
+        return mask
+
+    return ctx.memo("valid_mask", compute)
+
+
+def reference_validity(ctx: EvaluationContext) -> np.ndarray:
+    """``[n_ref]`` bool validity of the context's reference crystals (the DiffCSP CSP rule needs it)."""
+    if ctx.reference is None:
+        raise ValueError("no reference set given")
+    ref = ctx.reference
+    return ctx.memo("reference_validity", lambda: np.array([c.valid for c in validity(ref).crystals], dtype=bool))
 
 
 # ---- suite adapter ------------------------------------------------------------------------------------
@@ -391,7 +341,7 @@ class ValidityMetric:
 
     def __call__(self, ctx: EvaluationContext) -> MetricResult:
         """Percentages over all input records."""
-        report = ctx.validity_report()
+        report = validity_report(ctx)
         idx = ctx.parsed_indices()
         struct = scatter(ctx, idx, [c.struct_valid for c in report.crystals], False)
         comp = scatter(ctx, idx, [c.comp_valid for c in report.crystals], False)
@@ -399,7 +349,7 @@ class ValidityMetric:
         for i, s in enumerate(ctx.samples):
             if s.crystal is None:
                 reason[i] = f"unreadable: {s.error}"
-        valid = ctx.valid_mask().tolist()
+        valid = valid_mask(ctx).tolist()
         return MetricResult(
             summary={"validity_struct": pct(struct), "validity_comp": pct(comp), "validity": pct(valid)},
             columns={"struct_valid": struct, "comp_valid": comp, "valid": valid, "validity_reason": reason},
