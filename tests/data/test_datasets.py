@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from crystalforge import CrystalError
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.candidate import Candidate
 from crystalforge.data.loader import make_loader
 from crystalforge.data.preprocess import PreprocessOptions
@@ -197,3 +198,24 @@ def test_augmented_batches_hold_the_same_crystals():
     for original, moved in zip(crystals, batch.split(), strict=True):
         assert not moved.allclose(original)
         assert matcher.fit(original.to_pymatgen(), moved.to_pymatgen())
+
+
+def test_loader_batches_come_straight_from_the_flat_arrays():
+    from crystalforge.data.loader import arrays_to_batch
+    from crystalforge.io.archive import CrystalArrays
+
+    crystals = tiny_crystals()
+    crystals = [c.replace(properties={"gap": float(i)}) if i % 2 else c for i, c in enumerate(crystals)]
+    arrays = CrystalArrays.from_crystals(crystals)
+    order = [3, 0, 4, 1]
+    batch = arrays_to_batch(arrays, order, dtype=torch.float64)
+    batch.validate()
+    ref = CrystalBatch.collate([crystals[i] for i in order], dtype=torch.float64)
+    for name in ("atomic_numbers", "frac_coords", "lattice", "num_atoms"):
+        assert torch.equal(getattr(batch, name), getattr(ref, name)), name
+    assert batch.material_ids == ref.material_ids
+    assert batch.condition_mask["gap"].tolist() == [True, False, False, True]
+    assert torch.equal(torch.nan_to_num(batch.properties["gap"]), torch.nan_to_num(ref.properties["gap"]))
+    # the selection itself is vectorised and agrees with indexing one crystal at a time
+    sub = arrays.select(order)
+    assert all(sub[j].allclose(crystals[i]) for j, i in enumerate(order))

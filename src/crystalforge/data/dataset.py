@@ -71,21 +71,7 @@ class CrystalDataset(Sequence[Crystal]):
 
     def subset(self, indices: Sequence[int] | np.ndarray, *, split: str | None = None) -> CrystalDataset:
         """A dataset of the crystals at ``indices`` (in that order)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        a = self.arrays
-        offsets = np.concatenate([[0], np.cumsum(a.num_atoms, dtype=np.int64)])
-        atoms = (
-            np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx]) if len(idx) else np.zeros(0, np.int64)
-        )
-        sub = CrystalArrays(
-            atomic_numbers=a.atomic_numbers[atoms],
-            frac_coords=a.frac_coords[atoms],
-            lattice=a.lattice[idx],
-            num_atoms=a.num_atoms[idx],
-            material_ids=a.material_ids[idx],
-            properties={k: v[idx] for k, v in a.properties.items()},
-            metadata=a.metadata,
-        )
+        sub = self.arrays.select(indices)
         return CrystalDataset(sub, self.name, split or self.split, self.failures, dict(self.metadata))
 
     def __repr__(self) -> str:

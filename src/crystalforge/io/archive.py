@@ -60,6 +60,35 @@ class CrystalArrays:
     def __len__(self) -> int:
         return len(self.num_atoms)
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """Index of each crystal's first atom, and the total at the end ``[B + 1]``."""
+        offsets: np.ndarray = self._offsets  # type: ignore[attr-defined]  # set in __post_init__
+        return offsets
+
+    def atom_rows(self, indices: np.ndarray) -> np.ndarray:
+        """The atom rows of crystals ``indices``, crystal by crystal, in that order ``[n]`` (no Python loop)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        counts = self.num_atoms[idx].astype(np.int64)
+        starts = self.offsets[idx]
+        within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        rows: np.ndarray = np.repeat(starts, counts) + within
+        return rows
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> CrystalArrays:
+        """The crystals at ``indices`` (in that order) as a new ``CrystalArrays``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        atoms = self.atom_rows(idx)
+        return CrystalArrays(
+            atomic_numbers=self.atomic_numbers[atoms],
+            frac_coords=self.frac_coords[atoms],
+            lattice=self.lattice[idx],
+            num_atoms=self.num_atoms[idx],
+            material_ids=self.material_ids[idx],
+            properties={k: v[idx] for k, v in self.properties.items()},
+            metadata=self.metadata,
+        )
+
     def __getitem__(self, index: int) -> Crystal:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} crystals")

@@ -33,6 +33,7 @@ from crystalforge.relax.interfaces import RelaxResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from ase.calculators.calculator import Calculator
+    from chgnet.model import CHGNet
 
 __all__ = [
     "CHGNET_MODEL_VERSION",
@@ -56,7 +57,7 @@ def require_chgnet(feature: str = "relaxation with CHGNet") -> None:
     require("chgnet", feature, extra="relax")
 
 
-def _load_chgnet(device: str) -> Any:
+def _load_chgnet(device: str) -> CHGNet:
     model = require("chgnet.model", "relaxation with CHGNet", extra="relax")
     with contextlib.redirect_stdout(io.StringIO()):
         return model.CHGNet.load(model_name=CHGNET_MODEL_VERSION, use_device=device, verbose=False)
@@ -131,7 +132,7 @@ def chgnet_relaxer(
 
 
 def chgnet_static_energies(
-    crystals: Sequence[Crystal], *, batch_size: int = 32, model: Any = None, device: str = "cpu"
+    crystals: Sequence[Crystal], *, batch_size: int = 32, model: CHGNet | None = None, device: str = "cpu"
 ) -> np.ndarray:
     """CHGNet energies per atom (eV/atom) of the given structures, batched, energy head only.
 

@@ -34,7 +34,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -43,7 +43,15 @@ from crystalforge.core.crystal import Crystal
 from crystalforge.core.extras import require
 from crystalforge.execution import ExecutorConfig, make_executor
 
+if TYPE_CHECKING:  # pragma: no cover
+    from matminer.featurizers.composition import ElementProperty
+    from matminer.featurizers.site import CrystalNNFingerprint as MatminerCrystalNN
+    from matminer.featurizers.structure import SineCoulombMatrix as MatminerSineCoulomb
+    from pymatgen.analysis.diffraction.xrd import XRDCalculator
+
 logger = logging.getLogger(__name__)
+Impl = TypeVar("Impl")
+"""The library object a featurizer wraps."""
 
 MAGPIE_DIM = 132
 CRYSTALNN_DIM = 61
@@ -103,7 +111,7 @@ def _featurize_chunk_in_worker(task: tuple[int, Sequence[Crystal]]) -> _Chunk:
     return _WORKER_FEATURIZER._featurize_chunk(start, crystals)
 
 
-class BaseFeaturizer(ABC):
+class BaseFeaturizer(ABC, Generic[Impl]):
     """Common ``featurize`` loop: NaN rows and failure records, optional parallel executor.
 
     Subclasses set ``name`` and ``dim``, and implement ``_build`` (create the library object,
@@ -128,15 +136,15 @@ class BaseFeaturizer(ABC):
         self.workers = self._execution.workers
         self.failures: list[Candidate] = []
         self._failed_indices: list[int] = []
-        self._impl: Any = None
+        self._impl: Impl | None = None
 
     # -- for subclasses
     @abstractmethod
-    def _build(self) -> Any:
+    def _build(self) -> Impl:
         """Create the library object doing the work (called lazily, once per process)."""
 
     @abstractmethod
-    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+    def _featurize_one(self, crystal: Crystal, impl: Impl) -> np.ndarray:
         """Features ``[dim]`` of one crystal; may raise for a crystal the library cannot handle."""
 
     @abstractmethod
@@ -154,7 +162,7 @@ class BaseFeaturizer(ABC):
         return list(self._failed_indices)
 
     @property
-    def impl(self) -> Any:
+    def impl(self) -> Impl:
         """The library featurizer (built on first use)."""
         if self._impl is None:
             self._impl = self._build()
@@ -273,7 +281,7 @@ def load_scaler(scaler: Scaler, *, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return m, s
 
 
-class MagpieComposition(BaseFeaturizer):
+class MagpieComposition(BaseFeaturizer["ElementProperty"]):
     """matminer Magpie ``ElementProperty`` statistics of the composition (132 features).
 
     Args:
@@ -297,11 +305,11 @@ class MagpieComposition(BaseFeaturizer):
         self.impute_nan = impute_nan
         self.scaler = None if scaler is None else load_scaler(scaler, dim=self.dim)
 
-    def _build(self) -> Any:
+    def _build(self) -> ElementProperty:
         composition = _import_matminer("matminer.featurizers.composition")
         return composition.ElementProperty.from_preset("magpie", impute_nan=self.impute_nan)
 
-    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+    def _featurize_one(self, crystal: Crystal, impl: ElementProperty) -> np.ndarray:
         from pymatgen.core import Composition
 
         return np.asarray(impl.featurize(Composition(crystal.composition)), dtype=np.float64)
@@ -326,7 +334,7 @@ MIN_FINGERPRINT_VOLUME_PER_ATOM = 1.0
 
 
 # ---- structure -------------------------------------------------------------------------------------
-class CrystalNNFingerprint(BaseFeaturizer):
+class CrystalNNFingerprint(BaseFeaturizer["MatminerCrystalNN"]):
     """Mean over sites of matminer ``CrystalNNFingerprint.from_preset("ops")`` (61 features).
 
     The structure fingerprint of the CDVAE/DiffCSP coverage metrics. About 15 ms per site.
@@ -343,11 +351,11 @@ class CrystalNNFingerprint(BaseFeaturizer):
     dim = CRYSTALNN_DIM
     needs_matminer = True
 
-    def _build(self) -> Any:
+    def _build(self) -> MatminerCrystalNN:
         site = _import_matminer("matminer.featurizers.site")
         return site.CrystalNNFingerprint.from_preset("ops")
 
-    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+    def _featurize_one(self, crystal: Crystal, impl: MatminerCrystalNN) -> np.ndarray:
         per_atom = crystal.volume / crystal.num_atoms
         if per_atom < MIN_FINGERPRINT_VOLUME_PER_ATOM:
             # CrystalNN walks every periodic image within its cutoff (~ r^3 / V of them): on generated
@@ -365,7 +373,7 @@ class CrystalNNFingerprint(BaseFeaturizer):
         return list(self.impl.feature_labels())
 
 
-class SineCoulombMatrix(BaseFeaturizer):
+class SineCoulombMatrix(BaseFeaturizer["MatminerSineCoulomb"]):
     """Eigenvalues of matminer's sine Coulomb matrix, sorted, zero-padded to ``max_atoms``.
 
     The values are those of matminer ``SineCoulombMatrix(flatten=True)``, except that they are
@@ -391,11 +399,11 @@ class SineCoulombMatrix(BaseFeaturizer):
         self.dim = max_atoms
         self.diag_elems = diag_elems
 
-    def _build(self) -> Any:
+    def _build(self) -> MatminerSineCoulomb:
         structure = _import_matminer("matminer.featurizers.structure")
         return structure.SineCoulombMatrix(diag_elems=self.diag_elems, flatten=False)
 
-    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+    def _featurize_one(self, crystal: Crystal, impl: MatminerSineCoulomb) -> np.ndarray:
         if crystal.num_atoms > self.dim:
             raise ValueError(f"{crystal.num_atoms} atoms exceed max_atoms={self.dim}")
         matrix = np.asarray(impl.featurize(crystal.to_pymatgen())[0], dtype=np.float64)  # [n, n], symmetric
@@ -409,7 +417,7 @@ class SineCoulombMatrix(BaseFeaturizer):
         return [f"sine coulomb matrix eig {i}" for i in range(self.dim)]
 
 
-class XRDPattern(BaseFeaturizer):
+class XRDPattern(BaseFeaturizer["XRDCalculator"]):
     """Powder XRD pattern (pymatgen ``XRDCalculator``) on a fixed 2θ grid, normalised to max 1.
 
     Each peak is a Gaussian of standard deviation ``sigma`` (degrees) integrated over every bin, so
@@ -456,12 +464,12 @@ class XRDPattern(BaseFeaturizer):
         edges = self.bin_edges
         return 0.5 * (edges[1:] + edges[:-1])
 
-    def _build(self) -> Any:
+    def _build(self) -> XRDCalculator:
         from pymatgen.analysis.diffraction.xrd import XRDCalculator
 
         return XRDCalculator(wavelength=self.wavelength)
 
-    def _featurize_one(self, crystal: Crystal, impl: Any) -> np.ndarray:
+    def _featurize_one(self, crystal: Crystal, impl: XRDCalculator) -> np.ndarray:
         pattern = impl.get_pattern(crystal.to_pymatgen(), scaled=False, two_theta_range=self.two_theta_range)
         two_theta = np.asarray(pattern.x, dtype=np.float64)  # [P]
         intensity = np.asarray(pattern.y, dtype=np.float64)  # [P]

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from crystalforge.config import dump_config, to_dict
-from crystalforge.core.crystal import Crystal
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.extras import require
+from crystalforge.data.dataset import CrystalDataset
 from crystalforge.generative.interfaces import GenerativeModel
 from crystalforge.registry import build_model, resolve_config
 from crystalforge.training.config import DataConfig, TrainConfig
@@ -29,13 +29,14 @@ from crystalforge.training.config import DataConfig, TrainConfig
 logger = logging.getLogger(__name__)
 
 
-def _datasets(config: DataConfig) -> tuple[list[Crystal], list[Crystal]]:
+def _datasets(config: DataConfig) -> tuple[CrystalDataset, CrystalDataset | None]:
+    """The training split (first ``limit`` structures when set) and the validation split, as flat arrays."""
     from crystalforge.data.resolve import load_dataset
 
-    train = list(load_dataset(config.dataset, config.train_split, root=config.root))
+    train = load_dataset(config.dataset, config.train_split, root=config.root)
     if config.limit is not None:
-        train = train[: config.limit]
-    val = list(load_dataset(config.dataset, config.val_split, root=config.root)) if config.val_split else []
+        train = train.subset(range(min(config.limit, len(train))))
+    val = load_dataset(config.dataset, config.val_split, root=config.root) if config.val_split else None
     return train, val
 
 
@@ -57,7 +58,7 @@ def train(config: TrainConfig, out_dir: str | Path) -> Path:
 
 def prepare(
     config: TrainConfig,
-) -> tuple[list[Crystal], list[Crystal], DatasetStats, TrainConfig, GenerativeModel]:
+) -> tuple[CrystalDataset, CrystalDataset | None, DatasetStats, TrainConfig, GenerativeModel]:
     """``(train_set, val_set, dataset_stats, resolved_config, model)`` of a run, before any training.
 
     The resolved config holds the family's data-derived settings (e.g. the elements of the type
@@ -66,9 +67,9 @@ def prepare(
     from crystalforge.data.stats import compute_dataset_stats
 
     train_set, val_set = _datasets(config.data)
-    if not train_set:
+    if len(train_set) == 0:
         raise ValueError(f"{config.data.dataset}/{config.data.train_split}: no training structures")
-    stats = compute_dataset_stats(train_set)
+    stats = compute_dataset_stats(train_set.arrays)
     model_config = resolve_config(config.model, stats, family=config.family)
     model = build_model(model_config, stats, family=config.family)
     return train_set, val_set, stats, replace(config, model=model_config), model
@@ -125,7 +126,9 @@ def _train(config: TrainConfig, out: Path) -> Path:
         num_workers=config.data.workers,
         augment=augment,
     )
-    val_loader = make_loader(val_set, batch_size=config.data.batch_size) if val_set else None
+    val_loader = None
+    if val_set is not None and len(val_set) > 0:
+        val_loader = make_loader(val_set, batch_size=config.data.batch_size)
     log = (
         CSVLogger(str(out), name="logs") if config.trainer.logger == "csv" else TensorBoardLogger(str(out), name="logs")
     )
