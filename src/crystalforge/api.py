@@ -1,9 +1,7 @@
 """The Python API: one facade over the package, what the CLI, notebooks and tests call.
 
-Each function resolves names (datasets in ``data``, shipped models in ``pretrained``) and hands the
-work to the package that owns it (``sampling`` for generation, ``evaluation`` for the protocol,
-``training`` for runs). Parallel work takes ``workers``: a number of local processes or an
-``ExecutorConfig`` (``ray=`` for a cluster).
+Each function resolves names (datasets, shipped models) and hands the work to the package that owns
+it. Parallel work takes ``workers``: local processes or an ``ExecutorConfig`` (``ray=``: a cluster).
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import z_to_symbol
@@ -36,14 +35,15 @@ from crystalforge.training.config import TrainConfig
 from crystalforge.training.loading import LoadedModel, load_model
 
 __all__ = [
-    "BENCHMARKS", "REDUCED", "SPLITS", "Crystal", "CrystalBatch", "CrystalError", "ExecutorConfig", "LoadedModel",
+    "BENCHMARKS", "REDUCED", "SPLITS", "Candidate", "Crystal", "CrystalBatch", "CrystalError", "DatasetStats",
+    "ExecutorConfig", "LoadedModel",
     "MissingDependencyError", "PreprocessOptions", "csp", "data_dir", "dataset_stats", "detect_format",
     "evaluate", "expected_rows", "generate", "iter_records", "known_datasets", "list_models", "load_dataset",
     "load_model", "parse_anti_annealing", "progress_bar", "read_samples", "read_structures", "require", "train",
     "write_structures", "z_to_symbol",
 ]  # fmt: skip
 
-Progress = Callable[[int], None] | None
+Progress = Callable[[int], object] | None
 AntiAnnealing = float | Mapping[str, float] | None
 JobsFor = Callable[[GenerativeModel, DatasetStats | None], list[Job]]
 

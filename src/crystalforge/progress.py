@@ -43,6 +43,12 @@ class _NullBar:
     def close(self) -> None:
         """Nothing to close."""
 
+    def __enter__(self) -> _NullBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def null_progress(total: int | None, desc: str) -> ProgressBar:
     """A progress factory that shows nothing."""

@@ -53,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
     if to_folder and fmt is None:
         print("error: converting into a folder needs --to FORMAT", file=sys.stderr)
         return 2
-    good, bad = [], []
+    good: list[api.Candidate] = []
+    bad: list[api.Candidate] = []
     with api.progress_bar(None, "reading") as bar:
         for record in api.iter_records(args.input, fmt=args.from_format):
             (good if record.crystal is not None else bad).append(record)
             bar.update(1)
     if good:
-        crystals = [r.crystal for r in good]
+        crystals = [r.crystal for r in good if r.crystal is not None]
         if to_folder:
             for i, crystal in enumerate(crystals):
                 stem = (crystal.material_id or f"structure_{i}").replace("/", "_").replace(":", "_")

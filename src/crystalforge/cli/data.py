@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crystalforge.cli.options import FORMATTER, add_parser, add_root, add_workers, executor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crystalforge import api
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -128,7 +131,7 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def stats_summary(stats: Any) -> dict[str, Any]:
+def stats_summary(stats: api.DatasetStats) -> dict[str, Any]:
     """The printed digest of a ``DatasetStats``: histograms, means and the most common elements."""
     from crystalforge import api
 

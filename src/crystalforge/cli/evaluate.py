@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         k=args.k,
         target=parse_target(args.target),
         out=args.out,
-        workers=executor(args),
+        workers=executor(args) or 1,
         root=args.root,
         fmt=args.format,
         show_progress=True,

@@ -13,6 +13,8 @@ final structure and energy are returned with ``converged=False``.
 
 Model-specific factories live elsewhere (``relax.chgnet_mlip``); the registry of relaxer names is
 ``relax.registry``. This module imports with numpy alone (ase is imported when a structure is relaxed).
+
+(About 410 lines: one relaxer, its step and final checks and its worker plumbing are one unit.)
 """
 
 from __future__ import annotations
