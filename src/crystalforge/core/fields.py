@@ -41,7 +41,12 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("lattice", Level.CRYSTAL, None, (3, 3), "Å", "rows are lattice vectors"),
         FieldSpec("num_atoms", Level.CRYSTAL, torch.int64, (), "", "atoms per crystal"),
         FieldSpec(
-            "fixed", Level.ATOM, torch.bool, (), "", "True for an atom whose type and position are given (inpainting)",
+            "fixed",
+            Level.ATOM,
+            torch.bool,
+            (),
+            "",
+            "True for an atom whose type and position are given (inpainting)",
             optional=True,
         ),
     )
