@@ -39,8 +39,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.api import dataset_stats, evaluate, load_dataset, read_structures, write_structures
-    from crystalforge.core.crystal import Crystal
     from crystalforge.core.batch import CrystalBatch
+    from crystalforge.core.crystal import Crystal
     from crystalforge.core.dataset_stats import DatasetStats
     from crystalforge.core.errors import CrystalError
     from crystalforge.evaluation.report import MetricReport

@@ -113,7 +113,8 @@ def test_fourth_family_trains_samples_and_evaluates_through_the_cli(tmp_path, to
     assert len(list((gen / "cif").glob("*.cif"))) == 5
 
     out = tmp_path / "eval"
-    assert main(["evaluate", str(gen), "--reference", str(data / "tiny.extxyz"), "--no-coverage", "--out", str(out)]) == 0
+    reference = str(data / "tiny.extxyz")
+    assert main(["evaluate", str(gen), "--reference", reference, "--no-coverage", "--out", str(out)]) == 0
     report = json.loads((out / "summary.json").read_text())
     assert report["n"] == 5 and report["validity_struct"] is not None
     # the same checkpoint loads through the API by its recorded family
@@ -129,5 +130,5 @@ def test_unknown_family_is_a_clear_error(tmp_path):
     from crystalforge.config import load_config
     from crystalforge.training.config import TrainConfig
 
-    with pytest.raises(KeyError, match="unknown model family 'no_such_family'.*joint"):
+    with pytest.raises(KeyError, match=r"unknown model family 'no_such_family'.*joint"):
         load_config(TrainConfig, config)

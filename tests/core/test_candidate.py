@@ -30,7 +30,7 @@ def test_candidate_table_views():
     assert len(table) == 3 and table.crystals == [cs[0], cs[2]]
     assert [c.source for c in table.failures] == ["f"]
     assert table.stage("s") == [None, None, 1]
-    assert isinstance(table[1:], CandidateTable) and len(table + [Candidate.failure("g", "x")]) == 4
+    assert isinstance(table[1:], CandidateTable) and len(table + CandidateTable([Candidate.failure("g", "x")])) == 4
 
 
 def test_require_names_the_extra(monkeypatch):

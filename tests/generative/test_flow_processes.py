@@ -9,8 +9,8 @@ from crystalforge.core.lattice import metric_tensor
 from crystalforge.core.periodic import pbc_diff
 from crystalforge.data.stats import compute_dataset_stats
 from crystalforge.generative.flow import LatticeFlow, MaskedTypeFlow, TorusFlow
-from crystalforge.generative.process_base import FixedField, LatticeStandardizer
 from crystalforge.generative.interfaces import PathSample
+from crystalforge.generative.process_base import FixedField, LatticeStandardizer
 from crystalforge.testing import tiny_batch, tiny_crystals
 from tests.generative.conftest import F64, gen, make_batch, steps
 

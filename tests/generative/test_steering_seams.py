@@ -59,7 +59,8 @@ def test_gradient_guidance_gets_autograd_and_changes_the_samples():
     config = SamplerConfig(steps=4)
     plain = sample(model, template, config, generator=torch.Generator().manual_seed(0))
     guidance = PullToCentre()
-    guided = sample(model, template, SamplePlan(config, guidance=(guidance,)), generator=torch.Generator().manual_seed(0))
+    plan = SamplePlan(config, guidance=(guidance,))
+    guided = sample(model, template, plan, generator=torch.Generator().manual_seed(0))
     assert guidance.calls == 4 and min(guidance.grad_norms) > 0
     assert not torch.equal(plain.frac_coords, guided.frac_coords)
     # the lattice prediction was left alone, but it sees other coordinates, so only coordinates are asserted

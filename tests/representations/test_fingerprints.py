@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
-from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.extras import MissingDependencyError
 from crystalforge.core.symmetry_ops import (
     change_basis,

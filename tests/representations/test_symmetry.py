@@ -7,9 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
-from crystalforge.core.crystal import Crystal
-
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 from crystalforge.core.symmetry_ops import (
     change_basis,
