@@ -8,7 +8,7 @@ diffusion time ``τ = 1 − t`` (τ = 0 data, τ = 1 noise), so ``step(x, predic
 from diffusion time ``τ`` to ``τ − dt``. Working representations, ``encode``/``decode``, per-crystal
 losses and generator seeding follow ``generative.flow.processes`` (whose shared helpers these
 classes reuse). Equations, defaults and differences from DiffCSP/MatterGen are in
-``docs/_parts/processes.md``.
+``docs/models.md`` ("Generative processes per field").
 """
 
 from __future__ import annotations

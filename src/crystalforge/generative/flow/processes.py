@@ -3,7 +3,7 @@
 ``TorusFlow`` (frac coords), ``LatticeFlow`` (lattice code), ``MaskedTypeFlow`` (atom types,
 discrete flow matching). The shared helpers, per-field base classes (working representations) and ``FixedField`` live in
 ``generative.process_base``. The equations, defaults and their sources are in
-``docs/_parts/processes.md``.
+``docs/models.md`` ("Generative processes per field").
 """
 
 from __future__ import annotations
