@@ -37,6 +37,7 @@ class ToyConfig:
 
 class ToyGaussian(nn.Module):
     tasks = ("csp", "dng")
+    conditions = ()
 
     def __init__(self, config: ToyConfig) -> None:
         super().__init__()

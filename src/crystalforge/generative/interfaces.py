@@ -199,12 +199,17 @@ class GenerativeModel(Protocol):
     """What the package sees of any generative family (every ``torch.nn.Module`` has the rest).
 
     ``tasks``: the tasks this model can do (a subset of ``TASKS``); a CSP model keeps the
-    template's types, a DNG model generates them from ``MASK_Z``.
+    template's types, a DNG model generates them from ``MASK_Z``. ``conditions``: the properties
+    it can be conditioned on (targets for any other property are refused, never ignored).
     """
 
     @property
     def tasks(self) -> tuple[str, ...]:
         """``("csp",)``, ``("dng",)`` or both."""
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """Property names the model reads from ``template.properties`` (empty: unconditional)."""
 
     def loss(self, batch: CrystalBatch) -> dict[str, Tensor]:
         """``{"loss": scalar to minimise, <part>: scalar, ...}`` for one data batch."""

@@ -66,6 +66,12 @@ class JointModel(nn.Module):
         return ("csp",) if isinstance(self.processes["atomic_numbers"], FixedField) else ("dng",)
 
     @property
+    def conditions(self) -> tuple[str, ...]:
+        """Properties the backbone embeds (its ``config.properties``; empty when unconditional)."""
+        config = getattr(self.backbone, "config", None)
+        return tuple(getattr(config, "properties", ()))
+
+    @property
     def has_corrector(self) -> bool:
         """Whether any process has a corrector move (diffusion predictor–corrector sampling)."""
         return any(p.has_corrector for p in self.processes.values())

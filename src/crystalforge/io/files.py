@@ -52,11 +52,18 @@ def detect_format(path: str | Path) -> str:
     raise ValueError(f"{path}: cannot tell the format from the name (known: {', '.join(FORMATS)}; or pass fmt=)")
 
 
+FOLDER_SKIPPED_SUFFIXES = (".txt",)
+"""Read as crystal text only when named as a file (a folder's ``.txt`` files are usually notes)."""
+
+
 def structure_files(folder: Path) -> list[Path]:
-    """Files in ``folder`` (recursively, sorted) whose names have a known structure format."""
+    """Files in ``folder`` (recursively, sorted) whose names have a known structure format.
+
+    ``.txt`` files are skipped (name the file, use ``.cftxt``, or pass ``fmt="text"`` to read one).
+    """
     out = []
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in FOLDER_SKIPPED_SUFFIXES:
             try:
                 detect_format(p)
             except ValueError:

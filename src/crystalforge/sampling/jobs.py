@@ -30,6 +30,14 @@ def require_task(model: GenerativeModel, task: str, name: str) -> None:
         raise ValueError(f"model {name} is a {have} model; {hint}")
 
 
+def require_conditions(model: GenerativeModel, properties: Mapping[str, float], name: str) -> None:
+    """Raise ``ValueError`` for a target property the model cannot be conditioned on."""
+    unknown = sorted(set(properties) - set(model.conditions))
+    if unknown:
+        known = ", ".join(model.conditions) or "none: it is unconditional"
+        raise ValueError(f"model {name} cannot be conditioned on {unknown} (its conditions: {known})")
+
+
 def dng_jobs(
     n: int,
     *,
@@ -92,6 +100,7 @@ def generation_jobs(
 ) -> list[Job]:
     """``generate``'s jobs: de novo (counts from ``num_atoms`` or ``stats``), or ``n`` of one composition."""
     require_task(model, "dng" if composition is None else "csp", name)
+    require_conditions(model, properties or {}, name)
     if composition is not None:
         return formula_jobs(composition, n, properties=properties)
     return dng_jobs(n, num_atoms=num_atoms, stats=stats, seed=seed, properties=properties)

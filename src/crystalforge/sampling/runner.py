@@ -16,6 +16,9 @@ evaluating the folder counts it as an invalid sample, so no rate is computed ove
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -95,7 +98,9 @@ def run_jobs(
         "batch_size": batch_size,
     }
     if plan.guidance or plan.constraints:
-        settings["steering"] = [repr(g) for g in (*plan.guidance, *plan.constraints)]
+        settings["steering"] = [steering_record(g) for g in (*plan.guidance, *plan.constraints)]
+    if any(j.properties for j in jobs):
+        settings["targets"] = targets_digest(jobs)
     folder.record_settings(settings, resuming=folder.has_chunks())
     folder.chunk_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device)
@@ -110,6 +115,10 @@ def run_jobs(
         if made is None:
             generator = torch.Generator(device=device).manual_seed(seed + k)
             result = sample(model, jobs_template(part, dtype).to(device), plan, generator=generator)
+            if result.num_crystals != len(part):
+                raise RuntimeError(f"the model returned {result.num_crystals} crystals for {len(part)} jobs")
+            # outputs are named by their jobs, whatever the family kept; targets are not results
+            result = result.replace(material_ids=tuple(j.name for j in part), properties={}, condition_mask={})
             made, failed = _to_crystals(result)
             for name, reason in failed:
                 logger.warning("%s: generated structure is unusable (%s); not written", name, reason)
@@ -133,6 +142,31 @@ def run_jobs(
                 except Exception as exc:  # noqa: BLE001 - spglib can fail on odd cells; the P1 file exists
                     logger.warning("%s: no symmetrised CIF (%s)", name, exc)
     return crystals
+
+
+def steering_record(item: object) -> JSONValue:
+    """A guidance's or constraint's settings as plain data, the same in every process (for ``run.json``).
+
+    A dataclass gives its class name and fields; an object with ``settings()`` gives that; any
+    other gives its class name only (so two settings of it cannot be told apart on resume).
+    """
+    name = type(item).__qualname__
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        fields: JSONValue = json.loads(json.dumps(dataclasses.asdict(item), default=str))
+        return {"type": name, "settings": fields}
+    settings = getattr(item, "settings", None)
+    if callable(settings):
+        return {"type": name, "settings": json.loads(json.dumps(settings(), default=str))}
+    return {"type": name}
+
+
+def targets_digest(jobs: Sequence[Job]) -> str:
+    """A digest of the distinct target settings of the jobs: resuming with other targets is refused.
+
+    Only the distinct settings count, so asking for more structures with the same targets extends a run.
+    """
+    distinct = sorted({json.dumps(sorted(j.properties.items())) for j in jobs})
+    return hashlib.sha256(json.dumps(distinct).encode()).hexdigest()[:16]
 
 
 def _finished_chunk(path: Path, part: Sequence[Job], failed: set[str]) -> list[Crystal] | None:
