@@ -20,13 +20,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "src" / "crystalforge" / "models"
+MODELS = REPO / "src" / "crystalforge" / "pretrained"
 DNG_KEYS = (
     "validity",
     "validity_struct",
     "validity_comp",
-    "cov_recall",
+    "cov_recall",  # the published scripts' rule: every fingerprinted sample enters
     "cov_precision",
+    "cov_recall_valid_only",
+    "cov_precision_valid_only",
     "wdist_density",
     "wdist_num_elements",
     "unique_rate",

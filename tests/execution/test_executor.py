@@ -55,3 +55,5 @@ def test_ray_is_an_optional_extra():
     else:
         with pytest.raises(MissingDependencyError, match=r'crystalforge\[ray\]'):
             RayExecutor(2)
+        with pytest.raises(MissingDependencyError, match=r'crystalforge\[ray\]'):
+            ExecutorConfig(workers=2, ray="auto")  # refused when configured, before any work

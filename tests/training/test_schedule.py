@@ -17,6 +17,7 @@ from crystalforge.training.run import _strategy, optimizer_steps_per_epoch
         (1001, 100, 2, 5),  # the distributed sampler pads to 501 per process
         (50, 100, 1, 1),  # a set smaller than one batch is one step
         (150, 100, 8, 1),  # never zero steps
+        (300, 256, 2, 1),  # 150 per process: one incomplete batch each, kept
     ],
 )
 def test_steps_per_epoch(n, batch, world, steps):

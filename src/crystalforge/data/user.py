@@ -111,7 +111,7 @@ def load_user_dataset(
             for record in iter_records(p):
                 if record.crystal is None:
                     problem = record.error or "unreadable"
-                    failures.append(Candidate.failure(record.source, problem, material_id=record.ident))
+                    failures.append(Candidate.failure(record.source, problem, material_id=record.material_id))
                 else:
                     raw.append(record.crystal)
         out = []

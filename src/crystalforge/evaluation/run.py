@@ -16,6 +16,7 @@ from pathlib import Path
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
+from crystalforge.core.extras import require
 from crystalforge.evaluation.context import CSPLink, EvaluationContext, ProgressFactory, Task, assign_groups
 from crystalforge.evaluation.features import FeaturizerLike
 from crystalforge.evaluation.hull import ReferenceHull
@@ -141,10 +142,12 @@ def evaluate_candidates(
             ``link_predictions``.
         CrystalError: when there are no candidates.
         FileNotFoundError: when a relaxer is given but the shipped hull is not installed.
+        MissingDependencyError: when smact (the ``evaluation`` extra) is not installed.
 
     """
     if task not in _TASKS:
         raise ValueError(f"task must be 'dng' or 'csp', not {task!r}")
+    require("smact", "the validity metric (SMACT composition rule)", extra="evaluation")
     if k is not None and not (isinstance(k, int) and k >= 1):
         raise ValueError(f"k must be >= 1, got {k}")
     config = ExecutorConfig.of(workers)

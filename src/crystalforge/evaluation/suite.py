@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from crystalforge.core.extras import MissingDependencyError
 from crystalforge.core.versions import distribution_version
 from crystalforge.evaluation.context import EvaluationContext
 from crystalforge.evaluation.metrics.base import Metric
@@ -75,6 +76,8 @@ def run_evaluation(ctx: EvaluationContext, metrics: Sequence[Metric] | None = No
         try:
             with ctx.timed(metric.name):
                 result = metric(ctx)
+        except MissingDependencyError:
+            raise  # a missing extra stops the evaluation (the CLI exits 2), never becomes a metric error
         except Exception as exc:  # noqa: BLE001 - one metric's failure must not lose the others
             logger.error("metric %s failed: %s", metric.name, exc)
             errors[metric.name] = f"{type(exc).__name__}: {exc}"

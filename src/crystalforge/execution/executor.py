@@ -52,8 +52,9 @@ class ExecutorConfig:
 
     Attributes:
         workers: parallel workers (local processes, or Ray actors when ``ray`` is set).
-        ray: None for local execution; ``"auto"`` joins a running cluster (or starts a local
-            one), any other string is a cluster address (``"ray://host:10001"``).
+        ray: None for local execution; ``"auto"`` joins a running cluster (or starts one on this
+            machine when none runs), ``"local"`` always starts one here, any other string is a
+            cluster address (``"ray://host:10001"``). Without Ray installed this is an error at once.
         start_method: multiprocessing start method for local processes (None: the platform's
             default; ``"spawn"`` for work that loads torch models in the workers).
 
@@ -76,6 +77,10 @@ class ExecutorConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.ray is not None:  # a missing Ray stops the command here, before any work
+            from crystalforge.core.extras import require
+
+            require("ray", "running work on a Ray cluster (--ray)")
         if self.start_method is not None and self.start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"unknown start method {self.start_method!r}")
 
@@ -185,8 +190,13 @@ class RayExecutor(_Base):
     def _start(self) -> list[Any]:
         ray = self._ray
         if not ray.is_initialized():
-            if self._address == "local":
-                ray.init(num_cpus=self._workers, include_dashboard=False, log_to_driver=False)
+            if self._address in ("auto", "local"):
+                try:  # "auto": join the running cluster, else start one on this machine
+                    if self._address == "local":
+                        raise ConnectionError("a local cluster was asked for")
+                    ray.init(address="auto", include_dashboard=False, log_to_driver=False)
+                except ConnectionError:
+                    ray.init(num_cpus=self._workers, include_dashboard=False, log_to_driver=False)
             else:
                 ray.init(address=self._address, include_dashboard=False, log_to_driver=False)
         worker_class = ray.remote(max_restarts=self._max_retries, max_task_retries=self._max_retries)(_RayWorker)

@@ -82,7 +82,7 @@ def optimizer_steps_per_epoch(num_structures: int, batch_size: int, world_size: 
     one step consumes ``batch_size × world_size`` structures; incomplete last batches are dropped
     when there is more than one batch (as the loader does). The LR schedule counts these steps.
     """
-    if num_structures <= batch_size:
+    if math.ceil(num_structures / max(1, world_size)) <= batch_size:
         return 1
     return max(1, math.ceil(num_structures / max(1, world_size)) // batch_size)
 
@@ -122,7 +122,8 @@ def _train(config: TrainConfig, out: Path) -> Path:
         batch_size=config.data.batch_size,
         shuffle=True,
         seed=config.trainer.seed,
-        drop_last=len(train_set) > config.data.batch_size,
+        # incomplete batches are dropped when each process has more than one batch (its share under DDP)
+        drop_last=math.ceil(len(train_set) / config.world_size) > config.data.batch_size,
         num_workers=config.data.workers,
         augment=augment,
     )
