@@ -124,6 +124,15 @@ class _Report:
         return "summary\n"
 
 
+@pytest.fixture
+def ray_present(monkeypatch):
+    """Pretend Ray is installed (an ExecutorConfig with ray= checks for it when built)."""
+    from crystalforge.core import extras
+
+    monkeypatch.setattr(extras, "require", lambda module, feature, extra=None: None)
+
+
+@pytest.mark.usefixtures("ray_present")
 def test_evaluate_passes_workers_or_an_executor_config(tmp_path, monkeypatch):
     seen = _capture_workers(monkeypatch, "evaluate", _Report())
     assert main(["evaluate", str(tmp_path), "--workers", "3"]) == 0
@@ -131,6 +140,7 @@ def test_evaluate_passes_workers_or_an_executor_config(tmp_path, monkeypatch):
     assert seen == [3, api.ExecutorConfig(workers=3, ray="auto")]
 
 
+@pytest.mark.usefixtures("ray_present")
 def test_data_prepare_passes_an_executor_config(monkeypatch, capsys):
     class Dataset(list):
         failures = ()
@@ -141,6 +151,14 @@ def test_data_prepare_passes_an_executor_config(monkeypatch, capsys):
     assert main(["data", "prepare", "perov_5", "--splits", "val"]) == 0
     assert seen == [api.ExecutorConfig(workers=4, ray="ray://head:10001"), None]
     assert "perov_5/val: 0 structures cached" in capsys.readouterr().out
+
+
+def test_ray_without_ray_installed_names_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["evaluate", str(tmp_path), "--workers", "2", "--ray", "auto"]) == 2
+    assert 'crystalforge[ray]' in _one_line_error(capsys)
 
 
 def test_ray_with_bad_workers_is_a_clean_error(tmp_path, capsys):
