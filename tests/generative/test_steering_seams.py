@@ -134,3 +134,21 @@ def test_batch_field_table_carries_fixed_and_latents():
     assert set(b.replace(lattice=batch.lattice * 2).latents) == {"atomic_numbers"}
     assert b.replace(num_atoms=batch.num_atoms).latents == {}
     assert set(b.replace(frac_coords=batch.frac_coords).latents) == {"lattice", "atomic_numbers"}
+
+
+def test_type_classes_reach_the_backbone_without_a_lookup(monkeypatch):
+    model = _model(task="dng")
+    assert model._share_type_classes  # one vocabulary for the backbone and the type process
+    template = CrystalBatch.collate(tiny_crystals()[1:3], dtype=torch.float32)
+    state = model.sample_prior(template.replace(atomic_numbers=torch.zeros_like(template.atomic_numbers)))
+    t = torch.full((len(state),), 0.3)
+    with_classes = model.predict(state, t)
+    lookups = []
+    real = model.backbone.type_embedding.classes
+    monkeypatch.setattr(model.backbone.type_embedding, "classes", lambda z: lookups.append(1) or real(z))
+    model.predict(state, t)
+    assert lookups == []  # the working classes were used
+    without = model.backbone(state.replace(latents={}), t)  # from Z, through the lookup
+    assert lookups == [1]
+    assert torch.equal(with_classes.atomic_numbers, without.atomic_numbers)
+    assert torch.equal(with_classes.frac_coords, without.frac_coords)

@@ -52,7 +52,12 @@ class PathSample:
 
 
 class Backbone(Protocol):
-    """A network over a noisy state: reads ``state.properties``/``condition_mask`` for conditioning."""
+    """A network over a noisy state: reads ``state.properties``/``condition_mask`` for conditioning.
+
+    A backbone that exposes ``type_vocabulary`` also accepts ``type_classes=`` (class indices of
+    that vocabulary for ``state.atomic_numbers``); ``JointModel`` passes its type process's working
+    values then, so no Z → class lookup runs per call.
+    """
 
     def __call__(self, state: CrystalBatch, t: Tensor) -> FieldOutputs:
         """``t`` is [B] in [0, 1] (0 = prior/noise, 1 = data)."""

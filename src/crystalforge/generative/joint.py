@@ -56,6 +56,11 @@ class JointModel(nn.Module):
             raise ValueError(f"no process for field(s) {sorted(missing)} (use FixedField for a given field)")
         self.backbone = backbone
         self.processes = dict(processes)
+        # the type process's working values are the backbone's own classes when both use one
+        # vocabulary: predict hands them over, and the backbone skips the Z → class lookup
+        types = self.processes["atomic_numbers"]
+        vocabulary = getattr(types, "vocab", None)
+        self._share_type_classes = vocabulary is not None and getattr(backbone, "type_vocabulary", None) == vocabulary
         self.loss_weights = {f: 1.0 for f in FIELDS} | dict(loss_weights or {})
         self.time_eps = time_eps
 
@@ -110,7 +115,11 @@ class JointModel(nn.Module):
 
     def predict(self, state: CrystalBatch, t: Tensor) -> FieldOutputs:
         """The backbone's outputs for a noisy state at per-crystal time ``t`` [B]."""
-        outputs: FieldOutputs = self.backbone(state, t)  # nn.Module calls are untyped; see ``Backbone``
+        classes = state.latents.get("atomic_numbers") if self._share_type_classes else None
+        if classes is not None:
+            outputs: FieldOutputs = self.backbone(state, t, type_classes=classes)
+            return outputs
+        outputs = self.backbone(state, t)  # nn.Module calls are untyped; see ``Backbone``
         return outputs
 
     def step(

@@ -109,8 +109,16 @@ class TypeEmbedding(nn.Module):
             raise ValueError(f"atomic numbers {bad[:10]} are not in the backbone's type vocabulary")
         return cls
 
-    def forward(self, atomic_numbers: Tensor | None = None, *, probs: Tensor | None = None) -> Tensor:
-        """``[N, dim]`` from atomic numbers ``[N]`` or from class probabilities ``probs [N, K]``."""
+    def forward(
+        self, atomic_numbers: Tensor | None = None, *, probs: Tensor | None = None, classes: Tensor | None = None
+    ) -> Tensor:
+        """``[N, dim]`` from atomic numbers ``[N]``, class indices ``classes [N]`` or probabilities ``probs [N, K]``.
+
+        ``classes`` are this vocabulary's indices, used as given (no Z lookup, no device sync): a
+        caller that already holds them (a type process's working values) skips the conversion.
+        """
+        if classes is not None:
+            return self.embedding(classes)
         if probs is not None:
             if probs.dim() != 2 or probs.shape[1] != self.num_classes:
                 raise ValueError(

@@ -199,7 +199,19 @@ class PeriodicMP(nn.Module):
             raise ValueError(f"t must have shape ({num_crystals},) or be a scalar, got {tuple(t.shape)}")
         return t
 
-    def forward(self, state: CrystalBatch, t: Tensor, *, type_probs: Tensor | None = None) -> FieldOutputs:
+    @property
+    def type_vocabulary(self) -> TypeVocabulary:
+        """The type vocabulary; ``forward(..., type_classes=)`` takes class indices of it."""
+        return self.type_embedding.vocabulary
+
+    def forward(
+        self,
+        state: CrystalBatch,
+        t: Tensor,
+        *,
+        type_probs: Tensor | None = None,
+        type_classes: Tensor | None = None,
+    ) -> FieldOutputs:
         """Predict per-field vectors for ``state`` at times ``t [B]`` (0 = prior, 1 = data).
 
         Args:
@@ -207,6 +219,8 @@ class PeriodicMP(nn.Module):
                 ``condition_mask`` drive conditioning.
             t: ``[B]`` times in [0, 1] (a scalar is broadcast).
             type_probs: optional ``[N, K]`` class probabilities used instead of ``atomic_numbers``.
+            type_classes: optional ``[N]`` class indices of ``type_vocabulary`` for ``atomic_numbers``
+                (a type process's working values; skips the Z → class lookup).
 
         Returns:
             ``FieldOutputs`` with ``frac_coords [N, 3]``, ``atomic_numbers [N, K]`` logits and
@@ -227,7 +241,7 @@ class PeriodicMP(nn.Module):
             ctx = ctx + self.property_embedding(state)
 
         # per atom: type + context -> h [N, H]
-        types = self.type_embedding(state.atomic_numbers, probs=type_probs)
+        types = self.type_embedding(state.atomic_numbers, probs=type_probs, classes=type_classes)
         h = types + self.node_context(ctx).index_select(0, crystal_idx)
 
         # per pair: periodic Fourier features of Δf, computed in the input precision, once
