@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from crystalforge import write_structures
 from crystalforge.cli.main import main
 from crystalforge.testing import tiny_crystals
@@ -27,3 +29,14 @@ def test_train_without_lightning_names_the_extra(tmp_path, monkeypatch, capsys):
     assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
     assert 'crystalforge[train]' in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_generate_condition_reaches_the_model_and_unknown_targets_are_refused(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["generate", "--model", "perov_5-dng", "-n", "2", "--steps", "2", "--condition", "band_gap=1.5",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "cannot be conditioned on ['band_gap']" in err and "unconditional" in err
+    assert not (out / "run.json").exists()
+    with pytest.raises(SystemExit):
+        main(["generate", "--condition", "band_gap=inf", "--out", str(out)])
