@@ -119,3 +119,26 @@ def test_model_needs_every_field():
 
     with pytest.raises(ValueError, match="no process for field"):
         JointModel(torch.nn.Identity(), {"frac_coords": TorusFlow()})
+
+
+def test_time_power_draws_training_times_towards_the_data():
+    crystals = tiny_crystals()
+    stats = compute_dataset_stats(crystals)
+    batch = CrystalBatch.collate(crystals * 400, dtype=torch.float64)
+    means = {}
+    for power in (1.0, 3.0):
+        model = build_model(ModelConfig(kind="flow", task="csp", backbone=TINY, time_power=power), stats).double()
+        seen = []
+        real = model.predict
+
+        def spy(state, t, real=real, seen=seen):
+            seen.append(t)
+            return real(state, t)
+
+        model.predict = spy
+        model.loss(batch, generator=torch.Generator().manual_seed(0))
+        means[power] = float(seen[0].mean())
+    # t = u^(1/a) has mean a / (a + 1): 1/2 for the uniform draw, 3/4 for a = 3 (n = 2,000)
+    assert means[1.0] == pytest.approx(0.5, abs=0.02) and means[3.0] == pytest.approx(0.75, abs=0.02)
+    with pytest.raises(ValueError, match="time_power"):
+        build_model(ModelConfig(time_power=0.0, backbone=TINY), stats)

@@ -39,6 +39,8 @@ class JointModel(nn.Module):
         processes: one process for each of ``frac_coords``, ``lattice`` and ``atomic_numbers``.
         loss_weights: weight of each field's loss in the total (default 1 each).
         time_eps: training times are drawn from ``[time_eps, 1 − time_eps]``.
+        time_power: training times are ``u^(1/time_power)`` with ``u`` uniform (density
+            ``time_power · t^(time_power − 1)``): 1 is uniform, larger favours the data end.
 
     """
 
@@ -49,6 +51,7 @@ class JointModel(nn.Module):
         *,
         loss_weights: Mapping[str, float] | None = None,
         time_eps: float = 1e-3,
+        time_power: float = 1.0,
     ) -> None:
         super().__init__()
         missing = set(FIELDS) - set(processes)
@@ -63,6 +66,9 @@ class JointModel(nn.Module):
         self._share_type_classes = vocabulary is not None and getattr(backbone, "type_vocabulary", None) == vocabulary
         self.loss_weights = {f: 1.0 for f in FIELDS} | dict(loss_weights or {})
         self.time_eps = time_eps
+        if not time_power > 0:
+            raise ValueError(f"time_power must be positive, got {time_power}")
+        self.time_power = time_power
 
     # ---- what the model is ----------------------------------------------------------------
     @property
@@ -167,6 +173,8 @@ class JointModel(nn.Module):
         """``{"loss": weighted total, "<field>": mean per-crystal loss}`` for one data batch."""
         b = batch.num_crystals
         u = torch.rand(b, generator=generator, device=batch.device, dtype=batch.frac_coords.dtype)
+        if self.time_power != 1.0:
+            u = u.pow(1.0 / self.time_power)
         t = self.time_eps + (1.0 - 2.0 * self.time_eps) * u
         paths = {
             f: self.processes[f].sample_path(self.processes[f].encode(batch), t, batch, generator=generator)

@@ -45,6 +45,8 @@ class ModelConfig:
         properties: property names to condition on (classifier-free guidance needs them).
         anti_annealing: FlowMM's inference-time velocity scale for flows (0 = plain Euler).
         loss_weights: per-field loss weights (``frac_coords``, ``lattice``, ``atomic_numbers``).
+        time_power: training times are ``t = u^(1/time_power)``, ``u ~ U(0, 1)``: 1 is uniform,
+            larger values draw more times near the data (t → 1), where precision is decided.
 
     """
 
@@ -55,6 +57,7 @@ class ModelConfig:
     properties: tuple[str, ...] = ()
     anti_annealing: float = 0.0
     loss_weights: dict[str, float] = field(default_factory=dict)
+    time_power: float = 1.0
 
 
 def _periodic_mp(config: ModelConfig, elements: tuple[int, ...]) -> nn.Module:
@@ -131,4 +134,4 @@ def build_joint_model(config: ModelConfig, stats: DatasetStats | None) -> JointM
     elements = resolve_elements(config, stats)
     backbone = BACKBONES[config.backbone.name](config, elements)
     processes = PROCESSES[config.kind](config, TypeVocabulary(elements), stats)
-    return JointModel(backbone, processes, loss_weights=config.loss_weights)
+    return JointModel(backbone, processes, loss_weights=config.loss_weights, time_power=config.time_power)
