@@ -33,3 +33,13 @@ def data_root() -> Path:
     if not (root / "perov_5").is_dir():
         pytest.skip(f"benchmark data not found in {root} (set CRYSTALFORGE_DATA_DIR)")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, restored afterwards: many tiny ops on a shared machine run
+    faster without thread hand-offs (directories opt in with an autouse fixture in their conftest)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,7 +1,6 @@
-"""The Python API: one facade over the package, what the CLI, notebooks and tests call.
+"""The Python API, what the CLI, notebooks and tests call: names resolved, work handed to its package.
 
-Each function resolves names (datasets, shipped models) and hands the work to the package that owns
-it. Parallel work takes ``workers``: local processes or an ``ExecutorConfig`` (``ray=``: a cluster).
+Parallel work takes ``workers``: local processes or an ``ExecutorConfig`` (``ray=``: a cluster).
 """
 
 from __future__ import annotations
@@ -9,12 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from crystalforge.core.batch import CrystalBatch
+from crystalforge.core import Crystal, CrystalBatch, CrystalError
 from crystalforge.core.candidate import Candidate
-from crystalforge.core.crystal import Crystal
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import z_to_symbol
-from crystalforge.core.errors import CrystalError
 from crystalforge.core.extras import MissingDependencyError, require
 from crystalforge.data.benchmark import expected_rows
 from crystalforge.data.paths import cache_dir, data_dir
@@ -26,71 +23,74 @@ from crystalforge.evaluation.report import MetricReport
 from crystalforge.execution import ExecutorConfig
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan
 from crystalforge.io.files import detect_format, iter_records, read_structures, write_structures
+from crystalforge.predictors import PredictorEnsemble, PredictorTrainConfig, PropertyGNNConfig
 from crystalforge.pretrained import list_models
 from crystalforge.progress import progress_bar
 from crystalforge.sampling.jobs import generation_jobs, prediction_jobs
 from crystalforge.sampling.runner import Job, run_jobs
 from crystalforge.sampling.samplers import parse_anti_annealing, with_overrides
+from crystalforge.sampling.steering import Steering, parse_target, run_steered
+from crystalforge.screening.predict import predict_properties
 from crystalforge.training.config import TrainConfig
 from crystalforge.training.loading import LoadedModel, load_model
+from crystalforge.training.predictor import train_predictor
 
 __all__ = [
     "BENCHMARKS", "REDUCED", "SPLITS", "Candidate", "Crystal", "CrystalBatch", "CrystalError", "DatasetStats",
-    "ExecutorConfig", "LoadedModel",
-    "MissingDependencyError", "PreprocessOptions", "csp", "data_dir", "dataset_stats", "detect_format",
+    "ExecutorConfig", "LoadedModel", "MissingDependencyError", "PredictorEnsemble", "PredictorTrainConfig",
+    "PreprocessOptions", "PropertyGNNConfig", "Steering", "csp", "data_dir", "dataset_stats", "detect_format",
     "evaluate", "expected_rows", "generate", "iter_records", "known_datasets", "list_models", "load_dataset",
-    "load_model", "parse_anti_annealing", "progress_bar", "read_samples", "read_structures", "require", "train",
-    "write_structures", "z_to_symbol",
+    "load_model", "parse_anti_annealing", "parse_target", "predict_properties", "progress_bar", "read_samples",
+    "read_structures", "require", "train", "train_predictor", "write_structures", "z_to_symbol",
 ]  # fmt: skip
 
 Progress = Callable[[int], object] | None
 AntiAnnealing = float | Mapping[str, float] | None
-JobsFor = Callable[[GenerativeModel, DatasetStats | None], list[Job]]
+JobsFor = Callable[[GenerativeModel, DatasetStats | None, int], list[Job]]
 
 
 def _run(model: str | Path, out: str | Path, jobs_for: JobsFor, steps: int | None, anti_annealing: AntiAnnealing,
-         plan: SamplePlan | None, batch_size: int, seed: int, device: str,
-         progress: Progress) -> list[Crystal]:  # fmt: skip
-    """Load the model, build its jobs, run them with its default sampler overridden where given."""
+         plan: SamplePlan | None, batch_size: int, seed: int, device: str, progress: Progress,
+         steering: Steering | None = None, n: int = 0) -> list[Crystal]:  # fmt: skip
+    """Load the model, build its jobs, run them (steered when asked) with its sampler overridden where given."""
     net, _, stats, default = load_model(model)
     sampler = with_overrides(default, steps=steps, anti_annealing=anti_annealing, plan=plan)
-    return run_jobs(net, jobs_for(net, stats), out, sampler=sampler, model_name=str(model), batch_size=batch_size,
-                    seed=seed, device=device, progress=progress)  # fmt: skip
+    run = {"model_name": str(model), "batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
+    if steering is not None:
+        return run_steered(net, lambda count: jobs_for(net, stats, count), n, out, steering, sampler, **run)
+    return run_jobs(net, jobs_for(net, stats, n), out, sampler=sampler, **run)  # type: ignore[arg-type]
 
 
 def generate(model: str | Path = "perov_5-dng", *, n: int = 100, out: str | Path, num_atoms: int | None = None,
              composition: str | None = None, properties: Mapping[str, float] | None = None, steps: int | None = None,
-             anti_annealing: AntiAnnealing = None, plan: SamplePlan | None = None, seed: int = 0, device: str = "cpu",
-             batch_size: int = 256, progress: Progress = None) -> list[Crystal]:  # fmt: skip
+             anti_annealing: AntiAnnealing = None, plan: SamplePlan | None = None, steering: Steering | None = None,
+             seed: int = 0, device: str = "cpu", batch_size: int = 256,
+             progress: Progress = None) -> list[Crystal]:  # fmt: skip
     """Generate ``n`` crystals into ``out`` (resumable; see ``sampling.runner``, ``sampling.jobs``).
 
     ``composition`` (a formula: the cell content) needs a CSP model; ``properties`` are targets of a
-    conditioned model; ``plan`` adds guidance/constraints; ``anti_annealing`` (``s`` or
-    ``{field: s}``, 0 = off) scales flow velocities by ``1 + s·t``.
+    conditioned model; ``plan`` adds guidance/constraints; ``steering``: targets, routes, elements,
+    motif (``sampling.steering``); ``anti_annealing`` (``s`` or ``{field: s}``) scales flow velocities.
     """
 
-    def jobs_for(net: GenerativeModel, stats: DatasetStats | None) -> list[Job]:
-        return generation_jobs(net, stats, n=n, num_atoms=num_atoms, composition=composition,
+    def jobs_for(net: GenerativeModel, stats: DatasetStats | None, count: int) -> list[Job]:
+        return generation_jobs(net, stats, n=count, num_atoms=num_atoms, composition=composition,
                                properties=properties, seed=seed, name=str(model))  # fmt: skip
 
-    return _run(model, out, jobs_for, steps, anti_annealing, plan, batch_size, seed, device, progress)
+    return _run(model, out, jobs_for, steps, anti_annealing, plan, batch_size, seed, device, progress, steering, n)
 
 
 def csp(model: str | Path = "perov_5-csp", *, out: str | Path, formulas: Sequence[str] = (),
         reference: str | Path | None = None, split: str = "test", limit: int | None = None, k: int = 1,
         steps: int | None = None, anti_annealing: AntiAnnealing = None, seed: int = 0, device: str = "cpu",
         batch_size: int = 256, root: str | Path | None = None, progress: Progress = None) -> list[Crystal]:  # fmt: skip
-    """Predict ``k`` structures per formula or per composition of a reference split.
-
-    Outputs are named ``<material_id>`` (k = 1) or ``<material_id>_<j>``, ready for
-    ``evaluate(..., task="csp")``; formulas give ``<formula>``/``<formula>_<j>``.
-    """
+    """``k`` structures per formula or reference composition, named ``<material_id>[_<j>]``/``<formula>[_<j>]``."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     crystals = [] if reference is None else resolve_reference(reference, split, root, None)[0][:limit]
     targets = [(str(c.material_id), c.atomic_numbers.tolist()) for c in crystals]
 
-    def jobs_for(net: GenerativeModel, stats: DatasetStats | None) -> list[Job]:
+    def jobs_for(net: GenerativeModel, stats: DatasetStats | None, count: int) -> list[Job]:
         return prediction_jobs(net, targets, formulas=formulas, k=k, name=str(model))
 
     return _run(model, out, jobs_for, steps, anti_annealing, None, batch_size, seed, device, progress)

@@ -11,13 +11,9 @@ F64 = torch.float64
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Oracle runs push thousands of tiny ops; thread hand-offs would dominate them on a shared
-    machine, so these tests run single-threaded and restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Oracle runs push thousands of tiny ops; these tests run single-threaded (``tests/conftest.py``)."""
+    return
 
 
 def make_batch(num_atoms, *, z=6, dtype=F64):

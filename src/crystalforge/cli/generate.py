@@ -21,7 +21,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
               crystalforge generate --model mp_20-dng -n 1000 --steps 20 --out gen/ --device cuda
               crystalforge generate --model perov_5-csp --composition SrTiO3 -n 10 --out srtio3/
               crystalforge generate --model runs/mine/model.pt --num-atoms 8 -n 50 --out gen/
-              crystalforge generate --model runs/gap/model.pt --condition band_gap=2.5 -n 50 --out gap/"""
+              crystalforge generate --model runs/gap/model.pt --condition band_gap=2.5 -n 50 --out gap/
+
+            steering (docs/steering.md):
+              crystalforge generate --model mp_20-dng -n 100 --target band_gap=1.5..2.5 \
+                  --target "formation_energy_per_atom<-1" --out gap/          # importance route, 4x pool
+              crystalforge generate --model mp_20-dng -n 100 --target band_gap=2.0 --route gradient \
+                  --guidance 2.0 --out gap/
+              crystalforge generate --model mp_20-dng -n 100 --elements Li,P,S --out lips/
+              crystalforge generate --model mp_20-dng -n 50 --num-atoms 6 --motif kagome:Mn --out kagome/
+            --target windows: NAME=VALUE (± --tolerance), NAME=VALUE±TOL, NAME=LOW..HIGH, NAME<VALUE, NAME>VALUE.
+            Every kept structure's predicted properties are in <out>/predictions.csv (the guide's own
+            opinion: judge hits with `crystalforge evaluate --target` and another predictor)."""
         ),
     )
     add_sampling_options(p)
@@ -36,6 +47,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help="target of a property-conditioned model (repeatable); refused for a property it was not trained on",
     )
+    steer = p.add_argument_group("steering towards property targets, element sets and motifs")
+    steer.add_argument("--target", action="append", metavar="WINDOW", help="property window to hit (repeatable)")
+    steer.add_argument("--predictor", default="mp_20-properties", help="guiding predictor (name or predictor.pt)")
+    steer.add_argument(
+        "--route",
+        default="importance",
+        choices=("importance", "gradient", "gradient+importance"),
+        help="importance: resample a larger pool; gradient: predictor gradients on flow velocities",
+    )
+    steer.add_argument("--guidance", type=float, default=1.0, metavar="SCALE", help="gradient guidance scale")
+    steer.add_argument("--oversample", type=int, default=4, metavar="K", help="importance: pool of K·n crystals")
+    steer.add_argument("--temperature", type=float, default=1.0, help="importance: weights exp(J / temperature)")
+    steer.add_argument("--tolerance", type=float, default=0.25, help="half-width of a NAME=VALUE window")
+    steer.add_argument("--elements", metavar="A,B,C", help="DNG: only these elements (e.g. Li,P,S)")
+    steer.add_argument("--motif", metavar="MOTIF:ELEMENT", help="inpaint a lattice motif, e.g. kagome:Mn")
 
 
 def condition(text: str) -> tuple[str, float]:
@@ -54,7 +80,15 @@ def run(args: argparse.Namespace) -> int:
     """Generate; exit 1 when fewer than ``-n`` crystals came out."""
     from crystalforge import api
 
-    with api.progress_bar(args.n, "generating") as bar:
+    steering = None
+    if args.target or args.elements or args.motif:
+        steering = api.Steering(
+            targets=tuple(api.parse_target(t, tolerance=args.tolerance) for t in args.target or ()),
+            predictor=args.predictor, route=args.route, guidance_scale=args.guidance, oversample=args.oversample,
+            temperature=args.temperature, elements=args.elements, motif=args.motif,
+        )  # fmt: skip
+    total = args.n * (args.oversample if steering is not None and steering.uses_importance else 1)
+    with api.progress_bar(total, "generating") as bar:
         crystals = api.generate(
             args.model,
             n=args.n,
@@ -68,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
             progress=bar.update,
+            steering=steering,
         )
     print_written(len(crystals), args.out)
     return 0 if len(crystals) == args.n else 1

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from crystalforge import __version__
-from crystalforge.cli import convert, csp, data, evaluate, generate, models, train
+from crystalforge.cli import convert, csp, data, evaluate, generate, models, predict, train, train_predictor
 from crystalforge.cli.options import FORMATTER
 
 COMMANDS: dict[str, ModuleType] = {
@@ -23,8 +23,10 @@ COMMANDS: dict[str, ModuleType] = {
     "evaluate": evaluate,
     "models": models,
     "train": train,
+    "train-predictor": train_predictor,
     "generate": generate,
     "csp": csp,
+    "predict": predict,
 }
 """Subcommand → its module, in the order of ``crystalforge --help``."""
 

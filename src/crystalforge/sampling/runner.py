@@ -131,17 +131,23 @@ def run_jobs(
         crystals.extend(made)
         if progress:
             progress(len(part))
-    if crystals:
-        write_structures(crystals, folder.samples_file)
-        for crystal in crystals:
-            name = str(crystal.material_id)
-            write_structures([crystal], folder.cif_path(name))
-            if symmetrize:
-                try:
-                    write_structures([crystal], folder.cif_path(name, symmetrized=True), symmetrize=True)
-                except Exception as exc:  # noqa: BLE001 - spglib can fail on odd cells; the P1 file exists
-                    logger.warning("%s: no symmetrised CIF (%s)", name, exc)
+    write_outputs(folder, crystals, symmetrize=symmetrize)
     return crystals
+
+
+def write_outputs(folder: RunFolder, crystals: Sequence[Crystal], *, symmetrize: bool = True) -> None:
+    """The samples file and one CIF per structure (P1, and symmetrised unless spglib fails)."""
+    if not crystals:
+        return
+    write_structures(list(crystals), folder.samples_file)
+    for crystal in crystals:
+        name = str(crystal.material_id)
+        write_structures([crystal], folder.cif_path(name))
+        if symmetrize:
+            try:
+                write_structures([crystal], folder.cif_path(name, symmetrized=True), symmetrize=True)
+            except Exception as exc:  # noqa: BLE001 - spglib can fail on odd cells; the P1 file exists
+                logger.warning("%s: no symmetrised CIF (%s)", name, exc)
 
 
 def steering_record(item: object) -> JSONValue:

@@ -1,0 +1,208 @@
+"""``PredictorEnsemble``: deep-ensemble mean and calibrated standard deviation; checkpoints.
+
+Each member is a ``PropertyGNN`` trained from its own seed with a variance head. The ensemble's
+predictive variance is the mixture's (Lakshminarayanan et al. 2017): the mean of the members'
+variances (noise) plus the variance of their means (disagreement). That variance is then scaled
+by ``calibration²``, one factor per property fitted on a validation split so that the mean
+squared z-score there is 1 (variance scaling, Levi et al. 2022); ``calibration_report`` gives the
+interval coverages to check it on the test split.
+
+A checkpoint is one ``torch.save`` dict: ``format``, ``config`` (plain data), member weights,
+``calibration`` and a free-form ``record`` (training data, command, metrics); written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from crystalforge.core.batch import CrystalBatch
+from crystalforge.predictors.gnn import PropertyGNN, PropertyGNNConfig
+
+__all__ = ["CHECKPOINT_FORMAT", "Prediction", "PredictorEnsemble", "calibration_report", "torch_save_atomic"]
+
+CHECKPOINT_FORMAT = "crystalforge-predictor-1"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-crystal predictions: ``mean`` and ``std`` ``[B, P]`` in the properties' units."""
+
+    properties: tuple[str, ...]
+    mean: Tensor
+    std: Tensor
+
+    def column(self, name: str) -> tuple[Tensor, Tensor]:
+        """``(mean [B], std [B])`` of one property; unknown names are refused with the known ones."""
+        if name not in self.properties:
+            raise KeyError(f"no prediction for {name!r} (this predictor gives: {', '.join(self.properties)})")
+        k = self.properties.index(name)
+        return self.mean[:, k], self.std[:, k]
+
+
+class PredictorEnsemble(nn.Module):
+    """Members with one config; ``forward(batch, t)`` gives ensemble ``(mean, std)`` ``[B, P]``."""
+
+    calibration: Tensor
+
+    def __init__(self, members: Sequence[PropertyGNN], *, record: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        configs = {m.config for m in members}
+        if len(configs) != 1:
+            raise ValueError("ensemble members must share one PropertyGNNConfig")
+        self.members = nn.ModuleList(members)
+        self.register_buffer("calibration", torch.ones(len(members[0].properties)))
+        self.record: dict[str, Any] = dict(record or {})
+
+    def gnns(self) -> list[PropertyGNN]:
+        """The members, typed."""
+        return [m for m in self.members if isinstance(m, PropertyGNN)]
+
+    @property
+    def config(self) -> PropertyGNNConfig:
+        """The members' architecture."""
+        return self.gnns()[0].config
+
+    @property
+    def properties(self) -> tuple[str, ...]:
+        """Predicted property names."""
+        return self.config.properties
+
+    @property
+    def time_conditioned(self) -> bool:
+        """Whether this is a noise-aware predictor (reads the generator's time)."""
+        return self.config.time_dim > 0
+
+    def forward(self, batch: CrystalBatch, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Ensemble ``(mean, std)`` ``[B, P]`` (mixture variance × calibration²), differentiable in the state."""
+        means, variances = [], []
+        for member in self.gnns():
+            m, s = member.predict(batch, t)
+            means.append(m)
+            variances.append(s * s)
+        mean = torch.stack(means).mean(0)
+        spread = torch.stack(means).var(0, unbiased=False) if len(means) > 1 else torch.zeros_like(mean)
+        variance = torch.stack(variances).mean(0) + spread
+        return mean, torch.sqrt(variance) * self.calibration
+
+    def predict_batches(self, batches: Iterable[CrystalBatch]) -> Prediction:
+        """Predictions for every crystal of ``batches``, in order (no gradients)."""
+        means, stds = [], []
+        with torch.no_grad():
+            for batch in batches:
+                m, s = self(batch)
+                means.append(m)
+                stds.append(s)
+        if not means:
+            raise ValueError("no structures to predict")
+        return Prediction(self.properties, torch.cat(means), torch.cat(stds))
+
+    def calibrate(self, mean: Tensor, std: Tensor, target: Tensor) -> Tensor:
+        """Fit ``calibration`` so the mean squared z-score on ``target [B, P]`` is 1 (NaN targets ignored).
+
+        ``mean``/``std`` are this ensemble's uncalibrated outputs (``calibration`` = 1).
+        """
+        z2 = ((target - mean) / std.clamp(min=1e-12)) ** 2
+        finite = torch.isfinite(z2)
+        scale = torch.ones_like(self.calibration)
+        for k in range(z2.shape[1]):
+            values = z2[finite[:, k], k]
+            if values.numel():
+                scale[k] = torch.sqrt(values.mean()).to(scale)
+        self.calibration.copy_(scale)
+        return scale
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the ensemble to ``path`` atomically (temp file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "members": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self.members],
+            "calibration": self.calibration.detach().cpu(),
+            "record": self.record,
+        }
+        torch_save_atomic(payload, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> PredictorEnsemble:
+        """Read a checkpoint written by ``save``; a file of another kind is refused by name."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such predictor checkpoint")
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # a truncated or foreign file
+            raise ValueError(f"{path}: not a readable predictor checkpoint ({exc})") from exc
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a crystalforge predictor checkpoint (expected format {CHECKPOINT_FORMAT})")
+        config = PropertyGNNConfig.from_dict(payload["config"])
+        members = []
+        for state in payload["members"]:
+            member = PropertyGNN(config)
+            member.load_state_dict(state)
+            members.append(member)
+        ensemble = cls(members, record=payload.get("record"))
+        ensemble.calibration.copy_(payload["calibration"])
+        return ensemble.eval()
+
+
+def torch_save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, then one rename (no half-written file on a crash)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def calibration_report(mean: np.ndarray, std: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Error and calibration of one property: MAE, RMSE, coverage of ±1σ/±2σ, miscalibration area, NLL.
+
+    The miscalibration area is the mean absolute gap between the expected and observed coverage
+    of central Gaussian intervals at 99 levels (0 is perfect). NaN targets are skipped.
+    """
+    mean, std, target = (np.asarray(a, dtype=np.float64) for a in (mean, std, target))
+    keep = np.isfinite(target) & np.isfinite(mean) & np.isfinite(std)
+    if not keep.any():
+        raise ValueError("calibration_report: no finite targets")
+    err = np.abs(target[keep] - mean[keep])
+    sigma = np.maximum(std[keep], 1e-12)
+    z = err / sigma
+    levels = np.linspace(0.01, 0.99, 99)
+    half_widths = np.sqrt(2.0) * _erfinv(levels)  # central interval of probability p is ±√2·erfinv(p)
+    observed = (z[None, :] <= half_widths[:, None]).mean(axis=1)
+    nll = 0.5 * np.mean(np.log(2 * math.pi * sigma**2) + z**2)
+    return {
+        "n": int(keep.sum()),
+        "mae": float(err.mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "coverage_1sigma": float((z <= 1.0).mean()),
+        "coverage_2sigma": float((z <= 2.0).mean()),
+        "miscalibration_area": float(np.abs(observed - levels).mean()),
+        "nll": float(nll),
+        "mean_std": float(sigma.mean()),
+    }
+
+
+def _erfinv(p: np.ndarray) -> np.ndarray:
+    """Inverse error function (torch's, on float64)."""
+    out: np.ndarray = torch.special.erfinv(torch.as_tensor(p, dtype=torch.float64)).numpy()
+    return out

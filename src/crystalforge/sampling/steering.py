@@ -1,0 +1,212 @@
+"""Steering a generation run: targets, routes, element sets and motifs, assembled into one run.
+
+``Steering`` is plain data (what the CLI's ``--target``/``--route``/``--elements``/``--motif`` say).
+``run_steered`` turns it into guidance and constraints on the model's sampling plan and runs it:
+
+- route ``gradient``: ``PredictorGradient`` on the flow velocities (``sampling.guidance``);
+- route ``importance``: the generator proposes ``oversample · n`` crystals into ``<out>/pool``
+  (an ordinary, resumable generation folder) and ``n`` are kept by importance resampling
+  (``sampling.importance``); ``<out>`` is then a generation folder of the kept crystals only;
+- route ``gradient+importance``: both (the pool is sampled with the gradient guidance);
+- ``elements``: ``AllowedElements`` (DNG types restricted to a set; added last, after any guidance);
+- ``motif``: ``MotifConstraint`` (SCIGEN inpainting of a lattice motif).
+
+Whenever targets are given, ``<out>/predictions.csv`` holds the guiding predictor's mean and
+calibrated std per property for every kept structure, ``J`` (log probability that every window is
+hit) and whether the predicted mean is inside every window; the importance route also writes
+``<out>/pool_predictions.csv`` with ``selected`` marked. These are the guide's own opinions: score
+hits with an independent judge (``crystalforge evaluate --target``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.crystal import Crystal
+from crystalforge.generative.interfaces import Constraint, GenerativeModel, Guidance, SamplePlan
+from crystalforge.io.atomic import atomic_write
+from crystalforge.io.run_folder import JSONValue, RunFolder
+from crystalforge.predictors.ensemble import PredictorEnsemble
+from crystalforge.predictors.shipped import load_predictor
+from crystalforge.sampling.composition import AllowedElements
+from crystalforge.sampling.constraints import MotifConstraint
+from crystalforge.sampling.guidance import PredictorGradient
+from crystalforge.sampling.importance import importance_select
+from crystalforge.sampling.runner import Job, jobs_template, run_jobs, steering_record, write_outputs
+from crystalforge.sampling.targets import PropertyTarget, objective, parse_target
+
+__all__ = ["ROUTES", "Steering", "parse_target", "run_steered", "steering_plan"]
+
+log = logging.getLogger(__name__)
+
+ROUTES = ("gradient", "importance", "gradient+importance")
+DEFAULT_PREDICTOR = "mp_20-properties"
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What to steer towards and how (plain data; recorded in ``run.json``)."""
+
+    targets: tuple[PropertyTarget, ...] = ()
+    predictor: str = DEFAULT_PREDICTOR
+    route: str = "importance"
+    guidance_scale: float = 1.0
+    guidance_start: float | None = None
+    oversample: int = 4
+    temperature: float = 1.0
+    elements: str | None = None
+    motif: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.route not in ROUTES:
+            raise ValueError(f"unknown route {self.route!r}: use one of {', '.join(ROUTES)}")
+        if self.oversample < 1:
+            raise ValueError(f"oversample must be >= 1, got {self.oversample}")
+
+    @property
+    def uses_gradient(self) -> bool:
+        """Whether the gradient route is on (needs targets)."""
+        return bool(self.targets) and "gradient" in self.route
+
+    @property
+    def uses_importance(self) -> bool:
+        """Whether the importance route is on (needs targets)."""
+        return bool(self.targets) and "importance" in self.route
+
+    def record(self) -> dict[str, JSONValue]:
+        """Plain-data form for ``run.json``."""
+        data: dict[str, JSONValue] = {k: v for k, v in asdict(self).items() if k != "targets"}
+        data["targets"] = [str(t) for t in self.targets]
+        return data
+
+
+def steering_plan(
+    model: GenerativeModel, steering: Steering, plan: SamplePlan, predictor: PredictorEnsemble | None
+) -> SamplePlan:
+    """``plan`` plus the steering's guidance and constraints (element restriction last among guidance)."""
+    guidance: list[Guidance] = list(plan.guidance)
+    constraints: list[Constraint] = list(plan.constraints)
+    if steering.uses_gradient:
+        assert predictor is not None
+        gradient = PredictorGradient(
+            model, predictor, steering.targets, scale=steering.guidance_scale, start=steering.guidance_start,
+            name=steering.predictor,
+        )  # fmt: skip
+        guidance.append(gradient)
+    if steering.elements:
+        guidance.append(AllowedElements.for_model(model, steering.elements))
+    if steering.motif:
+        constraints.append(MotifConstraint.parse(steering.motif))
+    return replace(plan, guidance=tuple(guidance), constraints=tuple(constraints))
+
+
+def _check_motif(plan: SamplePlan, jobs: Sequence[Job]) -> None:
+    """Refuse, before sampling, jobs too small for a motif (the constraint names the crystal)."""
+    motifs = [c for c in plan.constraints if isinstance(c, MotifConstraint)]
+    if motifs and jobs:
+        template: CrystalBatch = jobs_template(jobs, torch.float32)
+        for motif in motifs:
+            try:
+                motif.check_template(template)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (generate with num_atoms= / --num-atoms of at least that)") from None
+
+
+def _predict(
+    predictor: PredictorEnsemble, crystals: Sequence[Crystal], targets: Sequence[PropertyTarget]
+) -> dict[str, Any]:
+    from crystalforge.predictors.training import predict_crystals
+
+    mean, std = predict_crystals(predictor, crystals)
+    j = objective(torch.from_numpy(mean), torch.from_numpy(std), predictor.properties, targets).numpy()
+    inside = np.ones(len(crystals), dtype=bool)
+    for t in targets:
+        k = predictor.properties.index(t.name)
+        inside &= np.array([t.contains(float(v)) for v in mean[:, k]], dtype=bool)
+    return {"mean": mean, "std": std, "objective": j, "inside": inside}
+
+
+def _write_predictions(path: Path, crystals: Sequence[Crystal], predictor: PredictorEnsemble,
+                       values: dict[str, Any], selected: np.ndarray | None = None) -> None:  # fmt: skip
+    columns = ["id"] + [f"{p}{s}" for p in predictor.properties for s in ("", "_std")]
+    columns += ["objective", "hit_probability", "predicted_inside"] + (["selected"] if selected is not None else [])
+    with atomic_write(path, newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for i, crystal in enumerate(crystals):
+            row: list[object] = [crystal.material_id]
+            for k in range(len(predictor.properties)):
+                row += [f"{values['mean'][i, k]:.6g}", f"{values['std'][i, k]:.6g}"]
+            j = float(values["objective"][i])
+            row += [f"{j:.6g}", f"{math.exp(j):.6g}", int(values["inside"][i])]
+            if selected is not None:
+                row.append(int(selected[i]))
+            writer.writerow(row)
+
+
+def run_steered(
+    model: GenerativeModel,
+    make_jobs: Callable[[int], list[Job]],
+    n: int,
+    out: str | Path,
+    steering: Steering,
+    plan: SamplePlan,
+    **run: Any,
+) -> list[Crystal]:
+    """Generate ``n`` steered crystals into ``out`` (see the module docstring); ``run``: ``run_jobs`` options."""
+    predictor = load_predictor(steering.predictor) if steering.targets else None
+    if predictor is not None:
+        unknown = [t.name for t in steering.targets if t.name not in predictor.properties]
+        if unknown:
+            raise KeyError(
+                f"predictor {steering.predictor!r} has no {unknown} (it predicts: {', '.join(predictor.properties)})"
+            )
+    plan = steering_plan(model, steering, plan, predictor)
+    folder = Path(out)
+    if not steering.uses_importance:
+        jobs = make_jobs(n)
+        _check_motif(plan, jobs)
+        crystals = run_jobs(model, jobs, folder, sampler=plan, **run)
+        if predictor is not None and crystals:
+            _write_predictions(
+                folder / "predictions.csv", crystals, predictor, _predict(predictor, crystals, steering.targets)
+            )
+        return crystals
+    assert predictor is not None
+    jobs = make_jobs(n * steering.oversample)
+    _check_motif(plan, jobs)
+    pool = run_jobs(model, jobs, folder / "pool", sampler=plan, **run)
+    if not pool:
+        raise RuntimeError(f"{folder / 'pool'}: the generator gave no usable structure to select from")
+    values = _predict(predictor, pool, steering.targets)
+    keep = min(n, len(pool))
+    if keep < n:
+        log.warning("only %d usable structures in the pool; keeping all of them", keep)
+    seed = int(run.get("seed", 0))
+    chosen = np.sort(importance_select(values["objective"], keep, temperature=steering.temperature, seed=seed))
+    selected = np.zeros(len(pool), dtype=bool)
+    selected[chosen] = True
+    _write_predictions(folder / "pool_predictions.csv", pool, predictor, values, selected)
+    kept = [pool[i] for i in chosen]
+    result = RunFolder(folder)
+    settings: dict[str, JSONValue] = {
+        "model": run.get("model_name"), "steering": steering.record(), "seed": seed,
+        "pool": {"folder": "pool", "jobs": len(jobs), "usable": len(pool), "kept": keep},
+        "plan": [steering_record(g) for g in (*plan.guidance, *plan.constraints)],
+    }  # fmt: skip
+    result.record_settings(settings, resuming=result.run_file.exists())
+    write_outputs(result, kept, symmetrize=bool(run.get("symmetrize", True)))
+    kept_values = {k: v[chosen] for k, v in values.items()}
+    _write_predictions(folder / "predictions.csv", kept, predictor, kept_values)
+    return kept

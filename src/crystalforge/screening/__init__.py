@@ -1,0 +1,1 @@
+"""Screening candidates: predicted properties (with uncertainty) for any structures or generation run."""
