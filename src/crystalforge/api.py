@@ -30,6 +30,7 @@ from crystalforge.sampling.jobs import generation_jobs, prediction_jobs
 from crystalforge.sampling.runner import Job, run_jobs
 from crystalforge.sampling.samplers import parse_anti_annealing, with_overrides
 from crystalforge.sampling.steering import Steering, parse_target, run_steered
+from crystalforge.screening.judge import judged
 from crystalforge.screening.predict import predict_properties
 from crystalforge.training.config import TrainConfig
 from crystalforge.training.loading import LoadedModel, load_model
@@ -100,19 +101,17 @@ def evaluate(samples: str | Path | Iterable[Crystal], *, reference: str | Path |
              task: str = "dng", split: str = "test", train: str | Path | Sequence[Crystal] | bool | None = None,
              relax: str | None = None, coverage: bool = True, coverage_cutoffs: tuple[float, float] | None = None,
              k: int | None = None, target: tuple[str, float | None, float | None] | None = None,
-             out: str | Path | None = None, workers: int | ExecutorConfig = 1, root: str | Path | None = None,
-             fmt: str | None = None, show_progress: bool = False) -> MetricReport:  # fmt: skip
+             judge: str | Path | None = None, out: str | Path | None = None, workers: int | ExecutorConfig = 1,
+             root: str | Path | None = None, fmt: str | None = None,
+             show_progress: bool = False) -> MetricReport:  # fmt: skip
     """Evaluate generated (``task="dng"``) or predicted (``task="csp"``) crystals by the pinned protocol.
 
-    ``reference``: a benchmark name (its ``split``), a CSV/structure file, crystals or None;
-    ``train``: the novelty set (default: the protocol's train split when complete; False: skip);
-    ``relax``: an MLIP name for stability and S.U.N. (cached per structure under ``out``);
-    ``coverage``: COV-R/P; ``k``: best-of-k for CSP; ``target``: ``(property, low, high)``;
-    ``out``: folder for ``summary.json``, ``per_structure.csv``, ``summary.md``. See docs/metrics.md.
+    ``target`` ``(property, low, high)`` is scored on what ``judge`` (``screening.judge``) predicts, else on the
+    samples' own values; ``train=False`` skips novelty, ``relax`` names an MLIP. See docs/metrics.md.
     """
     from crystalforge.evaluation.run import evaluate_candidates, featurizers_needed
 
-    candidates = read_samples(samples, fmt=fmt, workers=workers)
+    candidates = judged(read_samples(samples, fmt=fmt, workers=workers), judge, None if target is None else target[0])
     ref, ref_name = (None, None) if reference is None else resolve_reference(reference, split, root, workers)
     no_train = (None, "not used for CSP")
     train_set, train_name = no_train if task == "csp" else resolve_train(train, reference, root, workers)

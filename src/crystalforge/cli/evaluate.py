@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
               crystalforge evaluate samples.extxyz --reference perov_5 --relax chgnet --workers 2 --out eval/
               crystalforge evaluate predictions/ --reference perov_5 --task csp --k 20 --out eval/
               crystalforge evaluate generated/ --reference my_test.csv --train my_train.csv --no-coverage
-              crystalforge evaluate generated/ --reference none --target band_gap:1.0:2.0"""
+              crystalforge evaluate generated/ --reference none --target band_gap:1.0:2.0
+              crystalforge evaluate gap/ --reference mp_20 --target band_gap=1.5..2.5 --judge runs/judge-mp20/"""
         ),
     )
     p.add_argument("samples", help="folder or file of structures, or a CDVAE-format CSV")
@@ -51,7 +52,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cov-cutoffs", metavar="STRUCT,COMP", help="coverage cutoffs (default: CDVAE's for a benchmark reference)"
     )
     p.add_argument("--k", type=int, help="CSP: predictions per reference for best-of-k (default: all given)")
-    p.add_argument("--target", help="property window NAME:LOW:HIGH for the targeting success rate")
+    p.add_argument(
+        "--target",
+        help="property window for the targeting success rate: NAME:LOW:HIGH, or a generate --target form "
+        "(NAME=LOW..HIGH, NAME<VALUE, ...)",
+    )
+    p.add_argument(
+        "--judge",
+        metavar="PREDICTOR",
+        help="score --target on this predictor's values (never the one that steered): a predictor.pt, a shipped "
+        "predictor, a <property>.gbm or a folder of them (train-predictor --baseline)",
+    )
     p.add_argument("--out", help="output folder for summary.json, per_structure.csv and summary.md")
     add_workers(p, default=1, help="processes for fingerprints, matching and relaxation")
     add_root(p, "data directory for benchmark names")
@@ -59,9 +70,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_target(text: str | None) -> tuple[str, float | None, float | None] | None:
-    """``NAME:LOW:HIGH`` (either bound may be empty) → (name, low, high)."""
+    """``NAME:LOW:HIGH`` (either bound may be empty), or a window form of ``generate --target`` → (name, low, high)."""
     if text is None:
         return None
+    if ":" not in text:
+        from crystalforge import api
+
+        window = api.parse_target(text)
+        return window.name, window.low, window.high
     parts = text.split(":")
     if len(parts) != 3 or not parts[0]:
         raise ValueError(f"--target must be NAME:LOW:HIGH (a bound may be empty), not {text!r}")
@@ -102,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         coverage_cutoffs=parse_cutoffs(args.cov_cutoffs),
         k=args.k,
         target=parse_target(args.target),
+        judge=args.judge,
         out=args.out,
         workers=executor(args) or 1,
         root=args.root,

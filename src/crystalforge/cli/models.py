@@ -20,8 +20,11 @@ def run(args: argparse.Namespace) -> int:
     if not cards:
         print("no shipped models in this installation")
         return 0
+    predictors = {k: c for k, c in cards.items() if c.get("kind") == "predictor"}
     print(f"{'name':<22}{'task':<6}{'kind':<11}{'dataset':<18}{'steps':>6}{'anti-ann.':>10}  description")
     for name, card in sorted(cards.items()):
+        if name in predictors:
+            continue
         scale = card.get("default_anti_annealing")
         if scale is None:
             shown = "-"
@@ -33,4 +36,8 @@ def run(args: argparse.Namespace) -> int:
             f"{name:<22}{card['task']:<6}{card['kind']:<11}{card['dataset']:<18}{card['default_steps']:>6}"
             f"{shown:>10}  {card.get('description', '')}"
         )
+    if predictors:
+        print(f"\n{'predictor':<22}{'dataset':<18}properties")
+        for name, card in sorted(predictors.items()):
+            print(f"{name:<22}{card['dataset']:<18}{', '.join(card['properties'])}")
     return 0

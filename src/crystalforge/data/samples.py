@@ -25,7 +25,6 @@ from crystalforge.io.run_folder import RunFolder
 _log = logging.getLogger(__name__)
 
 
-
 def read_samples(
     samples: str | Path | Iterable[Crystal], *, fmt: str | None = None, workers: int | ExecutorConfig = 1
 ) -> list[Candidate]:

@@ -167,6 +167,7 @@ def torch_save_atomic(payload: dict[str, Any], path: Path) -> None:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is readable like any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -51,13 +51,17 @@ def load_model(model: str | Path) -> LoadedModel:
     The default sampler is the model's own (``default_sampler()``), overridden by a shipped card's
     ``default_steps``/``default_anti_annealing``.
     """
-    path = model_path(str(model))
     card = list_models().get(str(model), {})
+    if card.get("kind") == "predictor":
+        raise ValueError(f"{model!r} is a shipped property predictor, not a generative model (use it as --predictor)")
+    path = model_path(str(model))
     if path is None:
         path = Path(model).expanduser()
         if not path.exists():
-            known = ", ".join(sorted(list_models())) or "none"
-            raise KeyError(f"unknown model {str(model)!r}: not a shipped model ({known}) nor a file")
+            generators = sorted(k for k, c in list_models().items() if c.get("kind") != "predictor")
+            raise KeyError(
+                f"unknown model {str(model)!r}: not a shipped model ({', '.join(generators) or 'none'}) nor a file"
+            )
     net, config, stats = load_checkpoint_model(path)
     default = net.default_sampler()
     sampler = replace(

@@ -34,7 +34,7 @@ from crystalforge.predictors.ensemble import calibration_report
 from crystalforge.predictors.gnn import PropertyGNNConfig
 from crystalforge.predictors.training import Corrupt, PredictorTrainConfig, fit_ensemble, targets_of
 
-__all__ = ["train_predictor", "write_json_atomic"]
+__all__ = ["train_baseline_predictors", "train_predictor", "write_json_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a result file is readable like any other
     os.replace(tmp, path)
 
 
@@ -90,11 +91,20 @@ def train_predictor(
     noise_from: str | Path | None = None,
     on_epoch: Callable[[int, int, float, float], None] | None = None,
     threads: int | None = None,
+    baseline: bool = False,
+    split: str = "train",
+    seed: int = 0,
 ) -> Path:
     """Train, calibrate and write ``<out>/predictor.pt``; returns its path (see the module docstring).
 
-    ``threads`` sets torch's CPU threads for the run (restored afterwards).
+    ``threads`` sets torch's CPU threads for the run (restored afterwards). ``baseline=True`` fits
+    gradient-boosting baselines on ``split`` instead (``train_baseline_predictors``) and returns ``out``.
     """
+    if baseline:
+        table, workers = properties_table, threads or 1
+        train_baseline_predictors(data, properties=properties, out=out, split=split, properties_table=table, root=root,
+                                  seed=seed, threads=workers)  # fmt: skip
+        return Path(out)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -154,3 +164,42 @@ def _train(
     write_json_atomic(metrics, folder / "metrics.json")
     log.info("predictor written to %s (%.0f s)", path, wall)
     return path
+
+
+def train_baseline_predictors(
+    data: str | Path,
+    *,
+    properties: Sequence[str],
+    out: str | Path,
+    split: str = "train",
+    properties_table: str | Path | None = None,
+    root: str | Path | None = None,
+    seed: int = 0,
+    threads: int | None = 1,
+) -> list[Path]:
+    """Gradient-boosting baselines, one ``<out>/<property>.gbm`` per property, on one split (e.g. a judge).
+
+    The baseline holds out its own calibration rows; ``<out>/baseline.json`` records the data.
+    """
+    from crystalforge.predictors.baseline import GradientBoostingPredictor, featurize
+
+    if not properties:
+        raise ValueError("name at least one property to predict")
+    key = str(data)
+    crystals = list(
+        load_dataset(key, split, root) if is_benchmark(key) else load_dataset(key, properties=properties_table)
+    )
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    features, names = featurize(crystals)
+    written, record = [], {"data": f"{key} ({split if is_benchmark(key) else 'all'}): {len(crystals)}", "seed": seed}
+    for prop in properties:
+        y = targets_of(crystals, [prop], source=key)[:, 0]
+        keep = np.isfinite(y)
+        model = GradientBoostingPredictor(workers=1, threads=threads)
+        model.config = type(model.config)(seed=seed)
+        model.fit_features(features[keep], y[keep], names=names)
+        written.append(model.save(folder / f"{prop}.gbm"))
+        record[prop] = int(keep.sum())
+    write_json_atomic(record, folder / "baseline.json")
+    return written
