@@ -118,8 +118,26 @@ def test_ensemble_variance_adds_disagreement_and_calibration_scales_it():
     torch.testing.assert_close(std, expected)
     torch.testing.assert_close(mean, (m0 + m1) / 2)
     target = mean + 3.0 * std  # every z-score is 3 → the factor is 3
-    ensemble.calibrate(mean.detach(), std.detach(), target.detach())
+    ensemble.calibrate(mean.detach(), std.detach(), target.detach(), method="z2")
     torch.testing.assert_close(ensemble.calibration, torch.full((2,), 3.0, dtype=torch.float64))
+
+
+def test_area_calibration_recovers_the_scale_and_resists_heavy_tails():
+    ensemble = PredictorEnsemble([_net(PropertyGNNConfig(properties=("a",), hidden=8, layers=1, radial=4))]).double()
+    gen = torch.Generator().manual_seed(0)
+    n = 4000
+    mean, std = torch.zeros(n, 1, dtype=torch.float64), torch.ones(n, 1, dtype=torch.float64)
+    gaussian = 3.0 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    assert abs(float(ensemble.calibrate(mean, std, gaussian)[0]) - 3.0) < 0.15
+    tails = gaussian / 3.0
+    tails[:200] *= 30.0  # 5 % gross misses
+    area_scale = float(ensemble.calibrate(mean, std, tails)[0])
+    z2_scale = float(ensemble.calibrate(mean, std, tails, method="z2")[0])
+    assert z2_scale > 5.0 and area_scale < 1.5
+    inside = float(((tails.abs() / area_scale) <= 1.0).double().mean())
+    assert 0.6 < inside < 0.76
+    with pytest.raises(ValueError, match="area"):
+        ensemble.calibrate(mean, std, tails, method="median")
 
 
 def test_checkpoint_round_trip_and_foreign_files(tmp_path):

@@ -50,6 +50,19 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _previous_runs(metrics: Path) -> list[dict[str, Any]]:
+    """The invocations recorded by earlier runs of the same folder (a resumed run adds its own time)."""
+    if not metrics.is_file():
+        return []
+    try:
+        before = json.loads(metrics.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    if "runs" in before:
+        return list(before["runs"])
+    return [{"wall_s": before["wall_s"]}] if "wall_s" in before else []
+
+
 def _split_user(crystals: list[Crystal], seed: int) -> tuple[list[Crystal], list[Crystal]]:
     if len(crystals) < 10:
         raise ValueError(f"need at least 10 structures with the property to train a predictor, got {len(crystals)}")
@@ -147,12 +160,14 @@ def _train(
     started = time.perf_counter()
     ensemble = fit_ensemble(config, train, val, settings, corrupt=corrupt, work_dir=folder / "work", on_epoch=on_epoch)
     wall = time.perf_counter() - started
+    runs = [*_previous_runs(folder / "metrics.json"), {"wall_s": round(wall, 1), "threads": torch.get_num_threads()}]
+    total = round(sum(float(r["wall_s"]) for r in runs), 1)
     ensemble.record.update(
-        data=source, noise_from=noise_name, wall_s=round(wall, 1), torch_threads=torch.get_num_threads(),
+        data=source, noise_from=noise_name, wall_s=total, runs=runs,
         parameters=sum(p.numel() for p in ensemble.members[0].parameters()),
     )  # fmt: skip
     path = ensemble.save(folder / "predictor.pt")
-    metrics: dict[str, Any] = {"data": source, "wall_s": round(wall, 1), "validation": {}}
+    metrics: dict[str, Any] = {"data": source, "wall_s": total, "runs": runs, "validation": {}}
     if corrupt is None:
         from crystalforge.predictors.training import predict_crystals
 
