@@ -125,3 +125,19 @@ def test_bad_arguments():
         radius_graph(tiny_batch(), 0.0)
     with pytest.raises(ValueError, match="k must"):
         knn_graph(tiny_batch(), 0)
+
+
+def test_a_near_flat_cell_is_refused_not_searched():
+    from crystalforge.core.neighbors import MAX_IMAGES, image_counts, searchable
+
+    flat = torch.tensor([[[4.0, 0, 0], [0, 4.0, 0], [4.0, 4.0, 1e-3]]], dtype=torch.float64)  # plane spacing ~1e-3 Å
+    good = 4.0 * torch.eye(3, dtype=torch.float64)[None]
+    batch = CrystalBatch(
+        atomic_numbers=torch.tensor([6, 6]), frac_coords=torch.zeros(2, 3, dtype=torch.float64),
+        lattice=torch.cat([good, flat]), num_atoms=torch.tensor([1, 1]), material_ids=("ok", "flat"),
+    )  # fmt: skip
+    assert searchable(batch, 5.0).tolist() == [True, False]
+    assert float(image_counts(batch, 5.0)[1]) > MAX_IMAGES
+    with pytest.raises(ValueError, match=r"crystal 1 .*flat.*too thin"):
+        radius_graph(batch, 5.0)
+    assert radius_graph(batch.index_select([0]), 5.0).num_edges > 0

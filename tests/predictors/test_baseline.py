@@ -233,3 +233,15 @@ def test_load_refuses_another_sklearn_version_and_damaged_files(toy, tmp_path, m
     with pytest.raises(RuntimeError, match="unfitted"):
         GradientBoostingPredictor().save(tmp_path / "x.gbm")
     assert baseline.FILE_FORMAT == 1
+
+
+def test_degenerate_cell_gets_nan_structure_features_not_a_crash():
+    good = tiny_crystals()[0]
+    lattice = good.lattice.copy()
+    lattice[2] = lattice[0] + lattice[1] + 1e-4 * lattice[2]
+    flat = good.replace(lattice=lattice)
+    features, names = featurize([good, flat])
+    structure = [names.index(n) for n in STRUCTURE_FEATURES]
+    assert np.isfinite(features[0, structure]).all()
+    assert np.isnan(features[1, structure]).all()
+    assert np.isfinite(features[1, : structure[0]]).any()  # the composition part is still there

@@ -206,3 +206,18 @@ def test_bad_targets_are_named():
         targets_of(data, ("zz",))
     with pytest.raises(ValueError, match="noise-aware"):
         fit_ensemble(PropertyGNNConfig(properties=("a",), time_dim=4), data, data)
+
+
+def test_degenerate_cells_get_nan_and_the_rest_is_unchanged():
+    net, batch = _net(), tiny_batch()
+    flat = batch.lattice[1].clone()
+    flat[2] = flat[0] + flat[1] + 1e-4 * flat[2]  # nearly coplanar third vector
+    bad = batch.replace(lattice=torch.stack([batch.lattice[0], flat, *batch.lattice[2:]]))
+    mean, _ = net(bad)
+    assert torch.isnan(mean[1]).all()
+    keep = [i for i in range(batch.num_crystals) if i != 1]
+    torch.testing.assert_close(mean[keep], net(batch)[0][keep])
+    frac = bad.frac_coords.clone().requires_grad_(True)
+    out, _ = net(bad.replace(frac_coords=frac))
+    (grad,) = torch.autograd.grad(out[keep].sum(), frac)
+    assert torch.isfinite(grad).all()

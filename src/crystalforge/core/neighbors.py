@@ -26,6 +26,13 @@ Array = TypeVar("Array", np.ndarray, torch.Tensor)
 DEFAULT_CHUNK_CANDIDATES = 2_000_000
 """Upper bound on candidate (pair, image) triples examined at once."""
 
+MAX_IMAGES = 20_000
+"""A crystal needing more periodic images than this for one search is refused (``searchable``).
+
+A well-formed cell needs tens to hundreds (a 5 Å cutoff and 2 Å plane spacings: 7³ = 343); a
+near-flat generated cell (plane spacing 10⁻⁴ Å) needs millions and would exhaust memory.
+"""
+
 
 @dataclass(frozen=True)
 class PeriodicEdges:
@@ -54,6 +61,18 @@ def image_bounds(lattice: Array, cutoff: Array | float) -> Array:
         return torch.floor(cutoff / spacing + 0.5 + 1e-9)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.floor(cutoff / spacing + 0.5 + 1e-9)
+
+
+def image_counts(batch: CrystalBatch, cutoff: float | Tensor) -> Tensor:
+    """Periodic images ``[B]`` a radius search with ``cutoff`` (Å, one or per crystal) examines per crystal."""
+    cut = torch.as_tensor(cutoff, dtype=batch.lattice.dtype, device=batch.device).expand(batch.num_crystals)
+    bounds = image_bounds(batch.lattice.detach(), cut[:, None])
+    return torch.nan_to_num(2 * bounds + 1, nan=float("inf"), posinf=float("inf")).prod(1)
+
+
+def searchable(batch: CrystalBatch, cutoff: float | Tensor, *, max_images: int = MAX_IMAGES) -> Tensor:
+    """``[B]`` bool: crystals whose radius search stays within ``max_images`` periodic images."""
+    return image_counts(batch, cutoff) <= max_images
 
 
 def _segment_starts(sizes: Tensor) -> Tensor:
@@ -141,17 +160,28 @@ def radius_graph(
     *,
     self_loops: bool = False,
     max_candidates: int = DEFAULT_CHUNK_CANDIDATES,
+    max_images: int = MAX_IMAGES,
 ) -> PeriodicEdges:
     """Every (i, j, image) with 0 < |r_ij| <= cutoff (and |r| = 0 self-images only if ``self_loops``).
 
     ``cutoff`` is one value or one per crystal ``[B]`` (Å). Edges come grouped by centre atom in
     increasing order (within a centre: by neighbour index, then image); ``knn_graph`` sorts by
-    distance.
+    distance. A crystal needing more than ``max_images`` periodic images is refused with a
+    ``ValueError`` naming it (see ``searchable``), rather than exhausting memory.
     """
     b_count = batch.num_crystals
     cut = torch.as_tensor(cutoff, dtype=batch.lattice.dtype, device=batch.device).expand(b_count).clone()
     if bool((cut <= 0).any()):
         raise ValueError("cutoff must be positive")
+    images = image_counts(batch, cut)
+    too_many = torch.nonzero(images > max_images).flatten()
+    if too_many.numel():
+        i = int(too_many[0])
+        raise ValueError(
+            f"crystal {i} of the batch (material_id {batch.material_ids[i] if batch.material_ids else None}): its "
+            f"cell is too thin for a {float(cut[i]):.3g} Å neighbour search ({float(images[i]):.3g} periodic images, "
+            f"more than {max_images}); {too_many.numel()} such crystal(s). Check searchable() first or reduce the cell"
+        )
     bounds = image_bounds(batch.lattice, cut[:, None]).to(torch.int64)  # [B, 3]
     cost = (batch.num_atoms**2 * (2 * bounds + 1).prod(1)).tolist()
     parts = [_radius_chunk(batch, bounds, cut, lo, hi, self_loops) for lo, hi in _chunks(cost, max_candidates)]

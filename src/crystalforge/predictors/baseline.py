@@ -1,24 +1,18 @@
 """The classic property baseline: gradient boosting on Magpie composition and simple structure features.
 
-``featurize``: matminer's Magpie ``ElementProperty`` statistics of the composition (132 values,
-once per distinct reduced composition) and ``STRUCTURE_FEATURES``: atom count, volume per atom,
-density, packing fraction, the lattice's successive minima and three largest plane spacings
-(unlike cell lengths and angles, these do not depend on the basis) and nearest-neighbour
-statistics; all invariant to atom order, rotation, periodic translation and cell choice.
+``featurize``: Magpie ``ElementProperty`` statistics (132 values, once per distinct reduced
+composition) and ``STRUCTURE_FEATURES`` (atom count, volume per atom, density, packing fraction,
+successive minima and plane spacings of the lattice, nearest-neighbour statistics), all invariant
+to atom order, rotation, periodic translation and cell choice.
 
-``GradientBoostingPredictor``: scikit-learn ``HistGradientBoostingRegressor``, mean and std of one
-property. ``method="quantile"``: a squared-error model gives the mean, quantile models at 15.87 %
-and 84.13 % the spread: ``std = hypot((q_hi − q_lo) / 2, mean − (q_hi + q_lo) / 2)``, so a mean
-outside a collapsed band (a metal's zero band gap) still gets a width.
-``method="bootstrap"``: mean and std over ``members`` models on bootstrap resamples (model spread
-only: raw, far too narrow). Then a seeded hold-out (``calibration_fraction`` of the training rows,
-not fitted on) sets ``std = sqrt((a·raw)² + b²)``: ``a`` puts 68.27 % of it within 1 std, the
-floor ``b`` (0 or at most the median error) brings 2-std coverage nearest 95.45 %.
-``benchmarks/predictor_baseline.py`` measures both.
-
-``save`` writes one file atomically: a magic line, a JSON header (settings, feature names,
-scikit-learn version, payload checksum), then the pickled models (scikit-learn has no other
-stable format); ``load`` checks version and checksum first. Load only files you trust.
+``GradientBoostingPredictor``: ``HistGradientBoostingRegressor`` mean and std of one property.
+``method="quantile"``: quantile models at 15.87 % and 84.13 % give ``std = hypot((q_hi − q_lo) / 2,
+mean − (q_hi + q_lo) / 2)`` (a mean outside a collapsed band still gets a width);
+``method="bootstrap"``: the spread of ``members`` bootstrap models. A seeded hold-out of the
+training rows then sets ``std = sqrt((a·raw)² + b²)`` (``a``: 68.27 % within 1 std; ``b``: 2-std
+coverage nearest 95.45 %). ``save``: a magic line, a JSON header (settings, feature names,
+scikit-learn version, checksum), the pickled models, written atomically; ``load`` checks version
+and checksum first. Load only files you trust.
 """
 
 from __future__ import annotations
@@ -46,7 +40,7 @@ from crystalforge.core.crystal import AVOGADRO, Crystal
 from crystalforge.core.elements import element_table, z_to_symbol
 from crystalforge.core.extras import require
 from crystalforge.core.lattice import lll_reduction
-from crystalforge.core.neighbors import knn_graph
+from crystalforge.core.neighbors import knn_graph, searchable
 
 __all__ = ["STRUCTURE_FEATURES", "BaselineConfig", "GradientBoostingPredictor", "featurize", "train_baseline"]
 
@@ -68,7 +62,6 @@ COEFFICIENT_RANGE, INDEPENDENT = 2, 1e-6  # lattice search per LLL basis vector;
 CHUNK = 2000  # crystals per structure-feature batch (bounds memory)
 FILE_MAGIC, FILE_FORMAT = b"crystalforge-gradient-boosting\n", 1
 ONE_SIGMA, TWO_SIGMA = 0.6826894921370859, 0.9544997361036416  # normal mass within 1 and 2 std
-
 CompositionKey = tuple[tuple[int, int], ...]
 
 
@@ -132,9 +125,15 @@ def _successive_minima(lattices: np.ndarray) -> np.ndarray:
 
 
 def _structure(crystals: Sequence[Crystal], radii: np.ndarray) -> np.ndarray:
-    """``STRUCTURE_FEATURES`` of at most ``CHUNK`` crystals ``[n, 17]``."""
-    volume = np.array([abs(c.volume) for c in crystals])
+    """``STRUCTURE_FEATURES [n, 17]`` of ≤ ``CHUNK`` crystals; NaN rows: < 1 Å³/atom or not ``searchable``."""
     batch = CrystalBatch.collate(crystals, dtype=torch.float64)
+    volume = batch.volume.abs().numpy()
+    ok = searchable(batch, 4.0).numpy() & (volume / batch.num_atoms.numpy() >= 1.0)
+    if not ok.all():
+        out = np.full((len(crystals), len(STRUCTURE_FEATURES)), np.nan)
+        if ok.any():
+            out[ok] = _structure([c for c, keep in zip(crystals, ok, strict=True) if keep], radii)
+        return out
     z, starts = batch.atomic_numbers.numpy(), batch.atom_offsets.numpy()
     counts = batch.num_atoms.numpy().astype(np.float64)
     mass = np.add.reduceat(element_table().masses[z], starts)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MAX_Z, element_table
-from crystalforge.core.neighbors import radius_graph
+from crystalforge.core.neighbors import radius_graph, searchable
 from crystalforge.core.segment import segment_mean, segment_sum
 from crystalforge.nn.embeddings import sinusoidal_embedding
 
@@ -218,9 +218,27 @@ class PropertyGNN(nn.Module):
         return src, dst, distance
 
     def forward(self, batch: CrystalBatch, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Standardised ``mean [B, P]`` and ``log_var [B, P]``; ``t [B]`` is required iff time-conditioned."""
+        """Standardised ``mean [B, P]`` and ``log_var [B, P]``; ``t [B]`` is required iff time-conditioned.
+
+        A crystal whose cell is too thin for the neighbour search (``core.neighbors.searchable``: a
+        near-flat generated cell) gets NaN, without a gradient; the others are predicted as usual.
+        """
         if self.time_conditioned and t is None:
             raise ValueError("this predictor is noise-aware: pass the generator's time t [B]")
+        ok = searchable(batch, self.config.cutoff)
+        if not bool(ok.all()):
+            idx = torch.nonzero(ok).flatten()
+            p = len(self.config.properties)
+            dtype = self.type_embedding.weight.dtype
+            mean = torch.full((batch.num_crystals, p), float("nan"), dtype=dtype, device=batch.device)
+            log_var = mean.clone()
+            if idx.numel():
+                sub_mean, sub_log_var = self._forward(batch.index_select(idx), None if t is None else t[idx])
+                mean, log_var = mean.index_put((idx,), sub_mean), log_var.index_put((idx,), sub_log_var)
+            return mean, log_var
+        return self._forward(batch, t)
+
+    def _forward(self, batch: CrystalBatch, t: Tensor | None) -> tuple[Tensor, Tensor]:
         dtype = self.type_embedding.weight.dtype
         z = batch.atomic_numbers
         h = self.type_embedding(z) + self.descriptor_projection(self.descriptors[z].to(dtype))
