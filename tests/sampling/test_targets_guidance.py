@@ -132,3 +132,24 @@ def test_gradient_guidance_refuses_what_it_cannot_do():
     flow = build_model(ModelConfig(kind="flow", task="csp", backbone=TINY), stats)
     with pytest.raises(KeyError, match="band_gap"):
         PredictorGradient(flow, VolumePredictor(), [PropertyTarget("band_gap", 1.0, None)])
+
+
+class PartlyBlindPredictor(VolumePredictor):
+    """NaN for the first crystal of every batch (as the GNN gives for a cell too thin to search)."""
+
+    def __call__(self, batch: CrystalBatch, t=None):
+        mean, std = super().__call__(batch, t)
+        blind = torch.zeros_like(mean)
+        blind[0] = float("nan")
+        return mean + blind, std
+
+
+def test_gradient_guidance_ignores_crystals_the_predictor_cannot_score():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="flow", task="csp", backbone=TINY), compute_dataset_stats(tiny_crystals()))
+    model.eval()
+    guide = PredictorGradient(model, PartlyBlindPredictor(), [PropertyTarget("vpa", 60.0, None)], scale=3.0, start=0.0)
+    volumes = _volumes(model, SamplePlan(SamplerConfig(steps=6), guidance=(guide,)), 0)
+    assert torch.isfinite(volumes).all()
+    assert guide.last_objective is not None
+    assert torch.isnan(guide.last_objective[0]) and torch.isfinite(guide.last_objective[1:]).all()

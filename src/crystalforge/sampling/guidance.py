@@ -127,11 +127,16 @@ class PredictorGradient:
         dtype = next(iter(_parameters(self.predictor)), frac).dtype
         live = live.replace(frac_coords=live.frac_coords.to(dtype), lattice=live.lattice.to(dtype))
         mean, std = self.predictor(live, t.to(dtype) if self.predictor.time_conditioned else None)
-        j = objective(mean, std, self.predictor.properties, self.targets)
+        # a crystal the predictor cannot score (NaN: a cell too thin to search) gets no push
+        scored = torch.isfinite(mean).all(1) & torch.isfinite(std).all(1)
+        mean = torch.where(scored[:, None], mean, torch.zeros_like(mean))
+        std = torch.where(scored[:, None], std, torch.ones_like(std))
+        j = torch.where(scored, objective(mean, std, self.predictor.properties, self.targets), 0.0)
         grad_frac, grad_code = torch.autograd.grad(j.sum(), [frac, code], allow_unused=True)
-        grad_frac = torch.zeros_like(frac) if grad_frac is None else grad_frac
-        grad_code = torch.zeros_like(code) if grad_code is None else grad_code
-        return j.detach(), grad_frac, grad_code
+        grad_frac = torch.zeros_like(frac) if grad_frac is None else torch.nan_to_num(grad_frac)
+        grad_code = torch.zeros_like(code) if grad_code is None else torch.nan_to_num(grad_code)
+        j = torch.where(scored, j.detach(), torch.full_like(j, float("nan")))
+        return j, grad_frac, grad_code
 
     def __call__(self, predict: PredictFn, state: CrystalBatch, t: Tensor) -> FieldOutputs:
         """The guided outputs: velocities of coordinates and lattice moved up the objective."""

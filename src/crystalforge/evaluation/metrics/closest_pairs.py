@@ -50,7 +50,8 @@ def closest_pairs_batched(
 ) -> list[tuple[float, int, int] | None]:
     """Per crystal, the closest pair of different atoms nearer than ``cutoff`` (distance, i, j), or None."""
     batch = CrystalBatch.collate(cells, dtype=torch.float64)
-    edges = radius_graph(batch, cutoff, max_candidates=max_candidates)
+    # the caller sends only cells whose n² × images fits max_candidates, so images are bounded too
+    edges = radius_graph(batch, cutoff, max_candidates=max_candidates, max_images=max_candidates)
     centre, neighbour = edges.edge_index  # [E], [E]
     close = (centre != neighbour) & (edges.distances < cutoff)  # [E]
     out: list[tuple[float, int, int] | None] = [None] * len(cells)
