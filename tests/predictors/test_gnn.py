@@ -221,3 +221,9 @@ def test_degenerate_cells_get_nan_and_the_rest_is_unchanged():
     out, _ = net(bad.replace(frac_coords=frac))
     (grad,) = torch.autograd.grad(out[keep].sum(), frac)
     assert torch.isfinite(grad).all()
+
+
+def test_one_hot_type_weights_reproduce_the_prediction():
+    net, batch = _net(), tiny_batch()
+    onehot = torch.nn.functional.one_hot(batch.atomic_numbers, 119).double()
+    torch.testing.assert_close(net(batch, type_weights=onehot)[0], net(batch)[0])

@@ -98,7 +98,7 @@ class VolumePredictor:
     properties = ("vpa",)
     time_conditioned = False
 
-    def __call__(self, batch: CrystalBatch, t=None):
+    def __call__(self, batch: CrystalBatch, t=None, type_weights=None):
         vpa = torch.linalg.det(batch.lattice).abs() / batch.num_atoms.to(batch.lattice.dtype)
         return vpa[:, None], torch.ones_like(vpa)[:, None]
 
@@ -137,7 +137,7 @@ def test_gradient_guidance_refuses_what_it_cannot_do():
 class PartlyBlindPredictor(VolumePredictor):
     """NaN for the first crystal of every batch (as the GNN gives for a cell too thin to search)."""
 
-    def __call__(self, batch: CrystalBatch, t=None):
+    def __call__(self, batch: CrystalBatch, t=None, type_weights=None):
         mean, std = super().__call__(batch, t)
         blind = torch.zeros_like(mean)
         blind[0] = float("nan")
@@ -153,3 +153,40 @@ def test_gradient_guidance_ignores_crystals_the_predictor_cannot_score():
     assert torch.isfinite(volumes).all()
     assert guide.last_objective is not None
     assert torch.isnan(guide.last_objective[0]) and torch.isfinite(guide.last_objective[1:]).all()
+
+
+class SodiumPredictor:
+    """'na' = the fraction of (soft) types that are sodium: differentiable in the type weights."""
+
+    properties = ("na",)
+    time_conditioned = False
+
+    def __call__(self, batch: CrystalBatch, t=None, type_weights=None):
+        w = type_weights if type_weights is not None else torch.nn.functional.one_hot(batch.atomic_numbers, 119)
+        na = torch.zeros(batch.num_crystals, dtype=torch.float64).index_add(0, batch.crystal_idx, w[:, 11].double())
+        frac = na / batch.num_atoms.double()
+        return frac[:, None], torch.full_like(frac, 0.1)[:, None]
+
+
+def _sodium(model, plan: SamplePlan, seeds=range(3)) -> float:
+    from crystalforge.sampling.templates import template_from_num_atoms
+
+    total = []
+    for seed in seeds:
+        out = sample(model, template_from_num_atoms([4] * 16), plan, generator=torch.Generator().manual_seed(seed))
+        total.append((out.atomic_numbers == 11).double().mean())
+    return float(torch.stack(total).mean())
+
+
+def test_type_guidance_steers_what_a_de_novo_model_reveals():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="flow", task="dng", backbone=TINY), compute_dataset_stats(tiny_crystals()))
+    model.eval()
+    config = SamplerConfig(steps=6)
+    plain = _sodium(model, SamplePlan(config))
+    guide = PredictorGradient(model, SodiumPredictor(), [PropertyTarget("na", 0.9, None)], scale=0.0, type_scale=5.0)
+    steered = _sodium(model, SamplePlan(config, guidance=(guide,)))
+    assert steered > plain + 0.3
+    assert guide.settings()["type_scale"] == 5.0
+    csp = build_model(ModelConfig(kind="flow", task="csp", backbone=TINY), compute_dataset_stats(tiny_crystals()))
+    assert PredictorGradient(csp, SodiumPredictor(), [PropertyTarget("na", 0.9, None)]).type_scale == 0.0

@@ -84,11 +84,16 @@ class PredictorEnsemble(nn.Module):
         """Whether this is a noise-aware predictor (reads the generator's time)."""
         return self.config.time_dim > 0
 
-    def forward(self, batch: CrystalBatch, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Ensemble ``(mean, std)`` ``[B, P]`` (mixture variance × calibration²), differentiable in the state."""
+    def forward(
+        self, batch: CrystalBatch, t: Tensor | None = None, *, type_weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Ensemble ``(mean, std)`` ``[B, P]`` (mixture variance × calibration²), differentiable in the state.
+
+        ``type_weights``: soft atom types, see ``PropertyGNN.forward``.
+        """
         means, variances = [], []
         for member in self.gnns():
-            m, s = member.predict(batch, t)
+            m, s = member.predict(batch, t, type_weights=type_weights)
             means.append(m)
             variances.append(s * s)
         mean = torch.stack(means).mean(0)
@@ -178,7 +183,8 @@ def _miscalibration_area(z: Tensor) -> Tensor:
     levels = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
     half_widths = math.sqrt(2.0) * torch.special.erfinv(levels)
     observed = (z[None, :] <= half_widths[:, None]).double().mean(dim=1)
-    return (observed - levels).abs().mean()
+    area: Tensor = (observed - levels).abs().mean()
+    return area
 
 
 def torch_save_atomic(payload: dict[str, Any], path: Path) -> None:

@@ -217,11 +217,16 @@ class PropertyGNN(nn.Module):
         distance = torch.sqrt((vectors * vectors).sum(dim=1) + 1e-12)
         return src, dst, distance
 
-    def forward(self, batch: CrystalBatch, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, batch: CrystalBatch, t: Tensor | None = None, *, type_weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Standardised ``mean [B, P]`` and ``log_var [B, P]``; ``t [B]`` is required iff time-conditioned.
 
-        A crystal whose cell is too thin for the neighbour search (``core.neighbors.searchable``: a
-        near-flat generated cell) gets NaN, without a gradient; the others are predicted as usual.
+        ``type_weights [N, MAX_Z + 1]``: soft atom types (rows of weights over Z) used instead of
+        ``batch.atomic_numbers``; with the one-hot of the types it gives the same prediction and
+        its gradient says which element would raise a property (type-aware guidance). A crystal
+        whose cell is too thin for the neighbour search (``core.neighbors.searchable``: a near-flat
+        generated cell) gets NaN, without a gradient; the others are predicted as usual.
         """
         if self.time_conditioned and t is None:
             raise ValueError("this predictor is noise-aware: pass the generator's time t [B]")
@@ -233,15 +238,20 @@ class PropertyGNN(nn.Module):
             mean = torch.full((batch.num_crystals, p), float("nan"), dtype=dtype, device=batch.device)
             log_var = mean.clone()
             if idx.numel():
-                sub_mean, sub_log_var = self._forward(batch.index_select(idx), None if t is None else t[idx])
+                rows = None if type_weights is None else type_weights[ok[batch.crystal_idx]]
+                sub_mean, sub_log_var = self._forward(batch.index_select(idx), None if t is None else t[idx], rows)
                 mean, log_var = mean.index_put((idx,), sub_mean), log_var.index_put((idx,), sub_log_var)
             return mean, log_var
-        return self._forward(batch, t)
+        return self._forward(batch, t, type_weights)
 
-    def _forward(self, batch: CrystalBatch, t: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _forward(self, batch: CrystalBatch, t: Tensor | None, type_weights: Tensor | None) -> tuple[Tensor, Tensor]:
         dtype = self.type_embedding.weight.dtype
         z = batch.atomic_numbers
-        h = self.type_embedding(z) + self.descriptor_projection(self.descriptors[z].to(dtype))
+        if type_weights is None:
+            h = self.type_embedding(z) + self.descriptor_projection(self.descriptors[z].to(dtype))
+        else:
+            w = type_weights.to(dtype)
+            h = w @ self.type_embedding.weight + self.descriptor_projection(w @ self.descriptors.to(dtype))
         src, dst, distance = self.edges(batch)
         distance = distance.to(dtype)
         rbf = torch.exp(-((distance[:, None] - self.centres) ** 2) / (2 * self.width**2))
@@ -255,7 +265,9 @@ class PropertyGNN(nn.Module):
         mean, log_var = self.head(pooled).chunk(2, dim=1)
         return mean, log_var.clamp(MIN_LOG_VAR, MAX_LOG_VAR)
 
-    def predict(self, batch: CrystalBatch, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def predict(
+        self, batch: CrystalBatch, t: Tensor | None = None, *, type_weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(mean, std)`` ``[B, P]`` in the properties' own units (aleatoric std of this member)."""
-        mean, log_var = self(batch, t)
+        mean, log_var = self(batch, t, type_weights=type_weights)
         return mean * self.target_std + self.target_mean, torch.exp(0.5 * log_var) * self.target_std
