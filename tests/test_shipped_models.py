@@ -23,20 +23,36 @@ SHIPPED = {
     "mp_20-csp-diffusion",
     "mp_20-dng-diffusion",
 }
+PREDICTORS = {"mp_20-properties"}
 
 
 def test_models_are_listed(capsys):
     from importlib import resources
 
     cards = api.list_models()
-    assert set(cards) == SHIPPED
+    assert set(cards) == SHIPPED | PREDICTORS
     assert all(resources.files("crystalforge.pretrained").joinpath(c["file"]).is_file() for c in cards.values())
     assert main(["models"]) == 0
     listed = capsys.readouterr().out
-    assert all(name in listed for name in SHIPPED)
+    assert all(name in listed for name in SHIPPED | PREDICTORS)
 
 
-@pytest.mark.parametrize("name", sorted(api.list_models()))
+def test_shipped_predictor_loads_matches_its_card_and_predicts():
+    from crystalforge.predictors.shipped import load_predictor, shipped_predictors
+    from crystalforge.testing import tiny_crystals
+
+    assert set(shipped_predictors()) == PREDICTORS
+    card = api.list_models()["mp_20-properties"]
+    ensemble = load_predictor("mp_20-properties")
+    assert list(ensemble.properties) == card["properties"]
+    assert sum(p.numel() for p in ensemble.members[0].parameters()) == card["training"]["parameters_per_member"]
+    rows = api.predict_properties(tiny_crystals(), predictor="mp_20-properties")
+    assert all(np.isfinite(r["band_gap"]) and r["band_gap_std"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="predictor"):
+        api.load_model("mp_20-properties")
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_each_model_loads_and_matches_its_card(name):
     model, config, stats, _ = api.load_model(name)
     card = api.list_models()[name]
