@@ -68,6 +68,7 @@ def test_baseline_judge_scores_targets(tmp_path, labelled_folder, capsys):
     report_dir = tmp_path / "eval"
     assert main(["evaluate", str(folder), "--reference", "none", "--train", "none", "--target", "vpa=0..100",
                  "--judge", str(judge), "--out", str(report_dir)]) in (0, 1)  # fmt: skip
+
     def rate(report: dict) -> float:
         found = [v for k, v in _flatten(report) if k == "target_success_rate"]
         assert len(found) == 1

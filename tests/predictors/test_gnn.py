@@ -227,3 +227,19 @@ def test_one_hot_type_weights_reproduce_the_prediction():
     net, batch = _net(), tiny_batch()
     onehot = torch.nn.functional.one_hot(batch.atomic_numbers, 119).double()
     torch.testing.assert_close(net(batch, type_weights=onehot)[0], net(batch)[0])
+
+
+def test_noise_aware_training_skips_unscorable_noised_crystals():
+    data = _labelled(32)
+    seen: list[float] = []
+
+    def corrupt(clean, t, generator):
+        flat = clean.lattice.clone()
+        flat[0, 2] = flat[0, 0] + flat[0, 1] + 1e-4 * flat[0, 2]  # first crystal of every batch: a flat cell
+        return clean.replace(lattice=flat)
+
+    config = PropertyGNNConfig(properties=("a",), hidden=8, layers=1, radial=4, cutoff=4.0, time_dim=4)
+    ensemble = fit_ensemble(config, data[:24], data[24:], PredictorTrainConfig(members=1, epochs=2, batch_size=8),
+                            corrupt=corrupt, on_epoch=lambda m, e, loss, val: seen.append(loss))  # fmt: skip
+    assert all(math.isfinite(v) for v in seen) and len(seen) == 2
+    assert all(torch.isfinite(p).all() for p in ensemble.parameters())

@@ -95,8 +95,11 @@ def _batches(
 def _loss(member: PropertyGNN, batch: CrystalBatch, target: Tensor, t: Tensor | None) -> Tensor:
     mean, log_var = member(batch, t)
     y = (target - member.target_mean) / member.target_std
-    mask = torch.isfinite(y)
+    # a noised crystal the network cannot score (a cell too thin to search: NaN) teaches nothing
+    mask = torch.isfinite(y) & torch.isfinite(mean)
     y = torch.where(mask, y, torch.zeros_like(y))
+    mean = torch.where(mask, mean, torch.zeros_like(mean))
+    log_var = torch.where(mask, log_var, torch.zeros_like(log_var))
     l1 = (mean - y).abs()
     nll = 0.5 * (log_var + (mean.detach() - y) ** 2 * torch.exp(-log_var))
     loss: Tensor = ((l1 + nll) * mask).sum() / mask.sum().clamp(min=1)
