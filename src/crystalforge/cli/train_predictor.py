@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=textwrap.dedent(
             """\
             Writes <out>/predictor.pt and <out>/metrics.json (validation error and calibration).
-            Rerunning the same command with the same --out resumes (states in <out>/work/).
+            Rerunning the same command with the same --out resumes (states in <out>/states/).
             --noise-from trains the noise-aware variant that gradient guidance needs: it learns the
             property from that generator's noised states at every time t.
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import pickle
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +40,7 @@ from crystalforge.core.elements import element_table, z_to_symbol
 from crystalforge.core.extras import require
 from crystalforge.core.lattice import lll_reduction
 from crystalforge.core.neighbors import knn_graph, searchable
+from crystalforge.io.atomic import atomic_write
 
 __all__ = ["STRUCTURE_FEATURES", "BaselineConfig", "GradientBoostingPredictor", "featurize", "train_baseline"]
 
@@ -347,16 +347,8 @@ class GradientBoostingPredictor:
         header.update(std_scale=self.std_scale, std_offset=self.std_offset, std_floor=self.std_floor)
         header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with tmp.open("wb") as handle:
-                handle.write(FILE_MAGIC + json.dumps(header).encode() + b"\n" + payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path, "wb") as handle:
+            handle.write(FILE_MAGIC + json.dumps(header).encode() + b"\n" + payload)
         return path
 
     @classmethod

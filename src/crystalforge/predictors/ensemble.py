@@ -14,8 +14,6 @@ A checkpoint is one ``torch.save`` dict: ``format``, ``config`` (plain data), me
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.io.atomic import atomic_write
 from crystalforge.predictors.gnn import PropertyGNN, PropertyGNNConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "Prediction", "PredictorEnsemble", "calibration_report", "torch_save_atomic"]
@@ -142,9 +141,8 @@ class PredictorEnsemble(nn.Module):
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the ensemble to ``path`` atomically (temp file in the same folder, then rename)."""
+        """Write the ensemble to ``path`` atomically (``io.atomic``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
@@ -181,23 +179,16 @@ class PredictorEnsemble(nn.Module):
 def _miscalibration_area(z: Tensor) -> Tensor:
     """Mean |expected − observed| coverage of central Gaussian intervals at 99 levels, for |z| scores."""
     levels = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
-    half_widths = math.sqrt(2.0) * torch.special.erfinv(levels)
+    half_widths = math.sqrt(2.0) * torch.special.erfinv(levels)  # central interval of probability p: ±√2·erfinv(p)
     observed = (z[None, :] <= half_widths[:, None]).double().mean(dim=1)
     area: Tensor = (observed - levels).abs().mean()
     return area
 
 
 def torch_save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temp file beside ``path``, then one rename (no half-written file on a crash)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is readable like any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``torch.save`` through ``io.atomic.atomic_write`` (no half-written checkpoint on a crash)."""
+    with atomic_write(path, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def calibration_report(mean: np.ndarray, std: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -213,9 +204,6 @@ def calibration_report(mean: np.ndarray, std: np.ndarray, target: np.ndarray) ->
     err = np.abs(target[keep] - mean[keep])
     sigma = np.maximum(std[keep], 1e-12)
     z = err / sigma
-    levels = np.linspace(0.01, 0.99, 99)
-    half_widths = np.sqrt(2.0) * _erfinv(levels)  # central interval of probability p is ±√2·erfinv(p)
-    observed = (z[None, :] <= half_widths[:, None]).mean(axis=1)
     nll = 0.5 * np.mean(np.log(2 * math.pi * sigma**2) + z**2)
     return {
         "n": int(keep.sum()),
@@ -223,13 +211,7 @@ def calibration_report(mean: np.ndarray, std: np.ndarray, target: np.ndarray) ->
         "rmse": float(np.sqrt((err**2).mean())),
         "coverage_1sigma": float((z <= 1.0).mean()),
         "coverage_2sigma": float((z <= 2.0).mean()),
-        "miscalibration_area": float(np.abs(observed - levels).mean()),
+        "miscalibration_area": float(_miscalibration_area(torch.from_numpy(z))),
         "nll": float(nll),
         "mean_std": float(sigma.mean()),
     }
-
-
-def _erfinv(p: np.ndarray) -> np.ndarray:
-    """Inverse error function (torch's, on float64)."""
-    out: np.ndarray = torch.special.erfinv(torch.as_tensor(p, dtype=torch.float64)).numpy()
-    return out

@@ -110,27 +110,39 @@ def _times(batch: CrystalBatch, generator: torch.Generator) -> Tensor:
     return torch.rand(batch.num_crystals, generator=generator)
 
 
-def _val_mae(
-    member: PropertyGNN, batches: list[tuple[CrystalBatch, Tensor]], corrupt: Corrupt | None, seed: int
-) -> float:
-    """Mean over properties of the standardised validation MAE (fixed noise draws when noise-aware)."""
+def _val_predictions(
+    predict: Callable[[CrystalBatch, Tensor | None], tuple[Tensor, Tensor]],
+    batches: list[tuple[CrystalBatch, Tensor]],
+    corrupt: Corrupt | None,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean, std, target)`` over the validation batches, noised with fixed draws when noise-aware."""
     generator = torch.Generator().manual_seed(seed)
-    total = torch.zeros(len(member.properties), dtype=torch.float64)
-    count = torch.zeros_like(total)
-    member.eval()
+    means, stds, targets = [], [], []
     with torch.no_grad():
         for batch, target in batches:
             t = None
             if corrupt is not None:
                 t = _times(batch, generator)
                 batch = corrupt(batch, t, generator)
-            mean, _ = member.predict(batch, t)
-            err = ((mean - target).abs() / member.target_std).double()
-            finite = torch.isfinite(err)
-            total += torch.where(finite, err, torch.zeros_like(err)).sum(0)
-            count += finite.sum(0)
+            mean, std = predict(batch, t)
+            means.append(mean)
+            stds.append(std)
+            targets.append(target)
+    return torch.cat(means), torch.cat(stds), torch.cat(targets)
+
+
+def _val_mae(
+    member: PropertyGNN, batches: list[tuple[CrystalBatch, Tensor]], corrupt: Corrupt | None, seed: int
+) -> float:
+    """Mean over properties of the standardised validation MAE (NaN predictions and targets skipped)."""
+    member.eval()
+    mean, _, target = _val_predictions(member.predict, batches, corrupt, seed)
     member.train()
-    return float((total / count.clamp(min=1)).mean())
+    err = ((mean - target).abs() / member.target_std).double()
+    finite = torch.isfinite(err)
+    total = torch.where(finite, err, torch.zeros_like(err)).sum(0)
+    return float((total / finite.sum(0).clamp(min=1)).mean())
 
 
 def _train_member(
@@ -245,18 +257,8 @@ def fit_ensemble(
         members.append(member)
         histories.append(history)
     ensemble = PredictorEnsemble(members)
-    generator = torch.Generator().manual_seed(settings.seed)
-    means, stds = [], []
-    with torch.no_grad():
-        for batch, _ in val_batches:
-            t = None
-            if corrupt is not None:
-                t = _times(batch, generator)
-                batch = corrupt(batch, t, generator)
-            m, s = ensemble(batch, t)
-            means.append(m)
-            stds.append(s)
-    scale = ensemble.calibrate(torch.cat(means), torch.cat(stds), torch.from_numpy(y_val).float())
+    mean, std, target = _val_predictions(ensemble, val_batches, corrupt, settings.seed)
+    scale = ensemble.calibrate(mean, std, target)
     ensemble.record = {
         "train_settings": asdict(settings),
         "train_structures": len(train),

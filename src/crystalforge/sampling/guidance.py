@@ -35,6 +35,7 @@ from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MASK_Z, MAX_Z, TypeVocabulary
 from crystalforge.core.segment import segment_sum
 from crystalforge.generative.interfaces import FieldOutputs, PredictFn
+from crystalforge.sampling.composition import type_vocabulary
 from crystalforge.sampling.targets import PropertyTarget, objective
 
 __all__ = ["PredictorGradient", "PropertyPredictor"]
@@ -197,11 +198,11 @@ class PredictorGradient:
 
 
 def _type_vocabulary(model: object) -> TypeVocabulary | None:
-    """The vocabulary of a model that generates types (its type process's), else None (CSP)."""
-    processes = getattr(model, "processes", None)
-    process = processes.get("atomic_numbers") if isinstance(processes, Mapping) else None
-    vocab = getattr(process, "vocab", None)
-    return vocab if isinstance(vocab, TypeVocabulary) and "dng" in getattr(model, "tasks", ()) else None
+    """The vocabulary of a model that generates types, else None (a CSP model keeps the template's)."""
+    try:
+        return type_vocabulary(model)
+    except ValueError:
+        return None
 
 
 def _parameters(predictor: object) -> list[Tensor]:

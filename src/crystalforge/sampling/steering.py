@@ -38,6 +38,7 @@ from crystalforge.io.atomic import atomic_write
 from crystalforge.io.run_folder import JSONValue, RunFolder
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.shipped import load_predictor
+from crystalforge.predictors.training import predict_crystals
 from crystalforge.sampling.composition import AllowedElements
 from crystalforge.sampling.constraints import MotifConstraint
 from crystalforge.sampling.guidance import PredictorGradient
@@ -62,6 +63,7 @@ class Steering:
     route: str = "importance"
     guidance_scale: float = 1.0
     guidance_start: float | None = None
+    type_scale: float | None = None  # gradient route's push on atom types (None: guidance_scale; 0: off)
     oversample: int = 4
     temperature: float = 1.0
     elements: str | None = None
@@ -101,7 +103,7 @@ def steering_plan(
         assert predictor is not None
         gradient = PredictorGradient(
             model, predictor, steering.targets, scale=steering.guidance_scale, start=steering.guidance_start,
-            name=steering.predictor,
+            type_scale=steering.type_scale, name=steering.predictor,
         )  # fmt: skip
         guidance.append(gradient)
     if steering.elements:
@@ -126,8 +128,6 @@ def _check_motif(plan: SamplePlan, jobs: Sequence[Job]) -> None:
 def _predict(
     predictor: PredictorEnsemble, crystals: Sequence[Crystal], targets: Sequence[PropertyTarget]
 ) -> dict[str, Any]:
-    from crystalforge.predictors.training import predict_crystals
-
     mean, std = predict_crystals(predictor, crystals)
     j = objective(torch.from_numpy(mean), torch.from_numpy(std), predictor.properties, targets).numpy()
     inside = np.ones(len(crystals), dtype=bool)

@@ -19,6 +19,7 @@ import numpy as np
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.predictors.shipped import load_predictor
+from crystalforge.predictors.training import predict_crystals
 
 __all__ = ["Judge", "judge_candidates", "judged", "load_judge"]
 
@@ -60,7 +61,6 @@ def load_judge(spec: str | Path) -> Judge:
     if path.is_dir() and any(path.glob(f"*{BASELINE_SUFFIX}")):
         return Judge(str(spec), {p.stem: _baseline(p) for p in sorted(path.glob(f"*{BASELINE_SUFFIX}"))})
     ensemble = load_predictor(spec)
-    from crystalforge.predictors.training import predict_crystals
 
     def column(k: int) -> PredictFn:
         def predict(crystals: Sequence[Crystal]) -> tuple[np.ndarray, np.ndarray]:

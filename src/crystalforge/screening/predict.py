@@ -12,14 +12,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from crystalforge.core.crystal import Crystal
 from crystalforge.data.samples import read_samples
+from crystalforge.io.atomic import atomic_write
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.shipped import load_predictor
 from crystalforge.predictors.training import predict_crystals
@@ -81,8 +80,5 @@ def write_table(rows: list[Row], path: Path) -> None:
         text = buffer.getvalue()
     else:
         raise ValueError(f"{path}: write predictions to a .csv or .json file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as handle:
+    with atomic_write(path, newline="") as handle:
         handle.write(text)
-    os.replace(tmp, path)

@@ -7,7 +7,7 @@ A noise-aware predictor (for gradient guidance) names the generator whose noisin
 (``noise_from``: a shipped model name or a ``model.pt``).
 
 Writes ``<out>/predictor.pt`` (atomically) and ``<out>/metrics.json`` (validation error and
-calibration per property); ``<out>/work/`` holds per-epoch states, so rerunning the same command
+calibration per property); ``<out>/states/`` holds per-epoch states, so rerunning the same command
 resumes.
 """
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -30,6 +28,7 @@ from torch import Tensor
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.data.resolve import is_benchmark, load_dataset
+from crystalforge.io.atomic import atomic_write
 from crystalforge.predictors.ensemble import calibration_report
 from crystalforge.predictors.gnn import PropertyGNNConfig
 from crystalforge.predictors.training import Corrupt, PredictorTrainConfig, fit_ensemble, targets_of
@@ -43,11 +42,8 @@ VAL_FRACTION = 0.1
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     """``path`` replaced in one rename by ``data`` as indented JSON."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
+    with atomic_write(path) as handle:
         json.dump(data, handle, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a result file is readable like any other
-    os.replace(tmp, path)
 
 
 def _previous_runs(metrics: Path) -> list[dict[str, Any]]:
@@ -158,7 +154,9 @@ def _train(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    ensemble = fit_ensemble(config, train, val, settings, corrupt=corrupt, work_dir=folder / "work", on_epoch=on_epoch)
+    ensemble = fit_ensemble(
+        config, train, val, settings, corrupt=corrupt, work_dir=folder / "states", on_epoch=on_epoch
+    )
     wall = time.perf_counter() - started
     runs = [*_previous_runs(folder / "metrics.json"), {"wall_s": round(wall, 1), "threads": torch.get_num_threads()}]
     total = round(sum(float(r["wall_s"]) for r in runs), 1)
@@ -196,7 +194,7 @@ def train_baseline_predictors(
 
     The baseline holds out its own calibration rows; ``<out>/baseline.json`` records the data.
     """
-    from crystalforge.predictors.baseline import GradientBoostingPredictor, featurize
+    from crystalforge.predictors.baseline import BaselineConfig, GradientBoostingPredictor, featurize
 
     if not properties:
         raise ValueError("name at least one property to predict")
@@ -211,8 +209,7 @@ def train_baseline_predictors(
     for prop in properties:
         y = targets_of(crystals, [prop], source=key)[:, 0]
         keep = np.isfinite(y)
-        model = GradientBoostingPredictor(workers=1, threads=threads)
-        model.config = type(model.config)(seed=seed)
+        model = GradientBoostingPredictor(BaselineConfig(seed=seed), workers=1, threads=threads)
         model.fit_features(features[keep], y[keep], names=names)
         written.append(model.save(folder / f"{prop}.gbm"))
         record[prop] = int(keep.sum())
