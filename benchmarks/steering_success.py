@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--oversample", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--type-scale", type=float, default=None, help="gradient route on types (0: coordinates only)")
+    parser.add_argument("--guidance-start", type=float, default=None, help="gradient route: first time it acts")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, required=True)
@@ -106,7 +107,7 @@ def main() -> None:
                 folder = args.work / slug / route
                 steering = api.Steering(targets=(target,), predictor=args.predictor, route=route,
                                         guidance_scale=args.guidance, oversample=args.oversample,
-                                        type_scale=args.type_scale)  # fmt: skip
+                                        type_scale=args.type_scale, guidance_start=args.guidance_start)  # fmt: skip
                 t0 = time.perf_counter()
                 api.generate(args.model, n=args.n, out=folder, steps=args.steps, seed=0, steering=steering)
                 timings[f"{slug}/{route}"] = time.perf_counter() - t0

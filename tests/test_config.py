@@ -15,6 +15,8 @@ class Inner:
     hidden: int = 8
     rate: float = 1e-3
     names: tuple[str, ...] = ()
+    pair: tuple[float, int] = (0.0, 0)
+    moments: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,14 @@ def test_round_trip_and_overrides(tmp_path):
     assert from_dict(Outer, to_dict(cfg)) == cfg
     (tmp_path / "d.yaml").write_text(dump_config(cfg))
     assert load_config(Outer, tmp_path / "d.yaml") == cfg
+
+
+def test_fixed_length_tuples_convert_each_value_by_its_own_type():
+    cfg = from_dict(Outer, {"inner": {"pair": [1, 2], "moments": {"gap": [1, 0.5]}}})
+    assert cfg.inner.pair == (1.0, 2) and isinstance(cfg.inner.pair[0], float)
+    assert cfg.inner.moments == {"gap": (1.0, 0.5)}
+    with pytest.raises(ConfigError, match=r"config.inner.pair\[1\]: expected an integer"):
+        from_dict(Outer, {"inner": {"pair": [1.0, 2.5]}})
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from crystalforge.io.files import detect_format, iter_records, read_structures, 
 from crystalforge.predictors import PredictorEnsemble, PredictorTrainConfig, PropertyGNNConfig
 from crystalforge.pretrained import list_models
 from crystalforge.progress import progress_bar
-from crystalforge.sampling.jobs import generation_jobs, prediction_jobs
+from crystalforge.sampling.jobs import composition_plan, generation_jobs, prediction_jobs
 from crystalforge.sampling.runner import Job, run_jobs
 from crystalforge.sampling.samplers import parse_anti_annealing, with_overrides
 from crystalforge.sampling.steering import Steering, parse_target, run_steered
@@ -52,10 +52,11 @@ JobsFor = Callable[[GenerativeModel, DatasetStats | None, int], list[Job]]
 
 def _run(model: str | Path, out: str | Path, jobs_for: JobsFor, steps: int | None, anti_annealing: AntiAnnealing,
          plan: SamplePlan | None, batch_size: int, seed: int, device: str, progress: Progress,
-         steering: Steering | None = None, n: int = 0) -> list[Crystal]:  # fmt: skip
+         steering: Steering | None = None, n: int = 0, composition: str | None = None) -> list[Crystal]:  # fmt: skip
     """Load the model, build its jobs, run them (steered when asked) with its sampler overridden where given."""
     net, _, stats, default = load_model(model)
     sampler = with_overrides(default, steps=steps, anti_annealing=anti_annealing, plan=plan)
+    sampler = composition_plan(net, sampler, composition, elements=steering.elements if steering else None)
     run = {"model_name": str(model), "batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
     if steering is not None:
         return run_steered(net, lambda count: jobs_for(net, stats, count), n, out, steering, sampler, **run)
@@ -63,36 +64,37 @@ def _run(model: str | Path, out: str | Path, jobs_for: JobsFor, steps: int | Non
 
 
 def generate(model: str | Path = "perov_5-dng", *, n: int = 100, out: str | Path, num_atoms: int | None = None,
-             composition: str | None = None, properties: Mapping[str, float] | None = None, steps: int | None = None,
-             anti_annealing: AntiAnnealing = None, plan: SamplePlan | None = None, steering: Steering | None = None,
-             seed: int = 0, device: str = "cpu", batch_size: int = 256,
+             composition: str | None = None, properties: Mapping[str, float | str] | None = None,
+             steps: int | None = None, anti_annealing: AntiAnnealing = None, plan: SamplePlan | None = None,
+             steering: Steering | None = None, seed: int = 0, device: str = "cpu", batch_size: int = 256,
              progress: Progress = None) -> list[Crystal]:  # fmt: skip
     """Generate ``n`` crystals into ``out`` (resumable; see ``sampling.runner``, ``sampling.jobs``).
 
-    ``composition`` (a formula: the cell content) needs a CSP model; ``properties`` are targets of a
-    conditioned model; ``plan`` adds guidance/constraints; ``steering``: targets, routes, elements,
-    motif (``sampling.steering``); ``anti_annealing`` (``s`` or ``{field: s}``) scales flow velocities.
+    ``composition`` (a formula: the cell content): CSP, or DNG with ``FixedComposition``; ``properties``
+    are targets of a conditioned model; ``plan`` adds guidance/constraints; ``steering``: targets, routes,
+    elements, motif (``sampling.steering``); ``anti_annealing`` (``s`` or ``{field: s}``) scales flow velocities.
     """
 
     def jobs_for(net: GenerativeModel, stats: DatasetStats | None, count: int) -> list[Job]:
         return generation_jobs(net, stats, n=count, num_atoms=num_atoms, composition=composition,
                                properties=properties, seed=seed, name=str(model))  # fmt: skip
 
-    return _run(model, out, jobs_for, steps, anti_annealing, plan, batch_size, seed, device, progress, steering, n)
+    return _run(model, out, jobs_for, steps, anti_annealing, plan, batch_size, seed, device, progress, steering, n,
+                composition)  # fmt: skip
 
 
 def csp(model: str | Path = "perov_5-csp", *, out: str | Path, formulas: Sequence[str] = (),
         reference: str | Path | None = None, split: str = "test", limit: int | None = None, k: int = 1,
+        system: str | None = None, max_atoms: int = 20, max_formulas: int | None = None, charge_balanced: bool = True,
         steps: int | None = None, anti_annealing: AntiAnnealing = None, seed: int = 0, device: str = "cpu",
         batch_size: int = 256, root: str | Path | None = None, progress: Progress = None) -> list[Crystal]:  # fmt: skip
-    """``k`` structures per formula or reference composition, named ``<material_id>[_<j>]``/``<formula>[_<j>]``."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    """``k`` structures per formula, reference entry or ``system`` composition, named ``<id|formula>[_<j>]``."""
     crystals = [] if reference is None else resolve_reference(reference, split, root, None)[0][:limit]
     targets = [(str(c.material_id), c.atomic_numbers.tolist()) for c in crystals]
 
     def jobs_for(net: GenerativeModel, stats: DatasetStats | None, count: int) -> list[Job]:
-        return prediction_jobs(net, targets, formulas=formulas, k=k, name=str(model))
+        return prediction_jobs(net, targets, formulas=formulas, system=system, max_atoms=max_atoms, k=k,
+                               max_formulas=max_formulas, charge_balanced=charge_balanced, name=str(model))  # fmt: skip
 
     return _run(model, out, jobs_for, steps, anti_annealing, None, batch_size, seed, device, progress)
 
@@ -130,9 +132,8 @@ def evaluate(samples: str | Path | Iterable[Crystal], *, reference: str | Path |
         return evaluate_candidates(
             candidates, task=task, reference=ref, reference_name=ref_name, reference_key=key, train=train_set,
             train_name=train_name, struct_featurizer=struct_fp, comp_featurizer=comp_fp,
-            coverage_cutoffs=coverage_cutoffs, relaxer=relaxer, k=k, target=target,
+            coverage_cutoffs=coverage_cutoffs, relaxer=relaxer, k=k, target=target, show_progress=show_progress,
             out=None if out is None else Path(out), workers=workers, cache_dir=cache_dir() / "fingerprints",
-            show_progress=show_progress,
         )  # fmt: skip
     finally:
         if relaxer is not None:

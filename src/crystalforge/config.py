@@ -56,7 +56,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if args and len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
         return (
-            tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True)))
+            tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
             if args
             else tuple(value)
         )

@@ -39,4 +39,13 @@ def test_generate_condition_reaches_the_model_and_unknown_targets_are_refused(tm
     assert "cannot be conditioned on ['band_gap']" in err and "unconditional" in err
     assert not (out / "run.json").exists()
     with pytest.raises(SystemExit):
-        main(["generate", "--condition", "band_gap=inf", "--out", str(out)])
+        main(["generate", "--condition", "band_gap", "--out", str(out)])
+
+
+def test_the_cli_offers_every_route_steering_names():
+    from crystalforge.cli.generate import ROUTES as OFFERED
+    from crystalforge.sampling.steering import ROUTES, Steering
+
+    assert set(OFFERED) == set(ROUTES)
+    for route in OFFERED:
+        Steering(route=route)  # every offered route is accepted

@@ -3,10 +3,8 @@ import math
 import pytest
 import torch
 
-from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MASK_Z, TypeVocabulary
 from crystalforge.nn.embeddings import (
-    PropertyEmbedding,
     TimeEmbedding,
     TypeEmbedding,
     frac_fourier_basis,
@@ -64,30 +62,3 @@ def test_lattice_shape_features_are_scale_free_except_volume():
     torch.testing.assert_close(scaled[:, 6] - feats[:, 6], torch.full_like(feats[:, 6], math.log(8.0)))
     degenerate = torch.zeros(1, 3, 3, dtype=torch.float64)
     assert bool(torch.isfinite(lattice_shape_features(degenerate, torch.tensor([4]))).all())
-
-
-def _with_property(batch: CrystalBatch, values, mask) -> CrystalBatch:
-    return batch.replace(properties={"gap": values}, condition_mask={"gap": mask})
-
-
-def test_property_embedding_honours_condition_mask():
-    emb = PropertyEmbedding(("gap",), 6).double()
-    batch = tiny_batch()
-    b = batch.num_crystals
-    values = torch.linspace(0.0, 2.0, b, dtype=torch.float64)
-    mask = torch.tensor([True, False, True, False, True])
-    out = emb(_with_property(batch, values, mask))
-    # masked rows are the learned null vector whatever the value (NaN included)
-    values_nan = torch.where(mask, values, torch.full_like(values, math.nan))
-    out_nan = emb(_with_property(batch, values_nan, mask))
-    torch.testing.assert_close(out_nan, out)
-    torch.testing.assert_close(out[~mask], emb.null["gap"].expand(int((~mask).sum()), -1))
-    # absent property = everything masked
-    torch.testing.assert_close(emb(batch), emb.null["gap"].expand(b, -1))
-    # visible values matter
-    out2 = emb(_with_property(batch, values + 1.0, mask))
-    assert not torch.allclose(out2[mask], out[mask])
-    torch.testing.assert_close(out2[~mask], out[~mask])
-    # NaN in masked rows never poisons gradients
-    out_nan.sum().backward()
-    assert all(bool(torch.isfinite(p.grad).all()) for p in emb.parameters())

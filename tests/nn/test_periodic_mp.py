@@ -124,8 +124,15 @@ def test_batch_independence(model):
         torch.testing.assert_close(sub["lattice"][0], full["lattice"][b])
 
 
-def test_gradients_reach_every_parameter():
+def _conditioned() -> PeriodicMP:
+    """A conditioned model whose conditioner output is live (it starts at zero, see nn.conditioning)."""
     model = _model(properties=("gap",))
+    torch.nn.init.normal_(model.conditioner.out.weight)
+    return model
+
+
+def test_gradients_reach_every_parameter():
+    model = _conditioned()
     batch = tiny_batch()
     batch = batch.replace(
         properties={"gap": torch.linspace(0.0, 1.0, batch.num_crystals, dtype=torch.float64)},
@@ -154,7 +161,7 @@ def test_masked_and_soft_types(model):
 
 def test_property_conditioning_follows_condition_mask():
     torch.manual_seed(3)
-    model = _model(properties=("gap",))
+    model = _conditioned()
     batch = tiny_batch()
     b = batch.num_crystals
     t = torch.full((b,), 0.5, dtype=torch.float64)

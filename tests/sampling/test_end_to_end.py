@@ -231,3 +231,34 @@ def test_resume_checks_chunk_contents_and_allows_retry_before_any_chunk(tmp_path
     # nothing was made: a retry with a smaller batch is allowed and recorded
     assert len(api.generate(ckpt, n=2, out=fresh, steps=2, batch_size=1)) == 2
     assert json.loads((fresh / "run.json").read_text())["batch_size"] == 1
+
+
+def test_adapter_fine_tune_on_your_own_structures_and_property_table(tmp_path):
+    base = _train(tmp_path, "dng")
+    data = tmp_path / "own"
+    crystals = [c.replace(material_id=f"s{i}") for i, c in enumerate(tiny_crystals()[1:] * 5)]
+    write_structures(crystals, data / "all.extxyz")
+    table = tmp_path / "gap.csv"
+    table.write_text("material_id,gap\n" + "".join(f"s{i},{0.5 * i}\n" for i in range(len(crystals))))
+    overrides = [
+        "model.task=dng", "model.backbone={hidden: 16, layers: 1, fourier_frequencies: 2, time_dim: 8}",
+        "model.properties=[gap]", f"init_from={base}", "freeze=[pretrained]", f"data.dataset={data}",
+        f"data.properties={table}", "data.batch_size=4", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+        "trainer.threads=1", "trainer.check_val_every_n_epoch=1", "optim.warmup_steps=1",
+    ]  # fmt: skip
+    ckpt = api.train(load_config(TrainConfig, None, overrides), tmp_path / "tuned")
+    metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
+    assert metrics["frozen_parameters"] > 0 and metrics["new_weights_over_init"] > 0
+    assert metrics["train_structures"] == 18  # 20 structures, 2 held out for validation
+    tuned, base_w = torch.load(ckpt, weights_only=True), torch.load(base, weights_only=True)["weights"]
+    mean, std = tuned["config"]["model"]["property_moments"]["gap"]  # of the 18 training values
+    assert abs(mean - 4.75) < 0.6 and 2.0 < std < 3.5
+    # frozen: the base is untouched (up to the rounding of the weight average of a constant)
+    changed = [k for k, v in base_w.items() if not torch.allclose(tuned["weights"][k], v, rtol=0, atol=1e-6)]
+    assert not changed
+    assert api.load_model(ckpt).model.conditions == ("gap",)
+    out = api.generate(ckpt, n=2, out=tmp_path / "gen", steps=2, properties={"gap": 1.0})
+    assert len(out) == 2
+    bad = [*overrides[:-1], "data.properties=missing.csv"]
+    with pytest.raises(Exception, match=r"missing\.csv"):
+        api.train(load_config(TrainConfig, None, bad), tmp_path / "bad")

@@ -126,3 +126,66 @@ def test_bad_steering_settings():
         Steering(route="magic")
     with pytest.raises(ValueError, match="oversample"):
         Steering(oversample=0)
+
+
+def test_smc_route_resamples_during_sampling_and_writes_predictions(tmp_path, predictor_path):
+    steering = Steering(targets=(PropertyTarget("p", 0.0, 1.0),), predictor=str(predictor_path), route="smc",
+                        ess_threshold=1.0, guidance_start=0.0)  # fmt: skip
+    kept = _run(tmp_path, steering, n=6, num_atoms=2)  # one group of six 2-atom crystals
+    assert len(kept) == 6
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert [r["type"] for r in run["steering"]] == ["SMCResampler"]
+    assert len(_rows(tmp_path / "out" / "predictions.csv")) == 6
+
+
+def _conditioned_setup():
+    torch.manual_seed(0)
+    crystals = [c.replace(properties={"p": float(i)}) for i, c in enumerate(tiny_crystals())]
+    stats = compute_dataset_stats(crystals)
+    config = ModelConfig(kind="flow", task="dng", backbone=TINY, properties=("p",), categories=("space_group",))
+    return build_model(config, stats).eval(), stats
+
+
+def test_condition_route_conditions_on_the_window_centre_with_guidance(tmp_path, predictor_path):
+    model, stats = _conditioned_setup()
+    seen = []
+
+    def make_jobs(count: int):
+        return dng_jobs(count, stats=stats, seed=0, properties={"space_group": 225.0})
+
+    steering = Steering(targets=(PropertyTarget("p", 1.0, 3.0),), predictor=str(predictor_path), route="condition",
+                        guidance_scale=2.0)  # fmt: skip
+    original = model.predict
+
+    def spy(state, t):
+        seen.append({k: (v.clone(), state.condition_mask[k].clone()) for k, v in state.properties.items()})
+        return original(state, t)
+
+    model.predict = spy
+    plan = SamplePlan(SamplerConfig(steps=2))
+    kept = run_steered(model, make_jobs, 3, tmp_path / "c", steering, plan, seed=0, batch_size=8, model_name="tiny")
+    assert len(kept) == 3
+    # two calls per step: the conditions visible (p = 2, the window centre; space group 225), then hidden
+    visible, hidden = seen[0], seen[1]
+    assert torch.all(visible["p"][0] == 2.0) and bool(visible["p"][1].all())
+    assert torch.all(visible["space_group"][0] == 225.0) and bool(visible["space_group"][1].all())
+    assert not bool(hidden["p"][1].any()) and not bool(hidden["space_group"][1].any())
+    run = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert run["steering"][0] == {"type": "ClassifierFreeGuidance",
+                                  "settings": {"scale": 2.0, "conditions": ["p", "space_group"],
+                                               "requires_grad": False}}  # fmt: skip
+
+
+def test_condition_route_refusals(tmp_path, predictor_path):
+    with pytest.raises(ValueError, match="needs a conditioned model"):
+        _run(tmp_path, Steering(targets=(PropertyTarget("p", 0.0, 1.0),), predictor=str(predictor_path),
+                                route="condition"))  # fmt: skip
+    model, stats = _conditioned_setup()
+    plan = SamplePlan(SamplerConfig(steps=2))
+    one_sided = Steering(targets=(PropertyTarget("p", None, 1.0),), predictor=str(predictor_path), route="condition")
+    with pytest.raises(ValueError, match="one-sided"):
+        run_steered(model, lambda k: dng_jobs(k, stats=stats, seed=0), 2, tmp_path / "o", one_sided, plan)
+    with pytest.raises(ValueError, match="unknown route"):
+        Steering(route="condition+condition")
+    with pytest.raises(ValueError, match="unknown route"):
+        Steering(route="magic")

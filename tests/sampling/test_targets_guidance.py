@@ -23,6 +23,7 @@ from crystalforge.sampling.targets import (
 )
 from crystalforge.sampling.templates import template_from_compositions
 from crystalforge.testing import tiny_crystals
+from tests.sampling.fakes import VolumePredictor
 
 TINY = BackboneConfig(hidden=16, layers=1, fourier_frequencies=2, time_dim=8)
 
@@ -90,17 +91,6 @@ def test_objective_sums_over_targets_and_names_unknown_properties():
     torch.testing.assert_close(j, parts[0] + parts[1])
     with pytest.raises(KeyError, match="no 'c'"):
         objective(mean, std, ("a", "b"), [PropertyTarget("c", 0.0, None)])
-
-
-class VolumePredictor:
-    """A differentiable stand-in: 'vpa' = volume per atom (Å³), std 1."""
-
-    properties = ("vpa",)
-    time_conditioned = False
-
-    def __call__(self, batch: CrystalBatch, t=None, type_weights=None):
-        vpa = torch.linalg.det(batch.lattice).abs() / batch.num_atoms.to(batch.lattice.dtype)
-        return vpa[:, None], torch.ones_like(vpa)[:, None]
 
 
 def _volumes(model, plan: SamplePlan, seed: int) -> torch.Tensor:

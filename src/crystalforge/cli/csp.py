@@ -1,4 +1,4 @@
-"""``crystalforge csp``: predict crystal structures for compositions."""
+"""``crystalforge csp``: predict crystal structures for compositions, reference entries or a chemical system."""
 
 from __future__ import annotations
 
@@ -17,12 +17,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=textwrap.dedent(
             """\
             Outputs are named by the reference material_id (<id> for k=1, <id>_<j> for k>1), ready for
-            `crystalforge evaluate OUT/cif --reference NAME --task csp`.
+            `crystalforge evaluate OUT/cif --reference NAME --task csp`, or by formula (--formula, --system).
+            --system enumerates every cell composition holding all its elements with at most --max-atoms
+            atoms (multiples included: Li3PS4 and Li6P2S8), charge balanced with SMACT's icsd24 oxidation
+            states (needs crystalforge[evaluation]) unless --no-charge-balance.
 
             examples:
               crystalforge csp --model perov_5-csp --formula SrTiO3 BaTiO3 --out pred/
               crystalforge csp --model perov_5-csp --reference perov_5 --split test --limit 100 --out pred/
-              crystalforge csp --model mp_20-csp --reference mp_20 --k 20 --out pred20/"""
+              crystalforge csp --model mp_20-csp --reference mp_20 --k 20 --out pred20/
+              crystalforge csp --model mp_20-csp --system Li-P-S --max-atoms 12 --k 5 --out lps/
+              crystalforge csp --model mp_20-csp --system Li,P,S --max-formulas 10 --no-charge-balance --out lps/"""
         ),
     )
     add_sampling_options(p)
@@ -32,11 +37,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="only the first N reference compositions")
     p.add_argument("--k", type=int, default=1, help="predictions per composition")
+    system = p.add_argument_group("a chemical system (every composition of it)")
+    system.add_argument("--system", metavar="A-B-C", help="elements, e.g. Li-P-S or Li,P,S")
+    system.add_argument("--max-atoms", type=int, default=20, help="largest cell to enumerate (default 20)")
+    system.add_argument("--max-formulas", type=int, metavar="N", help="only the first N reduced formulas")
+    system.add_argument(
+        "--no-charge-balance",
+        dest="charge_balanced",
+        action="store_false",
+        help="keep compositions that no oxidation states balance",
+    )
     add_root(p, "data directory for benchmark names")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict for ``--formula`` and/or every composition of ``--reference``."""
+    """Predict for ``--formula``, every composition of ``--reference`` and/or of ``--system``."""
     from crystalforge import api
 
     with api.progress_bar(None, "predicting") as bar:
@@ -48,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
             split=args.split,
             limit=args.limit,
             k=args.k,
+            system=args.system,
+            max_atoms=args.max_atoms,
+            max_formulas=args.max_formulas,
+            charge_balanced=args.charge_balanced,
             steps=args.steps,
             anti_annealing=args.anti_annealing,
             seed=args.seed,

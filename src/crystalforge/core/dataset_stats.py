@@ -39,6 +39,8 @@ class DatasetStats:
     num_elements_hist: tuple[int, ...]  # [k + 1] structures with k distinct elements
     lattice_code_mean: tuple[float, ...] | None = None  # [6] mean of core.lattice.lattice_to_code
     lattice_code_std: tuple[float, ...] | None = None  # [6] its standard deviation (population)
+    # {property: (mean, std, count)} of every numeric property over the crystals that have it
+    property_moments: dict[str, tuple[float, float, int]] | None = None
 
     @property
     def max_atoms(self) -> int:
@@ -98,4 +100,6 @@ class DatasetStats:
                 f"DatasetStats keys differ: missing {sorted(required - set(data))}, unknown {sorted(set(data) - names)}"
             )
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if values.get("property_moments") is not None:
+            values["property_moments"] = {k: tuple(v) for k, v in values["property_moments"].items()}
         return cls(**values)

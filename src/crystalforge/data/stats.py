@@ -50,4 +50,16 @@ def compute_dataset_stats(crystals: CrystalArrays | Iterable[Crystal]) -> Datase
         num_elements_hist=tuple(int(c) for c in np.bincount(distinct)),
         lattice_code_mean=tuple(float(x) for x in code.mean(0)),
         lattice_code_std=tuple(float(x) for x in code.std(0)),
+        property_moments=_property_moments(arrays),
     )
+
+
+def _property_moments(arrays: CrystalArrays) -> dict[str, tuple[float, float, int]]:
+    """``{name: (mean, std, count)}`` of each property over the crystals where it is finite."""
+    out = {}
+    for name, values in sorted(arrays.properties.items()):
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[name] = (float(v.mean()), float(v.std()), len(v))
+    return out

@@ -26,6 +26,7 @@ from crystalforge.generative.interfaces import (
     SampleStep,
 )
 from crystalforge.generative.process_base import FixedField
+from crystalforge.nn.conditioning import drop_conditions, with_categories
 
 FIELDS = ("frac_coords", "lattice", "atomic_numbers")
 """The generated fields, in the order the state is assembled."""
@@ -41,6 +42,8 @@ class JointModel(nn.Module):
         time_eps: training times are drawn from ``[time_eps, 1 − time_eps]``.
         time_power: training times are ``u^(1/time_power)`` with ``u`` uniform (density
             ``time_power · t^(time_power − 1)``): 1 is uniform, larger favours the data end.
+        condition_dropout: for a conditioned backbone, the probability with which training hides
+            all conditions of a crystal, and each one alone (``nn.conditioning.drop_conditions``).
 
     """
 
@@ -52,6 +55,7 @@ class JointModel(nn.Module):
         loss_weights: Mapping[str, float] | None = None,
         time_eps: float = 1e-3,
         time_power: float = 1.0,
+        condition_dropout: float = 0.1,
     ) -> None:
         super().__init__()
         missing = set(FIELDS) - set(processes)
@@ -69,6 +73,9 @@ class JointModel(nn.Module):
         if not time_power > 0:
             raise ValueError(f"time_power must be positive, got {time_power}")
         self.time_power = time_power
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+        self.condition_dropout = condition_dropout
 
     # ---- what the model is ----------------------------------------------------------------
     @property
@@ -78,9 +85,14 @@ class JointModel(nn.Module):
 
     @property
     def conditions(self) -> tuple[str, ...]:
-        """Properties the backbone embeds (its ``config.properties``; empty when unconditional)."""
+        """Conditions the backbone embeds (continuous, then categorical; empty when unconditional)."""
         config = getattr(self.backbone, "config", None)
-        return tuple(getattr(config, "properties", ()))
+        return tuple(getattr(config, "properties", ())) + tuple(getattr(config, "categories", ()))
+
+    def with_conditions(self, batch: CrystalBatch) -> CrystalBatch:
+        """``batch`` with the categorical conditions it implies filled in (crystal system from space group)."""
+        categories = tuple(getattr(getattr(self.backbone, "config", None), "categories", ()))
+        return with_categories(batch, categories) if categories else batch
 
     @property
     def has_corrector(self) -> bool:
@@ -166,12 +178,15 @@ class JointModel(nn.Module):
         self, template: CrystalBatch, plan: SamplePlan, *, generator: torch.Generator | None = None
     ) -> Iterator[SampleStep]:
         """Integrate from the prior to t = 1 (see ``generative.integrator.integrate``)."""
-        return integrate(self, template, plan, generator=generator)
+        return integrate(self, self.with_conditions(template), plan, generator=generator)
 
     # ---- training ---------------------------------------------------------------------------
     def loss(self, batch: CrystalBatch, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """``{"loss": weighted total, "<field>": mean per-crystal loss}`` for one data batch."""
         b = batch.num_crystals
+        if self.conditions:
+            batch = self.with_conditions(batch)
+            batch = drop_conditions(batch, self.conditions, self.condition_dropout, generator=generator)
         u = torch.rand(b, generator=generator, device=batch.device, dtype=batch.frac_coords.dtype)
         if self.time_power != 1.0:
             u = u.pow(1.0 / self.time_power)

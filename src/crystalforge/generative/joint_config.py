@@ -42,7 +42,12 @@ class ModelConfig:
             DDPM lattice, absorbing D3PM types: the DiffCSP/MatterGen recipe).
         task: ``"csp"`` (composition given) or ``"dng"`` (types generated too).
         elements: the type vocabulary (atomic numbers); empty means "the training data's elements".
-        properties: property names to condition on (classifier-free guidance needs them).
+        properties: continuous properties to condition on (classifier-free guidance needs them).
+        categories: categorical conditions (``space_group``, ``crystal_system``; ``nn.conditioning``).
+        condition_dropout: training hides every condition of a crystal with this probability, and
+            each one alone with it too (the unconditional model that guidance contrasts with).
+        property_moments: ``{name: (mean, std)}`` standardising each continuous condition; filled
+            from the training data by ``resolve_joint_config``.
         anti_annealing: FlowMM's inference-time velocity scale for flows (0 = plain Euler).
         loss_weights: per-field loss weights (``frac_coords``, ``lattice``, ``atomic_numbers``).
         time_power: training times are ``t = u^(1/time_power)``, ``u ~ U(0, 1)``: 1 is uniform,
@@ -55,6 +60,9 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     elements: tuple[int, ...] = ()
     properties: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    condition_dropout: float = 0.1
+    property_moments: dict[str, tuple[float, float]] = field(default_factory=dict)
     anti_annealing: float = 0.0
     loss_weights: dict[str, float] = field(default_factory=dict)
     time_power: float = 1.0
@@ -72,6 +80,8 @@ def _periodic_mp(config: ModelConfig, elements: tuple[int, ...]) -> nn.Module:
             time_dim=b.time_dim,
             elements=elements,
             properties=config.properties,
+            property_moments=dict(config.property_moments),
+            categories=config.categories,
             output_types=config.task == "dng",
             self_loops=b.self_loops,
         )
@@ -120,9 +130,31 @@ def resolve_elements(config: ModelConfig, stats: DatasetStats | None) -> tuple[i
     return tuple(stats.elements)
 
 
+def resolve_moments(config: ModelConfig, stats: DatasetStats | None) -> dict[str, tuple[float, float]]:
+    """Mean and std of each continuous condition: the config's, else the training data's.
+
+    Raises:
+        ValueError: for a condition the training data does not hold.
+
+    """
+    moments = dict(config.property_moments)
+    missing = [p for p in config.properties if p not in moments]
+    if not missing:
+        return {p: moments[p] for p in config.properties}
+    known = (stats.property_moments or {}) if stats is not None else {}
+    absent = [p for p in missing if p not in known]
+    if absent:
+        have = ", ".join(sorted(known)) or "none"
+        raise ValueError(f"cannot condition on {absent}: the training data has no such property (it has: {have})")
+    for p in missing:
+        mean, std, _ = known[p]
+        moments[p] = (mean, std if std > 0 else 1.0)
+    return {p: moments[p] for p in config.properties}
+
+
 def resolve_joint_config(config: ModelConfig, stats: DatasetStats | None) -> ModelConfig:
-    """The config with its data-derived fields filled in (the vocabulary's elements)."""
-    return replace(config, elements=resolve_elements(config, stats))
+    """The config with its data-derived fields filled in (vocabulary elements, condition moments)."""
+    return replace(config, elements=resolve_elements(config, stats), property_moments=resolve_moments(config, stats))
 
 
 def build_joint_model(config: ModelConfig, stats: DatasetStats | None) -> JointModel:
@@ -134,4 +166,10 @@ def build_joint_model(config: ModelConfig, stats: DatasetStats | None) -> JointM
     elements = resolve_elements(config, stats)
     backbone = BACKBONES[config.backbone.name](config, elements)
     processes = PROCESSES[config.kind](config, TypeVocabulary(elements), stats)
-    return JointModel(backbone, processes, loss_weights=config.loss_weights, time_power=config.time_power)
+    return JointModel(
+        backbone,
+        processes,
+        loss_weights=config.loss_weights,
+        time_power=config.time_power,
+        condition_dropout=config.condition_dropout,
+    )

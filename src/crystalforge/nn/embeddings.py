@@ -1,4 +1,4 @@
-"""Embeddings shared by backbones: time, atom types, conditioning properties, frac-difference and lattice features.
+"""Embeddings shared by backbones: time, atom types, frac-difference and lattice features.
 
 Everything here is invariant by construction where the backbones need it:
 
@@ -9,26 +9,22 @@ Everything here is invariant by construction where the backbones need it:
   ``log(V/n)`` and ``log n``; rotation invariant, but not invariant to the choice of unit cell.
 - ``TypeEmbedding``: atomic numbers (``MASK_Z`` allowed) through a ``TypeVocabulary``, or soft
   class probabilities.
-- ``PropertyEmbedding``: per-crystal conditioning that honours ``condition_mask`` (masked and
-  missing properties give a learned "unconditioned" vector, so classifier-free guidance is a
-  ``state.replace(condition_mask=...)``).
+
+Property conditioning lives in ``nn.conditioning``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MASK_Z, MAX_Z, TypeVocabulary
 from crystalforge.representations.graph import fourier_features, lattice_gram_features
 
 __all__ = [
-    "PropertyEmbedding",
     "TimeEmbedding",
     "TypeEmbedding",
     "frac_fourier_basis",
@@ -128,50 +124,6 @@ class TypeEmbedding(nn.Module):
         if atomic_numbers is None:
             raise ValueError("give atomic_numbers or probs")
         return self.embedding(self.classes(atomic_numbers))
-
-
-class PropertyEmbedding(nn.Module):
-    """Sum over configured scalar properties of ``mask · MLP(value) + (1 − mask) · null``: ``[B, dim]``.
-
-    ``mask`` is ``state.condition_mask[name]`` (when the batch gives no mask, finite values count
-    as visible); a property absent from the batch is masked for every crystal. Masked values
-    (often NaN) never reach the MLP, so they cannot poison gradients. Values are used as given:
-    standardise them in the data pipeline.
-    """
-
-    def __init__(self, names: Sequence[str], dim: int) -> None:
-        super().__init__()
-        self.names = tuple(names)
-        self.dim = dim
-        self.value_nets = nn.ModuleDict({name: mlp(1, dim, dim) for name in self.names})
-        self.null = nn.ParameterDict({name: nn.Parameter(0.02 * torch.randn(dim)) for name in self.names})
-
-    def masks_and_values(self, state: CrystalBatch) -> dict[str, tuple[Tensor, Tensor]]:
-        """Per property name: (visible ``[B]`` bool, value ``[B]`` with masked entries zeroed)."""
-        b = state.num_crystals
-        out = {}
-        for name in self.names:
-            value = state.properties.get(name)
-            if value is None:
-                zeros = state.lattice.new_zeros(b)
-                out[name] = (torch.zeros(b, dtype=torch.bool, device=state.device), zeros)
-                continue
-            if value.shape != (b,):
-                raise ValueError(f"property {name!r} must have shape ({b},) for conditioning, got {tuple(value.shape)}")
-            mask = state.condition_mask.get(name)
-            visible = ~torch.isnan(value) if mask is None else mask.to(torch.bool) & ~torch.isnan(value)
-            out[name] = (visible, torch.where(visible, value, torch.zeros_like(value)))
-        return out
-
-    def forward(self, state: CrystalBatch) -> Tensor:
-        """Conditioning vector ``[B, dim]`` (zeros when no property is configured)."""
-        ref = next(iter(self.null.values())) if self.names else None
-        dtype = ref.dtype if ref is not None else state.lattice.dtype
-        total = state.lattice.new_zeros(state.num_crystals, self.dim, dtype=dtype)
-        for name, (visible, value) in self.masks_and_values(state).items():
-            embedded = self.value_nets[name](value.to(dtype)[:, None])  # [B, dim]
-            total = total + torch.where(visible[:, None], embedded, self.null[name].expand_as(embedded))
-        return total
 
 
 def frac_fourier_basis(frac_diff: Tensor, num_frequencies: int) -> tuple[Tensor, Tensor]:

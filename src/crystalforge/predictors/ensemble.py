@@ -101,11 +101,16 @@ class PredictorEnsemble(nn.Module):
         return mean, torch.sqrt(variance) * self.calibration
 
     def predict_batches(self, batches: Iterable[CrystalBatch]) -> Prediction:
-        """Predictions for every crystal of ``batches``, in order (no gradients)."""
+        """Predictions for every crystal of ``batches``, in order (no gradients).
+
+        A noise-aware (time-conditioned) ensemble reads clean structures at ``t = 1``, the data
+        end of the generator's path it was trained along.
+        """
         means, stds = [], []
         with torch.no_grad():
             for batch in batches:
-                m, s = self(batch)
+                t = batch.lattice.new_ones(batch.num_crystals) if self.time_conditioned else None
+                m, s = self(batch, t)
                 means.append(m)
                 stds.append(s)
         if not means:

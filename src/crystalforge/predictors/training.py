@@ -273,9 +273,7 @@ def fit_ensemble(
 def predict_crystals(
     ensemble: PredictorEnsemble, crystals: Sequence[Crystal], *, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Clean-structure predictions ``(mean, std)`` ``[n, P]`` as float64 arrays."""
-    if ensemble.time_conditioned:
-        raise ValueError("this predictor is noise-aware (for guidance); use a clean predictor for structures")
+    """Clean-structure predictions ``(mean, std)`` ``[n, P]`` as float64 arrays (a noise-aware one at t = 1)."""
     dtype = next(ensemble.parameters()).dtype
     batches = (
         CrystalBatch.collate(list(crystals[i : i + batch_size]), dtype=dtype)

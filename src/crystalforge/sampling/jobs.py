@@ -4,16 +4,32 @@ A job names one crystal to generate and carries what its template needs: the num
 composition for CSP, and target properties for a conditioned model. Names follow one rule so
 outputs link back to their inputs: ``gen_<i>`` for DNG and fixed-formula runs, ``<id>`` (k = 1) or
 ``<id>_<j>`` (k > 1) for CSP targets, which is what ``evaluate(task="csp")`` links by.
+
+A fixed composition works with either task: a CSP model keeps the template's types by itself, a DNG
+model gets the ``FixedComposition`` constraint (``composition_plan``). A chemical system for CSP is
+turned into its cell compositions by ``enumerate_compositions`` (``system_formulas``), each
+predicted like a ``--formula`` and named by its formula. Elements a model cannot place (outside its
+type vocabulary) are refused before sampling, naming the elements and the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from crystalforge.core.dataset_stats import DatasetStats
-from crystalforge.generative.interfaces import GenerativeModel
+from crystalforge.core.elements import TypeVocabulary, z_to_symbol
+from crystalforge.generative.interfaces import GenerativeModel, SamplePlan
+from crystalforge.sampling.cfg import condition_value
+from crystalforge.sampling.composition import (
+    FixedComposition,
+    enumerate_compositions,
+    formula_string,
+    parse_elements,
+    type_vocabulary,
+)
 from crystalforge.sampling.runner import Job
 from crystalforge.sampling.templates import parse_formula
 
@@ -30,7 +46,7 @@ def require_task(model: GenerativeModel, task: str, name: str) -> None:
         raise ValueError(f"model {name} is a {have} model; {hint}")
 
 
-def require_conditions(model: GenerativeModel, properties: Mapping[str, float], name: str) -> None:
+def require_conditions(model: GenerativeModel, properties: Mapping[str, object], name: str) -> None:
     """Raise ``ValueError`` for a target property the model cannot be conditioned on."""
     unknown = sorted(set(properties) - set(model.conditions))
     if unknown:
@@ -73,7 +89,7 @@ def csp_jobs(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not targets:
-        raise ValueError("nothing to predict: give formulas or a reference")
+        raise ValueError("nothing to predict: give formulas, a reference or a chemical system")
     props = dict(properties or {})
     return [
         Job(name if k == 1 else f"{name}_{j}", len(z), tuple(int(v) for v in z), properties=props)
@@ -87,6 +103,81 @@ def formula_targets(formulas: Sequence[str]) -> list[tuple[str, list[int]]]:
     return [(f.replace(" ", ""), parse_formula(f)) for f in formulas]
 
 
+def model_vocabulary(model: GenerativeModel) -> TypeVocabulary | None:
+    """The elements ``model`` can place: a DNG model's type process vocabulary, else its backbone's (None: unknown)."""
+    if "dng" in model.tasks:
+        try:
+            return type_vocabulary(model)
+        except ValueError:
+            pass
+    vocab = getattr(getattr(model, "backbone", None), "type_vocabulary", None)
+    return vocab if isinstance(vocab, TypeVocabulary) else None
+
+
+def require_elements(model: GenerativeModel, elements: Sequence[int], name: str, what: str) -> None:
+    """Raise ``ValueError`` naming the elements of ``what`` that ``model`` (called ``name``) cannot place."""
+    vocab = model_vocabulary(model)
+    if vocab is None:
+        return
+    missing = sorted({int(z) for z in elements} - set(vocab.atomic_numbers))
+    if missing:
+        symbols = ", ".join(z_to_symbol(z) for z in missing)
+        raise ValueError(
+            f"{what}: element(s) {symbols} are not in the vocabulary of model {name} "
+            f"({len(vocab.atomic_numbers)} elements), so it cannot place them"
+        )
+
+
+def system_formulas(
+    model: GenerativeModel,
+    system: str,
+    *,
+    max_atoms: int = 20,
+    max_formulas: int | None = None,
+    charge_balanced: bool = True,
+    name: str = "model",
+) -> list[str]:
+    """The cell compositions of a chemical system (``"Li-P-S"``) as formulas, for CSP with ``model``.
+
+    Every composition containing all the elements with at most ``max_atoms`` atoms (multiples of a
+    formula included: one cell per size), charge balanced by SMACT's ``icsd24`` list unless
+    ``charge_balanced=False`` (``sampling.composition.enumerate_compositions``); ``max_formulas``
+    keeps the first that many reduced formulas. Elements outside the model's vocabulary are refused.
+    """
+    zs = parse_elements(system)
+    require_elements(model, zs, name, f"chemical system {system}")
+    if max_formulas is not None and max_formulas < 1:
+        raise ValueError(f"max_formulas must be >= 1, got {max_formulas}")
+    cells = enumerate_compositions(zs, max_atoms=max_atoms, charge_balanced=charge_balanced, max_formulas=max_formulas)
+    if not cells:
+        balanced = "charge-balanced " if charge_balanced else ""
+        hint = " or switch off charge balance" if charge_balanced else ""
+        raise ValueError(
+            f"chemical system {system} has no {balanced}composition with at most {max_atoms} atoms "
+            f"(try a larger max_atoms{hint})"
+        )
+    return [formula_string(c) for c in cells]
+
+
+def composition_plan(
+    model: GenerativeModel, plan: SamplePlan, composition: str | None, *, elements: str | None = None
+) -> SamplePlan:
+    """``plan`` for ``generate(composition=...)``: a DNG model gets ``FixedComposition`` (a CSP model needs nothing).
+
+    ``elements`` (an allowed set, as ``--elements``) must hold every element of the composition.
+    """
+    if composition is None:
+        return plan
+    if elements:
+        outside = sorted(set(parse_formula(composition)) - set(parse_elements(elements)))
+        if outside:
+            symbols = ", ".join(z_to_symbol(z) for z in outside)
+            raise ValueError(f"composition {composition} has element(s) {symbols} outside the allowed set {elements}")
+    if "csp" in model.tasks:
+        return plan
+    return replace(plan, constraints=(*plan.constraints, FixedComposition.for_model(model)))
+
+
 def generation_jobs(
     model: GenerativeModel,
     stats: DatasetStats | None,
@@ -94,16 +185,27 @@ def generation_jobs(
     n: int,
     num_atoms: int | None = None,
     composition: str | None = None,
-    properties: Mapping[str, float] | None = None,
+    properties: Mapping[str, float | str] | None = None,
     seed: int = 0,
     name: str = "model",
 ) -> list[Job]:
-    """``generate``'s jobs: de novo (counts from ``num_atoms`` or ``stats``), or ``n`` of one composition."""
-    require_task(model, "dng" if composition is None else "csp", name)
+    """``generate``'s jobs: de novo (counts from ``num_atoms`` or ``stats``), or ``n`` of one composition.
+
+    A composition needs a CSP model, or a DNG model sampled with ``composition_plan``'s constraint.
+    ``properties``: condition values, numbers or text (``crystal_system=cubic``; ``sampling.cfg.condition_value``).
+    """
     require_conditions(model, properties or {}, name)
-    if composition is not None:
-        return formula_jobs(composition, n, properties=properties)
-    return dng_jobs(n, num_atoms=num_atoms, stats=stats, seed=seed, properties=properties)
+    values = {k: condition_value(k, v) if isinstance(v, str) else float(v) for k, v in (properties or {}).items()}
+    if composition is None:
+        require_task(model, "dng", name)
+        return dng_jobs(n, num_atoms=num_atoms, stats=stats, seed=seed, properties=values)
+    jobs = formula_jobs(composition, n, properties=values)
+    if num_atoms is not None and num_atoms != jobs[0].num_atoms:
+        raise ValueError(
+            f"num_atoms={num_atoms} contradicts composition {composition} ({jobs[0].num_atoms} atoms): give one of them"
+        )
+    require_elements(model, jobs[0].composition or (), name, f"composition {composition}")
+    return jobs
 
 
 def prediction_jobs(
@@ -111,9 +213,25 @@ def prediction_jobs(
     targets: Sequence[tuple[str, Sequence[int]]],
     *,
     formulas: Sequence[str] = (),
+    system: str | None = None,
+    max_atoms: int = 20,
+    max_formulas: int | None = None,
+    charge_balanced: bool = True,
     k: int = 1,
     name: str = "model",
 ) -> list[Job]:
-    """``csp``'s jobs: ``k`` predictions for each target and each formula (a CSP model is required)."""
+    """``csp``'s jobs: ``k`` predictions for each target, each formula and each composition of ``system``.
+
+    A CSP model is required; ``system`` options as in ``system_formulas``.
+    """
     require_task(model, "csp", name)
-    return csp_jobs([*targets, *formula_targets(formulas)], k=k)
+    found = formula_targets(formulas)
+    if system is not None:
+        found += formula_targets(
+            system_formulas(model, system, max_atoms=max_atoms, max_formulas=max_formulas,
+                            charge_balanced=charge_balanced, name=name)
+        )  # fmt: skip
+    everything = [*targets, *found]
+    for target, z in everything:
+        require_elements(model, z, name, target)
+    return csp_jobs(everything, k=k)

@@ -3,7 +3,15 @@
 ``Steering`` is plain data (what the CLI's ``--target``/``--route``/``--elements``/``--motif`` say).
 ``run_steered`` turns it into guidance and constraints on the model's sampling plan and runs it:
 
+A route is one step or several joined by ``+`` (``condition+importance``):
+
+- route ``condition``: a conditioned model (trained or fine-tuned with the targets' properties as
+  conditions) samples at each window's centre with classifier-free guidance of weight
+  ``guidance_scale`` (``sampling.cfg``); conditions given as ``properties`` (``--condition``, e.g.
+  ``space_group=225``) are guided the same way. Needs no predictor, except for ``predictions.csv``;
 - route ``gradient``: ``PredictorGradient`` on the flow velocities (``sampling.guidance``);
+- route ``smc``: ``SMCResampler`` resamples the batch during sampling by the predictor's ``J``
+  (sequential Monte Carlo, ``sampling.smc``; ``temperature``, ``ess_threshold``, ``smc_every``);
 - route ``importance``: the generator proposes ``oversample · n`` crystals into ``<out>/pool``
   (an ordinary, resumable generation folder) and ``n`` are kept by importance resampling
   (``sampling.importance``); ``<out>`` is then a generation folder of the kept crystals only;
@@ -23,7 +31,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,18 +47,24 @@ from crystalforge.io.run_folder import JSONValue, RunFolder
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.shipped import load_predictor
 from crystalforge.predictors.training import predict_crystals
+from crystalforge.sampling.cfg import ClassifierFreeGuidance, targets_to_conditions
 from crystalforge.sampling.composition import AllowedElements
 from crystalforge.sampling.constraints import MotifConstraint
 from crystalforge.sampling.guidance import PredictorGradient
 from crystalforge.sampling.importance import importance_select
 from crystalforge.sampling.runner import Job, jobs_template, run_jobs, steering_record, write_outputs
+from crystalforge.sampling.smc import SMCResampler
 from crystalforge.sampling.targets import PropertyTarget, objective, parse_target
 
-__all__ = ["ROUTES", "Steering", "parse_target", "run_steered", "steering_plan"]
+__all__ = ["ROUTES", "ROUTE_STEPS", "Steering", "parse_target", "run_steered", "steering_plan"]
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("gradient", "importance", "gradient+importance")
+ROUTE_STEPS = ("condition", "gradient", "smc", "importance")
+"""The steps a route may join with ``+``."""
+ROUTES = ("importance", "gradient", "smc", "condition", "gradient+importance", "condition+importance",
+          "condition+gradient", "smc+importance")  # fmt: skip
+"""The routes the CLI lists (any ``+``-join of ``ROUTE_STEPS`` is accepted)."""
 DEFAULT_PREDICTOR = "mp_20-properties"
 
 
@@ -64,6 +78,9 @@ class Steering:
     guidance_scale: float = 1.0
     guidance_start: float | None = None
     type_scale: float | None = None  # gradient route's push on atom types (None: guidance_scale; 0: off)
+    condition_scale: float | None = None  # classifier-free guidance weight (None: guidance_scale)
+    ess_threshold: float = 0.5  # smc: resample a group when its effective sample size falls below this share
+    smc_every: int = 1  # smc: score (and maybe resample) every k sampler steps
     oversample: int = 4
     temperature: float = 1.0
     elements: str | None = None
@@ -71,20 +88,38 @@ class Steering:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
-        if self.route not in ROUTES:
-            raise ValueError(f"unknown route {self.route!r}: use one of {', '.join(ROUTES)}")
+        steps = self.route.split("+")
+        if not self.route or any(step not in ROUTE_STEPS for step in steps) or len(set(steps)) != len(steps):
+            raise ValueError(
+                f"unknown route {self.route!r}: use one of {', '.join(ROUTE_STEPS)} or several joined by '+'"
+            )
         if self.oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {self.oversample}")
 
     @property
     def uses_gradient(self) -> bool:
         """Whether the gradient route is on (needs targets)."""
-        return bool(self.targets) and "gradient" in self.route
+        return bool(self.targets) and "gradient" in self.route.split("+")
 
     @property
     def uses_importance(self) -> bool:
         """Whether the importance route is on (needs targets)."""
-        return bool(self.targets) and "importance" in self.route
+        return bool(self.targets) and "importance" in self.route.split("+")
+
+    @property
+    def uses_smc(self) -> bool:
+        """Whether sequential Monte Carlo resampling during sampling is on (needs targets)."""
+        return bool(self.targets) and "smc" in self.route.split("+")
+
+    @property
+    def uses_condition(self) -> bool:
+        """Whether the model's own conditioning (classifier-free guidance) is on."""
+        return "condition" in self.route.split("+")
+
+    @property
+    def needs_predictor(self) -> bool:
+        """Whether a predictor is loaded: for a predictor route, or to report the kept structures' predictions."""
+        return bool(self.targets)
 
     def record(self) -> dict[str, JSONValue]:
         """Plain-data form for ``run.json``."""
@@ -99,6 +134,14 @@ def steering_plan(
     """``plan`` plus the steering's guidance and constraints (element restriction last among guidance)."""
     guidance: list[Guidance] = list(plan.guidance)
     constraints: list[Constraint] = list(plan.constraints)
+    if steering.uses_condition:
+        if not model.conditions:
+            raise ValueError(
+                "route 'condition' needs a conditioned model (train or fine-tune one with model.properties; "
+                "see docs/steering.md); this one is unconditional"
+            )
+        scale = steering.guidance_scale if steering.condition_scale is None else steering.condition_scale
+        guidance.insert(0, ClassifierFreeGuidance(scale=scale, conditions=tuple(model.conditions)))
     if steering.uses_gradient:
         assert predictor is not None
         gradient = PredictorGradient(
@@ -110,6 +153,12 @@ def steering_plan(
         guidance.append(AllowedElements.for_model(model, steering.elements))
     if steering.motif:
         constraints.append(MotifConstraint.parse(steering.motif))
+    if steering.uses_smc:  # last: it scores the state every other constraint has shaped
+        assert predictor is not None
+        constraints.append(SMCResampler(
+            predictor, steering.targets, temperature=steering.temperature, ess_threshold=steering.ess_threshold,
+            every=steering.smc_every, start=steering.guidance_start, name=steering.predictor,
+        ))  # fmt: skip
     return replace(plan, guidance=tuple(guidance), constraints=tuple(constraints))
 
 
@@ -155,6 +204,17 @@ def _write_predictions(path: Path, crystals: Sequence[Crystal], predictor: Predi
             writer.writerow(row)
 
 
+def _conditioned(make_jobs: Callable[[int], list[Job]], values: Mapping[str, float]) -> Callable[[int], list[Job]]:
+    """``make_jobs`` whose jobs carry the targets' condition values (beside any given ones)."""
+    if not values:
+        return make_jobs
+
+    def jobs(count: int) -> list[Job]:
+        return [replace(job, properties={**job.properties, **values}) for job in make_jobs(count)]
+
+    return jobs
+
+
 def run_steered(
     model: GenerativeModel,
     make_jobs: Callable[[int], list[Job]],
@@ -168,11 +228,16 @@ def run_steered(
     predictor = load_predictor(steering.predictor) if steering.targets else None
     if predictor is not None:
         unknown = [t.name for t in steering.targets if t.name not in predictor.properties]
-        if unknown:
+        if unknown and (steering.uses_gradient or steering.uses_importance or steering.uses_smc):
             raise KeyError(
                 f"predictor {steering.predictor!r} has no {unknown} (it predicts: {', '.join(predictor.properties)})"
             )
+        if unknown:  # the condition route needs no predictor: only predictions.csv is skipped
+            log.warning("predictor %s has no %s: no predictions.csv is written", steering.predictor, unknown)
+            predictor = None
     plan = steering_plan(model, steering, plan, predictor)
+    if steering.uses_condition:
+        make_jobs = _conditioned(make_jobs, targets_to_conditions(steering.targets, model.conditions))
     folder = Path(out)
     if not steering.uses_importance:
         jobs = make_jobs(n)

@@ -17,9 +17,11 @@ from crystalforge.registry import DEFAULT_FAMILY, get_family
 class DataConfig:
     """Which data, how batched."""
 
-    dataset: str = "perov_5"
+    dataset: str = "perov_5"  # a benchmark name, or a folder/file of your own structures
     train_split: str = "train"
     val_split: str | None = "val"  # None: no validation
+    properties: str | None = None  # your own structures: a CSV property table (ids + numeric columns)
+    val_fraction: float = 0.1  # your own structures: the seeded share held out for validation
     root: str | None = None
     batch_size: int = 256
     limit: int | None = None  # use only the first N training structures (smoke runs)
@@ -63,7 +65,8 @@ class TrainConfig:
     """A whole training run (``crystalforge train CONFIG [--set key=value ...]``)."""
 
     name: str = "model"
-    init_from: str | None = None  # a model.pt whose weights start this run (continue a shipped model)
+    init_from: str | None = None  # a model.pt or shipped name whose weights start this run (training.adapters)
+    freeze: tuple[str, ...] = ()  # parameters not to train: "pretrained" (init_from's) or name globs
     family: str = DEFAULT_FAMILY  # the model family (crystalforge.registry); "joint" = flow/diffusion
     # the family's own config (a dataclass of ``get_family(family).config_type``); plain data from a
     # YAML file is parsed into it on construction, with unknown keys and wrong types as errors

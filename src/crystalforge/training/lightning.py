@@ -94,7 +94,8 @@ class LitGenerative(pl.LightningModule):
     # ---- optimiser ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         """AdamW with warm-up then cosine decay (per step)."""
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # frozen ones left out (freeze:)
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
 
         def factor(step: int) -> float:
             if step < self.warmup_steps:

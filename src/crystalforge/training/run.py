@@ -15,8 +15,11 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
+import numpy as np
 import torch
+from torch import nn
 
 from crystalforge.config import dump_config, to_dict
 from crystalforge.core.dataset_stats import DatasetStats
@@ -31,13 +34,32 @@ logger = logging.getLogger(__name__)
 
 def _datasets(config: DataConfig) -> tuple[CrystalDataset, CrystalDataset | None]:
     """The training split (first ``limit`` structures when set) and the validation split, as flat arrays."""
-    from crystalforge.data.resolve import load_dataset
+    from crystalforge.data.resolve import is_benchmark, load_dataset
 
+    if not is_benchmark(config.dataset):
+        return _user_datasets(config)
+    if config.properties is not None:
+        raise ValueError("data.properties names a property table for your own structures; benchmarks carry theirs")
     train = load_dataset(config.dataset, config.train_split, root=config.root)
     if config.limit is not None:
         train = train.subset(range(min(config.limit, len(train))))
     val = load_dataset(config.dataset, config.val_split, root=config.root) if config.val_split else None
     return train, val
+
+
+def _user_datasets(config: DataConfig) -> tuple[CrystalDataset, CrystalDataset | None]:
+    """A folder of structures (+ property table) split into train and a seeded validation share."""
+    from crystalforge.data.resolve import load_dataset
+
+    if not 0.0 <= config.val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in [0, 1), got {config.val_fraction}")
+    full = load_dataset(config.dataset, root=config.root, properties=config.properties)
+    order = np.random.default_rng(0).permutation(len(full))
+    n_val = round(config.val_fraction * len(full)) if config.val_split else 0
+    train = full.subset(order[n_val:], split="train")
+    if config.limit is not None:
+        train = train.subset(range(min(config.limit, len(train))))
+    return train, (full.subset(order[:n_val], split="val") if n_val else None)
 
 
 def train(config: TrainConfig, out_dir: str | Path) -> Path:
@@ -94,19 +116,19 @@ def _train(config: TrainConfig, out: Path) -> Path:
 
     from crystalforge.data.augment import BatchAugment
     from crystalforge.data.loader import make_loader
-    from crystalforge.training.checkpoint import load_checkpoint, save_checkpoint
+    from crystalforge.training.adapters import apply_freeze, init_weights, pretrained_names
+    from crystalforge.training.checkpoint import save_checkpoint
     from crystalforge.training.lightning import LitGenerative
 
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     train_set, val_set, stats, resolved, model = prepare(config)
     (out / "config.yaml").write_text(dump_config(resolved))
-    if config.init_from and not (out / "last.ckpt").exists():
-        init = load_checkpoint(config.init_from)
-        try:
-            model.load_state_dict(init["weights"])
-        except RuntimeError as exc:
-            raise ValueError(f"init_from {config.init_from}: weights do not fit this model config ({exc})") from None
+    new: tuple[str, ...] = ()
+    module = cast(nn.Module, model)  # every trainable family is an nn.Module
+    if config.init_from:
+        new = init_weights(module, config.init_from, load=not (out / "last.ckpt").exists())
+    frozen = apply_freeze(module, config.freeze, pretrained_names(module, new) if config.init_from else ())
     steps_per_epoch = optimizer_steps_per_epoch(len(train_set), config.data.batch_size, config.world_size)
     lit = LitGenerative(
         model,
@@ -174,6 +196,8 @@ def _train(config: TrainConfig, out: Path) -> Path:
             "wall_s_this_run": round(wall, 1),
             "train_structures": len(train_set),
             "parameters": sum(p.numel() for p in model.parameters()),
+            "frozen_parameters": frozen,
+            "new_weights_over_init": len(new),
         }
     )
     path = save_checkpoint(

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
+from crystalforge.core.space_groups import CRYSTAL_SYSTEMS, crystal_system
 from crystalforge.evaluation.metrics.base import MetricResult, parsed, table_columns
 from crystalforge.execution import ExecutorConfig, make_executor
 
@@ -49,16 +50,6 @@ DEFAULT_SYMPREC = 0.1
 
 DEFAULT_ANGLE_TOLERANCE = 5.0
 """spglib angle tolerance (degrees); MatterGen's choice and pymatgen's default."""
-
-_CRYSTAL_SYSTEMS = (
-    (2, "triclinic"),
-    (15, "monoclinic"),
-    (74, "orthorhombic"),
-    (142, "tetragonal"),
-    (167, "trigonal"),
-    (194, "hexagonal"),
-    (230, "cubic"),
-)
 
 _MIN_PER_WORKER = 256
 
@@ -112,13 +103,6 @@ class SymmetryReport:
             }
             for r in self.crystals
         ]
-
-
-def crystal_system(number: int) -> str:
-    """Crystal system of an international space-group number (1..230)."""
-    if not 1 <= number <= 230:
-        raise ValueError(f"space group number must be in 1..230, got {number}")
-    return next(name for last, name in _CRYSTAL_SYSTEMS if number <= last)
 
 
 @contextmanager
@@ -228,7 +212,7 @@ def symmetry_report(
     sg_counts: dict[int, int] = {}
     for n in sorted(numbers):
         sg_counts[n] = sg_counts.get(n, 0) + 1
-    cs_counts: dict[str, int] = {name: 0 for _, name in _CRYSTAL_SYSTEMS}
+    cs_counts: dict[str, int] = {name: 0 for name in CRYSTAL_SYSTEMS}
     for r in results:
         if r.crystal_system is not None:
             cs_counts[r.crystal_system] += 1

@@ -32,7 +32,7 @@ network is not invariant to ``L' = M L`` (``M`` unimodular).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -40,9 +40,9 @@ from torch import Tensor, nn
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MAX_Z, TypeVocabulary
 from crystalforge.core.segment import segment_mean
+from crystalforge.nn.conditioning import Conditioner
 from crystalforge.nn.embeddings import (
     NUM_LATTICE_FEATURES,
-    PropertyEmbedding,
     TimeEmbedding,
     TypeEmbedding,
     frac_fourier_basis,
@@ -69,8 +69,10 @@ class PeriodicMPConfig:
         time_dim: width of the sinusoidal time features before their MLP.
         elements: atomic numbers of the type vocabulary (sorted, without ``MASK_Z``); class 0 is
             the mask, so ``num_types = len(elements) + 1``.
-        properties: names of scalar properties to condition on (read from ``state.properties``
-            with ``state.condition_mask``).
+        properties: continuous properties to condition on (read from ``state.properties`` with
+            ``state.condition_mask``; see ``nn.conditioning``).
+        property_moments: ``{name: (mean, std)}`` of each continuous property in the training data.
+        categories: categorical conditions (``space_group``, ``crystal_system``).
         output_coords / output_types / output_lattice: which heads exist; a switched-off head
             gives ``None`` in ``FieldOutputs``.
         self_loops: include the i = i pair (``Δf = 0``) in each atom's aggregation (DiffCSP does).
@@ -83,6 +85,8 @@ class PeriodicMPConfig:
     time_dim: int = 64
     elements: tuple[int, ...] = DEFAULT_ELEMENTS
     properties: tuple[str, ...] = ()
+    property_moments: dict[str, tuple[float, float]] = field(default_factory=dict)
+    categories: tuple[str, ...] = ()
     output_coords: bool = True
     output_types: bool = True
     output_lattice: bool = True
@@ -97,8 +101,10 @@ class PeriodicMPConfig:
             raise ValueError(f"PeriodicMPConfig.elements must be distinct, increasing atomic numbers in 1..{MAX_Z}")
         object.__setattr__(self, "elements", elements)
         object.__setattr__(self, "properties", tuple(str(p) for p in self.properties))
-        if len(set(self.properties)) != len(self.properties):
-            raise ValueError(f"PeriodicMPConfig.properties has duplicates: {self.properties}")
+        object.__setattr__(self, "categories", tuple(str(c) for c in self.categories))
+        names = self.properties + self.categories
+        if len(set(names)) != len(names):
+            raise ValueError(f"PeriodicMPConfig conditions have duplicates: {names}")
 
     @property
     def vocabulary(self) -> TypeVocabulary:
@@ -174,7 +180,10 @@ class PeriodicMP(nn.Module):
         self.type_embedding = TypeEmbedding(config.vocabulary, h)
         self.time_embedding = TimeEmbedding(config.time_dim, h)
         self.lattice_embedding = mlp(NUM_LATTICE_FEATURES, h, h)
-        self.property_embedding = PropertyEmbedding(config.properties, h) if config.properties else None
+        conditions = config.properties or config.categories
+        self.conditioner = (
+            Conditioner(config.properties, config.property_moments, config.categories, h) if conditions else None
+        )
         self.node_context = nn.Linear(h, h)
         self.layers = nn.ModuleList(_Layer(h, fourier_dim) for _ in range(config.layers))
         self.final_norm = nn.LayerNorm(h)
@@ -237,8 +246,8 @@ class PeriodicMP(nn.Module):
         ctx = self.time_embedding(t) + self.lattice_embedding(
             lattice_shape_features(state.lattice, state.num_atoms).to(dtype)
         )
-        if self.property_embedding is not None:
-            ctx = ctx + self.property_embedding(state)
+        if self.conditioner is not None:
+            ctx = ctx + self.conditioner(state)
 
         # per atom: type + context -> h [N, H]
         types = self.type_embedding(state.atomic_numbers, probs=type_probs, classes=type_classes)
