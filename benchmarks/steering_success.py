@@ -3,7 +3,8 @@
 For each window (e.g. ``formation_energy_per_atom=-1.5±0.25``) and each route (unconditional,
 importance resampling, predictor gradient), generate ``n`` crystals with the DNG model, then
 evaluate them with ``crystalforge.api.evaluate``: validity, uniqueness, novelty against the model's
-training split, and the targeting success rate on the values the **judge** predicts (a predictor of
+training split, the targeting success rate on the values the **judge** predicts, and the unique
+hits (hits that are not a copy of an earlier structure: resampling with replacement cannot inflate them) (a predictor of
 another architecture, trained on data the generator never saw). The training-set base rate (DFT
 values of the generator's training split in the window) and the judge's own error on held-out data
 go beside it. One JSON holds every row with the command line.
@@ -48,7 +49,15 @@ def _evaluate(folder: Path, target: PropertyTarget, judge: str, train: str, root
     )  # fmt: skip
     s = report.summary
     keys = ("n", "validity", "validity_struct", "validity_comp", "unique_rate", "novel_rate", "target_success_rate")
-    return {k: s.get(k) for k in keys if k in s} | {"all": {k: v for k, v in s.items() if isinstance(v, (int, float))}}
+    rows = report.per_structure
+    # hits that are not a copy of an earlier structure: what resampling with replacement cannot inflate
+    unique_hits = sum(bool(r.get("target_success")) and bool(r.get("unique")) for r in rows)
+    extra = {"unique_success_rate": 100.0 * unique_hits / max(1, len(rows))}
+    return (
+        {k: s.get(k) for k in keys if k in s}
+        | extra
+        | {"all": {k: v for k, v in s.items() if isinstance(v, (int, float))}}
+    )
 
 
 def _base_rate(target: PropertyTarget, train: list) -> float:
@@ -118,11 +127,13 @@ def main() -> None:
             rows.append(row | {"summary": metrics["all"]})
             print(json.dumps({k: v for k, v in row.items()}), flush=True)
     judge_mae = _judge_error(args.judge, holdout, {t.name for t in targets})
-    print("| window | route | valid % | unique % | novel % | success % (judge) | base rate % | x base | sampling s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| window | route | valid % | unique % | novel % | success % (judge) | unique hits % | base rate % | x base |"
+          " sampling s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["target_success_rate"] / r["base_rate"] if r["base_rate"] else float("nan")
-        cells = [r["validity"], r["unique_rate"], r["novel_rate"], r["target_success_rate"], r["base_rate"]]
+        cells = [r["validity"], r["unique_rate"], r["novel_rate"], r["target_success_rate"], r["unique_success_rate"],
+                 r["base_rate"]]  # fmt: skip
         numbers = " | ".join(f"{v:.1f}" for v in cells)
         print(f"| {r['window']} | {r['route']} | {numbers} | {ratio:.2f} | {r['sampling_s']:.0f} |")
     print("judge MAE on the generator's held-out split:", judge_mae)

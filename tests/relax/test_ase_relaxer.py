@@ -223,3 +223,11 @@ def test_result_round_trips_through_plain_data() -> None:
     assert back.to_dict() == result.to_dict()
     failed = RelaxResult.failed("timeout: 1 s", material_id="x")
     assert RelaxResult.from_dict(failed.to_dict()).failure == "timeout: 1 s"
+
+
+def test_cells_too_thin_to_search_are_refused_before_the_calculator_runs() -> None:
+    # a generated cell of 0.008 Å³ once made CHGNet's neighbour search run for half an hour
+    flat = Crystal([1, 1], [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]], np.diag([4.0, 4.0, 5e-4]), material_id="flat")
+    relaxer = ASERelaxer(FakeFactory("raise"), name="fake")  # the calculator would raise if it were called
+    (result,) = relaxer.relax([flat])
+    assert result.failure_kind == "invalid input" and "too thin" in result.failure and result.material_id == "flat"

@@ -189,3 +189,11 @@ def test_condition_route_refusals(tmp_path, predictor_path):
         Steering(route="condition+condition")
     with pytest.raises(ValueError, match="unknown route"):
         Steering(route="magic")
+
+
+def test_motif_runs_draw_sizes_at_least_the_motif_from_the_training_distribution(tmp_path):
+    # tiny_crystals hold 1, 2, 8, 5 and 2 atoms: kagome's 3 sites leave 8 and 5
+    kept = _run(tmp_path, Steering(motif="kagome:Na"), n=6)
+    assert len(kept) == 6 and all(c.num_atoms >= 3 for c in kept)
+    assert sorted(c.material_id for c in kept) == [f"gen_{i:05d}" for i in range(6)]
+    assert {int(z) for c in kept for z in c.atomic_numbers[:3]} == {11}

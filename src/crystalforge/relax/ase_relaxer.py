@@ -8,8 +8,9 @@ gradient) is below ``fmax`` or ``max_steps`` steps were taken. Defaults are CHGN
 ``fmax=0.05`` and no practical step limit; pass those settings to reproduce it.
 
 Nothing here raises for a bad structure: calculator errors, non-finite values, explosions and
-timeouts become ``RelaxResult.failure`` reasons. Hitting ``max_steps`` is not a failure; the
-final structure and energy are returned with ``converged=False``.
+timeouts become ``RelaxResult.failure`` reasons, and a cell too thin for a neighbour search (a
+degenerate generated lattice) is refused as invalid input before the calculator sees it. Hitting
+``max_steps`` is not a failure; the final structure and energy are returned with ``converged=False``.
 
 Model-specific factories live elsewhere (``relax.chgnet_mlip``); the registry of relaxer names is
 ``relax.registry``. This module imports with numpy alone (ase is imported when a structure is relaxed).
@@ -27,8 +28,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
+from crystalforge.core.neighbors import MAX_IMAGES, image_counts
 from crystalforge.execution import Executor, ExecutorConfig, make_executor
 from crystalforge.relax.interfaces import RelaxResult, relaxation_rmsd
 
@@ -207,6 +211,9 @@ class ASERelaxer:
             atoms = crystal.to_ase()
         except Exception as exc:  # noqa: BLE001
             return fail(f"invalid input: {type(exc).__name__}: {exc}")
+        thin = _too_thin(crystal)
+        if thin is not None:  # an MLIP's neighbour search would not return (or exhaust memory) on it
+            return fail(f"invalid input: {thin}")
         atoms.calc = calc
         n = len(atoms)
         try:
@@ -387,6 +394,24 @@ class ASERelaxer:
 
     def __repr__(self) -> str:
         return f"ASERelaxer({self._name!r}, {self.settings})"
+
+
+SEARCH_CUTOFF = 6.0
+"""Å: the widest neighbour cutoff of the shipped MLIPs (CHGNet's atom graph); a cell too thin to search
+at this radius within ``core.neighbors.MAX_IMAGES`` periodic images is refused before the calculator runs."""
+
+
+def _too_thin(crystal: Crystal) -> str | None:
+    """Why a cell cannot be handed to a calculator's neighbour search, or None when it can."""
+    batch = CrystalBatch.collate([crystal], dtype=torch.float64)
+    images = float(image_counts(batch, SEARCH_CUTOFF)[0])
+    if images <= MAX_IMAGES:
+        return None
+    volume = abs(float(np.linalg.det(crystal.lattice)))
+    return (
+        f"cell too thin for a {SEARCH_CUTOFF:g} Å neighbour search ({images:.3g} periodic images, more than "
+        f"{MAX_IMAGES}; volume {volume:.3g} Å³ for {crystal.num_atoms} atoms)"
+    )
 
 
 def _is_parallel(execution: ExecutorConfig) -> bool:

@@ -17,6 +17,8 @@ coordinates of the cell, and the in-plane cell shape is fixed (``a = b``, ``gamm
 ``motif(name)`` looks one up; ``parse_motif("kagome:Mn")`` reads the ``MOTIF:ELEMENT`` form a
 command line or config uses. ``sampling.constraints.MotifConstraint`` turns a motif into a
 ``Constraint``.
+``sampling.motif_check.motif_kept`` tells whether a crystal (after relaxation, say) still carries
+one, independently of its cell.
 """
 
 from __future__ import annotations

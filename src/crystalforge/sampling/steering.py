@@ -162,6 +162,30 @@ def steering_plan(
     return replace(plan, guidance=tuple(guidance), constraints=tuple(constraints))
 
 
+def _motif_sized(make_jobs: Callable[[int], list[Job]], plan: SamplePlan) -> Callable[[int], list[Job]]:
+    """De novo jobs large enough for the plan's motif: sizes drawn below its site count are skipped.
+
+    Sizes drawn from the training distribution that are too small for the motif are dropped and more
+    are drawn (the kept jobs are renamed in order), so a motif run samples that distribution above the
+    motif's size. Fixed sizes or compositions are left as they are (``_check_motif`` refuses them).
+    """
+    sites = max((c.motif.num_sites for c in plan.constraints if isinstance(c, MotifConstraint)), default=0)
+    if not sites:
+        return make_jobs
+
+    def jobs(count: int) -> list[Job]:
+        drawn = make_jobs(count)
+        if all(j.num_atoms >= sites for j in drawn) or any(j.composition is not None for j in drawn):
+            return drawn
+        for factor in (2, 4, 8, 16):
+            big = [j for j in make_jobs(factor * count) if j.num_atoms >= sites]
+            if len(big) >= count:
+                return [replace(j, name=f"gen_{i:05d}") for i, j in enumerate(big[:count])]
+        return drawn
+
+    return jobs
+
+
 def _check_motif(plan: SamplePlan, jobs: Sequence[Job]) -> None:
     """Refuse, before sampling, jobs too small for a motif (the constraint names the crystal)."""
     motifs = [c for c in plan.constraints if isinstance(c, MotifConstraint)]
@@ -238,6 +262,7 @@ def run_steered(
     plan = steering_plan(model, steering, plan, predictor)
     if steering.uses_condition:
         make_jobs = _conditioned(make_jobs, targets_to_conditions(steering.targets, model.conditions))
+    make_jobs = _motif_sized(make_jobs, plan)
     folder = Path(out)
     if not steering.uses_importance:
         jobs = make_jobs(n)
