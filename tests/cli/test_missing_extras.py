@@ -18,7 +18,7 @@ def test_evaluate_relax_without_chgnet_is_an_error_not_zero_percent(tmp_path, mo
     code = main(["evaluate", str(path), "--reference", "none", "--relax", "chgnet", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
-    assert 'crystalforge[relax]' in err and "chgnet" in err and "S.U.N." not in err
+    assert "crystalforge[relax]" in err and "chgnet" in err and "S.U.N." not in err
     assert not (out / "summary.json").exists()  # nothing was evaluated, nothing written
 
 
@@ -27,7 +27,7 @@ def test_train_without_lightning_names_the_extra(tmp_path, monkeypatch, capsys):
     config.write_text("name: x\n")
     monkeypatch.setitem(sys.modules, "lightning", None)
     assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
-    assert 'crystalforge[train]' in capsys.readouterr().err
+    assert "crystalforge[train]" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -43,9 +43,11 @@ def test_generate_condition_reaches_the_model_and_unknown_targets_are_refused(tm
 
 
 def test_the_cli_offers_every_route_steering_names():
+    from crystalforge import api
     from crystalforge.cli.generate import ROUTES as OFFERED
     from crystalforge.sampling.steering import ROUTES, Steering
 
     assert set(OFFERED) == set(ROUTES)
+    window = api.parse_target("band_gap=1..2")
     for route in OFFERED:
-        Steering(route=route)  # every offered route is accepted
+        Steering(route=route, targets=(window,))  # every offered route is accepted

@@ -159,7 +159,7 @@ def test_ray_without_ray_installed_names_the_extra(tmp_path, monkeypatch, capsys
 
     monkeypatch.setitem(sys.modules, "ray", None)
     assert main(["evaluate", str(tmp_path), "--workers", "2", "--ray", "auto"]) == 2
-    assert 'crystalforge[ray]' in _one_line_error(capsys)
+    assert "crystalforge[ray]" in _one_line_error(capsys)
 
 
 def test_ray_with_bad_workers_is_a_clean_error(tmp_path, capsys):

@@ -37,6 +37,6 @@ def test_require_names_the_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "lightning", None)
-    with pytest.raises(MissingDependencyError, match=r'training needs .*lightning.*crystalforge\[train\]'):
+    with pytest.raises(MissingDependencyError, match=r"training needs .*lightning.*crystalforge\[train\]"):
         require("lightning", "training")
     assert require("json", "reading").dumps([]) == "[]"

@@ -53,7 +53,7 @@ def test_ray_is_an_optional_extra():
         with make_executor(ExecutorConfig(workers=2, ray="local")) as ex:
             assert ex.map(_square, range(5)) == [0, 1, 4, 9, 16]
     else:
-        with pytest.raises(MissingDependencyError, match=r'crystalforge\[ray\]'):
+        with pytest.raises(MissingDependencyError, match=r"crystalforge\[ray\]"):
             RayExecutor(2)
-        with pytest.raises(MissingDependencyError, match=r'crystalforge\[ray\]'):
+        with pytest.raises(MissingDependencyError, match=r"crystalforge\[ray\]"):
             ExecutorConfig(workers=2, ray="auto")  # refused when configured, before any work

@@ -23,6 +23,7 @@ def test_permissions_follow_the_umask_not_mkstemp(tmp_path):
 def test_a_failed_write_leaves_the_old_file(tmp_path):
     path = tmp_path / "b.txt"
     path.write_text("old")
+
     def write_then_fail() -> None:
         with atomic_write(path) as handle:
             handle.write("new")

@@ -66,3 +66,12 @@ def test_condition_values_and_targets():
     assert targets_to_conditions([PropertyTarget("gap", 1.0, 2.0)], ("gap",)) == {"gap": 1.5}
     with pytest.raises(ValueError, match="not conditioned on 'gap'"):
         targets_to_conditions([PropertyTarget("gap", 1.0, 2.0)], ("fe",))
+
+
+def test_numbers_are_checked_like_text_and_categories_are_not_windows():
+    assert condition_value("space_group", 225) == 225.0
+    for name, value in (("space_group", 0), ("crystal_system", 7), ("band_gap", float("nan"))):
+        with pytest.raises(ValueError, match=name):
+            condition_value(name, value)
+    with pytest.raises(ValueError, match="categorical"):
+        targets_to_conditions([PropertyTarget("space_group", 224.0, 225.0)], ("space_group",))

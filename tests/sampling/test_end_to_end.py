@@ -236,7 +236,8 @@ def test_resume_checks_chunk_contents_and_allows_retry_before_any_chunk(tmp_path
 def test_adapter_fine_tune_on_your_own_structures_and_property_table(tmp_path):
     base = _train(tmp_path, "dng")
     data = tmp_path / "own"
-    crystals = [c.replace(material_id=f"s{i}") for i, c in enumerate(tiny_crystals()[1:] * 5)]
+    # fewer elements and other cells than the base model saw: the base's vocabulary and lattice frame are kept
+    crystals = [c.replace(material_id=f"s{i}") for i, c in enumerate(tiny_crystals()[1:3] * 10)]
     write_structures(crystals, data / "all.extxyz")
     table = tmp_path / "gap.csv"
     table.write_text("material_id,gap\n" + "".join(f"s{i},{0.5 * i}\n" for i in range(len(crystals))))
@@ -257,6 +258,10 @@ def test_adapter_fine_tune_on_your_own_structures_and_property_table(tmp_path):
     changed = [k for k, v in base_w.items() if not torch.allclose(tuned["weights"][k], v, rtol=0, atol=1e-6)]
     assert not changed
     assert api.load_model(ckpt).model.conditions == ("gap",)
+    base_ckpt = torch.load(base, weights_only=True)
+    assert tuned["config"]["model"]["elements"] == base_ckpt["config"]["model"]["elements"]
+    assert tuned["dataset_stats"]["lattice_code_mean"] == base_ckpt["dataset_stats"]["lattice_code_mean"]
+    assert tuned["dataset_stats"]["num_atoms_hist"] != base_ckpt["dataset_stats"]["num_atoms_hist"]
     out = api.generate(ckpt, n=2, out=tmp_path / "gen", steps=2, properties={"gap": 1.0})
     assert len(out) == 2
     bad = [*overrides[:-1], "data.properties=missing.csv"]

@@ -189,6 +189,9 @@ def test_condition_route_refusals(tmp_path, predictor_path):
         Steering(route="condition+condition")
     with pytest.raises(ValueError, match="unknown route"):
         Steering(route="magic")
+    for route in ("smc", "gradient", "gradient+importance"):
+        with pytest.raises(ValueError, match="give at least one"):
+            Steering(route=route)
 
 
 def test_motif_runs_draw_sizes_at_least_the_motif_from_the_training_distribution(tmp_path):

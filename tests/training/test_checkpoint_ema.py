@@ -63,3 +63,12 @@ def test_foreign_files_give_clear_errors(tmp_path):
     torch.save({"format_version": 1, "x": Evil()}, evil, pickle_protocol=pickle.DEFAULT_PROTOCOL)
     with pytest.raises(ValueError, match="not a crystalforge checkpoint"):
         load_checkpoint(evil)
+
+
+def test_the_average_follows_the_model_to_its_device():
+    from crystalforge.training.lightning import LitGenerative
+
+    lit = LitGenerative(nn.Linear(2, 1))
+    lit._device = torch.device("meta")  # where Lightning put the model (any device but the CPU it was built on)
+    lit.on_fit_start()
+    assert lit.ema is not None and lit.ema.shadow.weight.device.type == "meta"

@@ -137,3 +137,15 @@ def test_conditions_missing_from_the_data_are_refused():
     assert resolved.property_moments["p"][1] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no such property"):
         resolve_joint_config(ModelConfig(task="csp", properties=("band_gap",)), stats)
+
+
+def test_categories_need_a_space_group_column():
+    from crystalforge.generative.joint_config import resolve_joint_config
+
+    stats = compute_dataset_stats(_two_phases(8))
+    with pytest.raises(ValueError, match="no space-group column"):
+        resolve_joint_config(ModelConfig(task="csp", categories=("crystal_system",)), stats)
+    labelled = [c.replace(properties={"spacegroup.number": 221.0}) for c in _two_phases(8)]
+    resolved = resolve_joint_config(ModelConfig(task="csp", categories=("space_group",)),
+                                    compute_dataset_stats(labelled))  # fmt: skip
+    assert resolved.categories == ("space_group",)

@@ -23,6 +23,7 @@ from torch import Tensor
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.space_groups import CRYSTAL_SYSTEMS
 from crystalforge.generative.interfaces import FieldOutputs, PredictFn
+from crystalforge.nn.conditioning import CATEGORIES
 from crystalforge.sampling.targets import PropertyTarget
 
 __all__ = ["ClassifierFreeGuidance", "condition_value", "targets_to_conditions"]
@@ -72,18 +73,19 @@ class ClassifierFreeGuidance:
         )
 
 
-def condition_value(name: str, text: str) -> float:
-    """A condition's value from text: a number, or a crystal-system name for ``crystal_system``.
+def condition_value(name: str, given: str | float) -> float:
+    """A condition's value, checked: a number, or a crystal-system name for ``crystal_system``.
 
     Raises:
-        ValueError: for a value that is not a finite number (or a known crystal system).
+        ValueError: for a value that is not a finite number (or a known crystal system), or a
+            categorical value outside its classes.
 
     """
-    text = text.strip()
+    text = str(given).strip()
     if name == "crystal_system" and text.lower() in CRYSTAL_SYSTEMS:
         return float(CRYSTAL_SYSTEMS.index(text.lower()))
     try:
-        value = float(text)
+        value = float(given) if isinstance(given, (int, float)) else float(text)
     except ValueError:
         hint = f" or one of {', '.join(CRYSTAL_SYSTEMS)}" if name == "crystal_system" else ""
         raise ValueError(f"condition {name}: {text!r} is not a number{hint}") from None
@@ -105,6 +107,11 @@ def targets_to_conditions(targets: Sequence[PropertyTarget], conditions: Sequenc
     """
     out: dict[str, float] = {}
     for target in targets:
+        if target.name in CATEGORIES:
+            raise ValueError(
+                f"route 'condition': {target.name} is categorical, not a window; give it with --condition "
+                f"{target.name}=VALUE (properties=) instead of --target"
+            )
         if target.name not in conditions:
             known = ", ".join(conditions) or "none: it is unconditional"
             raise ValueError(

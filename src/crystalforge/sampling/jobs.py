@@ -14,6 +14,7 @@ type vocabulary) are refused before sampling, naming the elements and the model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -32,6 +33,8 @@ from crystalforge.sampling.composition import (
 )
 from crystalforge.sampling.runner import Job
 from crystalforge.sampling.templates import parse_formula
+
+log = logging.getLogger(__name__)
 
 
 def require_task(model: GenerativeModel, task: str, name: str) -> None:
@@ -195,7 +198,7 @@ def generation_jobs(
     ``properties``: condition values, numbers or text (``crystal_system=cubic``; ``sampling.cfg.condition_value``).
     """
     require_conditions(model, properties or {}, name)
-    values = {k: condition_value(k, v) if isinstance(v, str) else float(v) for k, v in (properties or {}).items()}
+    values = {k: condition_value(k, v) for k, v in (properties or {}).items()}
     if composition is None:
         require_task(model, "dng", name)
         return dng_jobs(n, num_atoms=num_atoms, stats=stats, seed=seed, properties=values)
@@ -231,7 +234,12 @@ def prediction_jobs(
             system_formulas(model, system, max_atoms=max_atoms, max_formulas=max_formulas,
                             charge_balanced=charge_balanced, name=name)
         )  # fmt: skip
-    everything = [*targets, *found]
-    for target, z in everything:
+    everything, seen = [], set()
+    for target, z in [*targets, *found]:  # one job per name: a repeat would overwrite its structure file
+        if target in seen:
+            log.warning("%s is asked for more than once (formula, system or reference); predicting it once", target)
+            continue
+        seen.add(target)
         require_elements(model, z, name, target)
+        everything.append((target, z))
     return csp_jobs(everything, k=k)

@@ -93,6 +93,9 @@ class Steering:
             raise ValueError(
                 f"unknown route {self.route!r}: use one of {', '.join(ROUTE_STEPS)} or several joined by '+'"
             )
+        needy = [step for step in steps if step in ("gradient", "smc")]
+        if needy and not self.targets:
+            raise ValueError(f"route {self.route!r} steers towards property targets: give at least one (--target)")
         if self.oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {self.oversample}")
 
@@ -261,7 +264,11 @@ def run_steered(
             predictor = None
     plan = steering_plan(model, steering, plan, predictor)
     if steering.uses_condition:
-        make_jobs = _conditioned(make_jobs, targets_to_conditions(steering.targets, model.conditions))
+        conditioned = steering.targets
+        if steering.route != "condition":  # joined with a predictor route: that route takes the other targets
+            conditioned = tuple(t for t in steering.targets if t.name in model.conditions and t.low is not None
+                                and t.high is not None)  # fmt: skip
+        make_jobs = _conditioned(make_jobs, targets_to_conditions(conditioned, model.conditions))
     make_jobs = _motif_sized(make_jobs, plan)
     folder = Path(out)
     if not steering.uses_importance:

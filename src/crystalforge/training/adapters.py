@@ -5,24 +5,40 @@ MatterGen's fine-tuning route: a trained unconditional model gets property layer
 shipped one) and is trained on a labelled set. ``init_from`` (a ``model.pt`` or a shipped name)
 loads every weight the new model shares with it; keys only the new model has are the added layers
 and start from their initialisation; a key only the old model has, or one whose shape differs, is
-an error (the configs disagree). ``freeze`` stops training of parameters by name: ``pretrained``
-means every weight that came from ``init_from`` (train the added layers only), any other entry is a
-glob on parameter names (``backbone.layers.*``). A pattern that matches nothing is an error.
+an error (the configs disagree). The new model is built in the base model's frame: its type
+vocabulary (unless the config names elements) and its lattice standardisation come from the base
+checkpoint, not from the fine-tuning data, so the loaded weights mean what they meant
+(``inherit_base``); sizes and property statistics come from the fine-tuning data.
+
+``freeze`` stops training of parameters by name: ``pretrained`` means every weight that came from
+``init_from`` (train the added layers only), any other entry is a glob on parameter names
+(``backbone.layers.*``). A pattern that matches nothing is an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from torch import nn
 
+from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.pretrained import model_path
 from crystalforge.training.checkpoint import load_checkpoint
 
-__all__ = ["apply_freeze", "init_weights", "pretrained_names", "resolve_init"]
+__all__ = ["apply_freeze", "inherit_base", "init_weights", "pretrained_names", "resolve_init"]
+
+C = TypeVar("C")
+
+LATTICE_FRAME = (
+    "density_mean", "density_std", "volume_per_atom_mean", "volume_per_atom_std", "log_lengths_mean",
+    "log_lengths_std", "angles_mean", "angles_std", "lattice_code_mean", "lattice_code_std",
+)  # fmt: skip
+"""The statistics a trained model's lattice outputs are standardised by: kept from the base model."""
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +113,21 @@ def pretrained_names(model: nn.Module, new: Sequence[str]) -> list[str]:
     """Parameter names of ``model`` that came from ``init_from`` (all but the ``new`` keys)."""
     added = set(new)
     return [n for n, _ in model.named_parameters() if n not in added]
+
+
+def inherit_base(init_from: str, stats: DatasetStats, model_config: C) -> tuple[DatasetStats, C]:
+    """The fine-tuning data's statistics and model config, in the base checkpoint's frame.
+
+    The lattice statistics come from the base model's checkpoint; a config without ``elements``
+    takes the base model's vocabulary. Everything else (sizes, property moments) stays the new data's.
+    """
+    base = load_checkpoint(resolve_init(init_from))
+    base_stats = base.get("dataset_stats")
+    if isinstance(base_stats, Mapping):
+        frame = DatasetStats.from_dict(dict(base_stats))
+        stats = dataclasses.replace(stats, **{name: getattr(frame, name) for name in LATTICE_FRAME})
+    base_model: Any = (base.get("config") or {}).get("model") or {}
+    elements = base_model.get("elements") if isinstance(base_model, Mapping) else None
+    if elements and dataclasses.is_dataclass(model_config) and not getattr(model_config, "elements", True):
+        model_config = dataclasses.replace(model_config, elements=tuple(int(z) for z in elements))  # type: ignore[type-var]
+    return stats, model_config

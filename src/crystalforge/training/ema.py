@@ -60,6 +60,12 @@ class EMA(Generic[M]):
             else:
                 value.copy_(src)
 
+    def to(self, device: torch.device | str) -> None:
+        """Keep the average on ``device`` (where the trained model lives; Lightning moves only that)."""
+        mover = getattr(self.shadow, "to", None)
+        if callable(mover):
+            mover(device)
+
     def state_dict(self) -> dict[str, Any]:
         """Weights of the average and the update count."""
         return {"num_updates": self.num_updates, "decay": self.decay, "weights": self.shadow.state_dict()}

@@ -82,6 +82,11 @@ class LitGenerative(pl.LightningModule):
             out = model.loss(batch)
         self._log_losses(out, "val", batch)
 
+    def on_fit_start(self) -> None:
+        """The weight average follows the model onto its device (it is not a registered submodule)."""
+        if self.ema is not None:
+            self.ema.to(self.device)
+
     def on_train_batch_end(self, outputs: Any, batch: CrystalBatch, batch_idx: int) -> None:
         """Update the weight average after each optimiser step."""
         if self.ema is not None:

@@ -92,9 +92,14 @@ def prepare(
     if len(train_set) == 0:
         raise ValueError(f"{config.data.dataset}/{config.data.train_split}: no training structures")
     stats = compute_dataset_stats(train_set.arrays)
-    model_config = resolve_config(config.model, stats, family=config.family)
-    model = build_model(model_config, stats, family=config.family)
-    return train_set, val_set, stats, replace(config, model=model_config), model
+    model = config.model
+    if config.init_from:  # build in the base model's frame (vocabulary, lattice standardisation)
+        from crystalforge.training.adapters import inherit_base
+
+        stats, model = inherit_base(config.init_from, stats, model)
+    model_config = resolve_config(model, stats, family=config.family)
+    net = build_model(model_config, stats, family=config.family)
+    return train_set, val_set, stats, replace(config, model=model_config), net
 
 
 def optimizer_steps_per_epoch(num_structures: int, batch_size: int, world_size: int = 1) -> int:
