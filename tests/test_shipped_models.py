@@ -23,7 +23,7 @@ SHIPPED = {
     "mp_20-csp-diffusion",
     "mp_20-dng-diffusion",
 }
-PREDICTORS = {"mp_20-properties"}
+PREDICTORS = {"mp_20-properties", "perov_5-properties"}
 
 
 def test_models_are_listed(capsys):
@@ -37,19 +37,21 @@ def test_models_are_listed(capsys):
     assert all(name in listed for name in SHIPPED | PREDICTORS)
 
 
-def test_shipped_predictor_loads_matches_its_card_and_predicts():
+@pytest.mark.parametrize("name", sorted(PREDICTORS))
+def test_shipped_predictor_loads_matches_its_card_and_predicts(name):
     from crystalforge.predictors.shipped import load_predictor, shipped_predictors
     from crystalforge.testing import tiny_crystals
 
     assert set(shipped_predictors()) == PREDICTORS
-    card = api.list_models()["mp_20-properties"]
-    ensemble = load_predictor("mp_20-properties")
+    card = api.list_models()[name]
+    ensemble = load_predictor(name)
     assert list(ensemble.properties) == card["properties"]
     assert sum(p.numel() for p in ensemble.members[0].parameters()) == card["training"]["parameters_per_member"]
-    rows = api.predict_properties(tiny_crystals(), predictor="mp_20-properties")
-    assert all(np.isfinite(r["band_gap"]) and r["band_gap_std"] > 0 for r in rows)
+    rows = api.predict_properties(tiny_crystals(), predictor=name)
+    last = card["properties"][-1]
+    assert all(np.isfinite(r[last]) and r[f"{last}_std"] > 0 for r in rows)
     with pytest.raises(ValueError, match="predictor"):
-        api.load_model("mp_20-properties")
+        api.load_model(name)
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
