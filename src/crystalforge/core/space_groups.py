@@ -5,6 +5,12 @@ from __future__ import annotations
 CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 """The seven crystal systems, in the order of the space-group numbers they cover."""
 
+CATEGORIES = {"space_group": 230, "crystal_system": len(CRYSTAL_SYSTEMS)}
+"""Categorical conditions a model can embed, and their number of classes."""
+
+SPACE_GROUP_COLUMNS = ("space_group", "spacegroup.number")
+"""Property names a space-group number is read from, in order."""
+
 _LAST_NUMBER = (2, 15, 74, 142, 167, 194, 230)
 """The highest international space-group number of each crystal system."""
 

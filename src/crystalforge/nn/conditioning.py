@@ -27,15 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from crystalforge.core.batch import CrystalBatch
-from crystalforge.core.space_groups import CRYSTAL_SYSTEMS, space_group_boundaries
+from crystalforge.core.space_groups import CATEGORIES, SPACE_GROUP_COLUMNS, space_group_boundaries
 
 __all__ = ["CATEGORIES", "SPACE_GROUP_COLUMNS", "Conditioner", "drop_conditions", "with_categories"]
-
-CATEGORIES: Mapping[str, int] = {"space_group": 230, "crystal_system": len(CRYSTAL_SYSTEMS)}
-"""Categorical conditions and their number of classes (space groups 1..230; crystal systems by index)."""
-
-SPACE_GROUP_COLUMNS = ("space_group", "spacegroup.number")
-"""Property names a space-group number is read from, in order."""
 
 
 def _class_index(name: str, value: Tensor) -> Tensor:

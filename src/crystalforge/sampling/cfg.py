@@ -21,9 +21,8 @@ import torch
 from torch import Tensor
 
 from crystalforge.core.batch import CrystalBatch
-from crystalforge.core.space_groups import CRYSTAL_SYSTEMS
+from crystalforge.core.space_groups import CATEGORIES, CRYSTAL_SYSTEMS
 from crystalforge.generative.interfaces import FieldOutputs, PredictFn
-from crystalforge.nn.conditioning import CATEGORIES
 from crystalforge.sampling.targets import PropertyTarget
 
 __all__ = ["ClassifierFreeGuidance", "condition_value", "targets_to_conditions"]
