@@ -1,11 +1,9 @@
-"""The Python API, what the CLI, notebooks and tests call: names resolved, work handed to its package.
-
-Parallel work takes ``workers``: local processes or an ``ExecutorConfig`` (``ray=``: a cluster).
-"""
+"""The Python API (CLI, notebooks, tests): names resolved, work handed to packages; ``workers``: processes or Ray."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 from crystalforge.core import Crystal, CrystalBatch, CrystalError
@@ -19,13 +17,18 @@ from crystalforge.data.preprocess import PreprocessOptions
 from crystalforge.data.resolve import dataset_stats, load_dataset, resolve_reference, resolve_train
 from crystalforge.data.samples import read_samples
 from crystalforge.data.sources import BENCHMARKS, REDUCED, SPLITS, known_datasets
+from crystalforge.design.pipeline import run_design
+from crystalforge.design.report import write_report
+from crystalforge.design.serve import check_run, serve_runs
 from crystalforge.evaluation.report import MetricReport
+from crystalforge.evaluation.run import evaluate_candidates, featurizers_needed
 from crystalforge.execution import ExecutorConfig
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan
 from crystalforge.io.files import detect_format, iter_records, read_structures, write_structures
 from crystalforge.predictors import PredictorEnsemble, PredictorTrainConfig, PropertyGNNConfig
 from crystalforge.pretrained import list_models
 from crystalforge.progress import progress_bar
+from crystalforge.relax.registry import make_relaxer
 from crystalforge.sampling.jobs import composition_plan, generation_jobs, prediction_jobs
 from crystalforge.sampling.runner import Job, run_jobs
 from crystalforge.sampling.samplers import parse_anti_annealing, with_overrides
@@ -39,10 +42,11 @@ from crystalforge.training.predictor import train_predictor
 __all__ = [
     "BENCHMARKS", "REDUCED", "SPLITS", "Candidate", "Crystal", "CrystalBatch", "CrystalError", "DatasetStats",
     "ExecutorConfig", "LoadedModel", "MissingDependencyError", "PredictorEnsemble", "PredictorTrainConfig",
-    "PreprocessOptions", "PropertyGNNConfig", "Steering", "csp", "data_dir", "dataset_stats", "detect_format",
-    "evaluate", "expected_rows", "generate", "iter_records", "known_datasets", "list_models", "load_dataset",
-    "load_model", "parse_anti_annealing", "parse_target", "predict_properties", "progress_bar", "read_samples",
-    "read_structures", "require", "train", "train_predictor", "write_structures", "z_to_symbol",
+    "PreprocessOptions", "PropertyGNNConfig", "Steering", "check_run", "csp", "data_dir", "dataset_stats", "design",
+    "detect_format", "evaluate", "expected_rows", "generate", "iter_records", "known_datasets", "list_models",
+    "load_dataset", "load_model", "parse_anti_annealing", "parse_target", "predict_properties", "progress_bar",
+    "read_samples", "read_structures", "require", "serve_runs", "train", "train_predictor", "write_report",
+    "write_structures", "z_to_symbol",
 ]  # fmt: skip
 
 Progress = Callable[[int], object] | None
@@ -102,39 +106,31 @@ def csp(model: str | Path = "perov_5-csp", *, out: str | Path, formulas: Sequenc
 def evaluate(samples: str | Path | Iterable[Crystal], *, reference: str | Path | Sequence[Crystal] | None = "mp_20",
              task: str = "dng", split: str = "test", train: str | Path | Sequence[Crystal] | bool | None = None,
              relax: str | None = None, coverage: bool = True, coverage_cutoffs: tuple[float, float] | None = None,
-             k: int | None = None, target: tuple[str, float | None, float | None] | None = None,
+             k: int | None = None, target: tuple[str, float | None, float | None] | None = None, fmt: str | None = None,
              judge: str | Path | None = None, out: str | Path | None = None, workers: int | ExecutorConfig = 1,
-             root: str | Path | None = None, fmt: str | None = None,
-             show_progress: bool = False) -> MetricReport:  # fmt: skip
+             root: str | Path | None = None, show_progress: bool = False) -> MetricReport:  # fmt: skip
     """Evaluate generated (``task="dng"``) or predicted (``task="csp"``) crystals by the pinned protocol.
 
     ``target`` ``(property, low, high)`` is scored on what ``judge`` (``screening.judge``) predicts, else on the
     samples' own values; ``train=False`` skips novelty, ``relax`` names an MLIP. See docs/metrics.md.
     """
-    from crystalforge.evaluation.run import evaluate_candidates, featurizers_needed
-
     candidates = judged(read_samples(samples, fmt=fmt, workers=workers), judge, None if target is None else target[0])
     ref, ref_name = (None, None) if reference is None else resolve_reference(reference, split, root, workers)
-    no_train = (None, "not used for CSP")
-    train_set, train_name = no_train if task == "csp" else resolve_train(train, reference, root, workers)
+    train_set, train_name = (None, "unused in CSP") if task == "csp" else resolve_train(train, reference, root, workers)
     key = str(reference) if isinstance(reference, (str, Path)) else None
     struct_fp = comp_fp = relaxer = None
     if coverage and ref is not None and featurizers_needed(task, key, coverage_cutoffs):
         from crystalforge.representations.fingerprints import CrystalNNFingerprint, MagpieComposition
 
         struct_fp, comp_fp = CrystalNNFingerprint(workers=workers), MagpieComposition(scaler="cdvae", workers=workers)
-    if relax:
-        from crystalforge.relax import make_relaxer
-
-        cache = (Path(out) if out is not None else cache_dir()) / f"relax-{relax}.jsonl"
-        relaxer = make_relaxer(relax, workers=workers, cache_file=cache)
+    if relax:  # the cache makes a rerun resume
+        relaxer = make_relaxer(relax, workers=workers, cache_file=Path(out or cache_dir()) / f"relax-{relax}.jsonl")
     try:
         return evaluate_candidates(
             candidates, task=task, reference=ref, reference_name=ref_name, reference_key=key, train=train_set,
-            train_name=train_name, struct_featurizer=struct_fp, comp_featurizer=comp_fp,
-            coverage_cutoffs=coverage_cutoffs, relaxer=relaxer, k=k, target=target, show_progress=show_progress,
-            out=None if out is None else Path(out), workers=workers, cache_dir=cache_dir() / "fingerprints",
-        )  # fmt: skip
+            train_name=train_name, struct_featurizer=struct_fp, comp_featurizer=comp_fp, relaxer=relaxer, k=k,
+            coverage_cutoffs=coverage_cutoffs, target=target, show_progress=show_progress, workers=workers,
+            out=None if out is None else Path(out), cache_dir=cache_dir() / "fingerprints")  # fmt: skip
     finally:
         if relaxer is not None:
             relaxer.close()
@@ -148,3 +144,7 @@ def train(config: str | Path | TrainConfig, out: str | Path, *, overrides: Seque
     require("lightning", "training (crystalforge train)")
     cfg = config if isinstance(config, TrainConfig) else load_config(TrainConfig, config, overrides)
     return run_training(cfg, out)
+
+
+design = partial(run_design, generate=generate)
+"""``design(spec | YAML path | None, *, progress=, relax_with=, **fields) -> DesignResult``: ``design.pipeline``."""

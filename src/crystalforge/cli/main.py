@@ -1,8 +1,8 @@
 """``crystalforge`` command: top-level options, logging, dispatch to one module per command, errors.
 
 Each command module (``data``, ``convert``, ``evaluate``, ``models``, ``generate``, ``csp``,
-``train``) has ``register(subparsers)`` and ``run(args) -> int`` and calls only ``crystalforge.api``,
-imported inside ``run`` so that ``crystalforge --help`` stays fast.
+``train``, ``design``, ``serve``, ...) has ``register(subparsers)`` and ``run(args) -> int`` and calls
+only ``crystalforge.api``, imported inside ``run`` so that ``crystalforge --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,7 +14,19 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from crystalforge import __version__
-from crystalforge.cli import convert, csp, data, evaluate, generate, models, predict, train, train_predictor
+from crystalforge.cli import (
+    convert,
+    csp,
+    data,
+    design,
+    evaluate,
+    generate,
+    models,
+    predict,
+    serve,
+    train,
+    train_predictor,
+)
 from crystalforge.cli.options import FORMATTER
 
 COMMANDS: dict[str, ModuleType] = {
@@ -27,6 +39,8 @@ COMMANDS: dict[str, ModuleType] = {
     "generate": generate,
     "csp": csp,
     "predict": predict,
+    "design": design,
+    "serve": serve,
 }
 """Subcommand → its module, in the order of ``crystalforge --help``."""
 
@@ -44,6 +58,8 @@ examples:
   crystalforge generate --model perov_5-dng -n 100 --out gen/
   crystalforge csp --model perov_5-csp --formula SrTiO3 --out pred/
   crystalforge train configs/perov_5-csp-flow.yaml --out runs/perov_5-csp
+  crystalforge design --target band_gap=2.5±0.5 --elements Li,Mn,O --out runs/limno
+  crystalforge serve runs/limno
 """
 
 
