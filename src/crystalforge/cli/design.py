@@ -25,7 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             structures) → rank (Pareto fronts, or a weighted score) → RUN/top/*.cif and RUN/top.csv.
             Everything is stored in RUN/candidates.db (`ase db RUN/candidates.db`) and RUN/design.json.
             Rerunning the same command resumes (also after kill -9); a larger --budget adds a round of
-            new candidates, a larger --relax-budget relaxes more of the screened ones.
+            new candidates, a larger --relax-budget relaxes more of the screened ones. --rounds R splits
+            the budgets over R rounds run one after another; with --active-learning the screen's
+            stability head is fine-tuned after each round on the relaxed candidates' MLIP E_hull
+            (RUN/surrogate/round_<r>.pt) and screens the next round.
             Flags override the values of --config; every flag is a key of the YAML file
             (configs/design-example.yaml).
 
@@ -39,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                   --budget 200 --relax-budget 10 --out runs/perov
               crystalforge design --target "formation_energy_per_atom<-1.5" --objective hull_e_above_hull:min \\
                   --objective predict_formation_energy_per_atom_mean:min:0.5 --ranking score --out runs/stable
-              crystalforge design --config design.yaml --workers 8 --ray auto --out runs/big"""
+              crystalforge design --config design.yaml --workers 8 --ray auto --out runs/big
+              crystalforge design --target band_gap=1..3 --budget 600 --relax-budget 60 --rounds 3 \
+                  --active-learning --out runs/learned  # the screen learns from each round's relaxations"""
         ),
     )
     p.add_argument("--config", metavar="YAML", help="design spec file (flags override its values)")
@@ -66,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--batch-size", type=int, help="candidates per generation batch (default 256)")
     budget.add_argument("--relax-budget", type=int, help="candidates relaxed, best by screen (default 3 × --top)")
     budget.add_argument("--top", type=int, help="candidates exported with CIFs (default 20)")
+    budget.add_argument("--rounds", type=int, help="rounds the budgets are split over, run one after another (1)")
+    learn = p.add_argument_group("active learning")
+    learn.add_argument(
+        "--active-learning", action="store_true", help="after each round, fine-tune the screen's e_above_hull"
+    )
+    learn.add_argument("--fine-tune-epochs", type=int, help="fine-tune steps (full batch Adam; default 300)")
+    learn.add_argument("--fine-tune-lr", type=float, help="fine-tune learning rate (default 0.02)")
     judge = p.add_argument_group("filters, models and ranking")
     judge.add_argument("--predictor", help="predictor: shipped name or predictor.pt (default mp_20-properties)")
     judge.add_argument("--relaxer", help="MLIP relaxer (default chgnet: the shipped hull holds CHGNet energies)")
@@ -99,7 +111,8 @@ def objective(text: str) -> dict[str, object]:
 
 FLAGS = ("out", "tolerance", "elements", "motif", "num_atoms", "model", "route", "guidance", "oversample",
          "temperature", "steps", "seed", "device", "budget", "batch_size", "relax_budget", "top", "predictor",
-         "relaxer", "train", "min_distance", "ranking", "workers", "ray")  # fmt: skip
+         "relaxer", "train", "min_distance", "ranking", "workers", "ray", "rounds", "fine_tune_epochs",
+         "fine_tune_lr")  # fmt: skip
 """Flags whose value is the spec field of the same name."""
 
 
@@ -116,6 +129,8 @@ def spec_options(args: argparse.Namespace) -> dict[str, object]:
         options["novel_only"] = False
     if args.no_report:
         options["report"] = False
+    if args.active_learning:
+        options["active_learning"] = True
     return options
 
 

@@ -12,7 +12,9 @@ atomically after every stage), ``generate/`` (one generation folder per batch),
 does only what is missing (after a ``kill -9`` too); a larger ``budget`` adds a round of new
 candidates, a larger ``relax_budget`` relaxes more of the screened ones. Settings that decide what
 the stored results mean (model, targets, filters, predictor, relaxer, seed, ...) cannot change on a
-rerun: that is an error naming them.
+rerun: that is an error naming them. With ``rounds > 1`` or ``active_learning`` the rounds run one
+after another, each relaxing its own best, and the screen's surrogate may learn between them
+(``design.active``); ``design.json``'s ``round_results`` records each round.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from functools import partial
 from pathlib import Path
 
 from crystalforge.core.versions import distribution_version
+from crystalforge.design.active import check_stability_head, rounds_summary, run_rounds, split_evenly
 from crystalforge.design.export import export_top, rank_candidates
-from crystalforge.design.generation import Generate, generate_batches, plan_batches
+from crystalforge.design.generation import Batch, Generate, generate_batches, plan_batches
 from crystalforge.design.spec import EXTENDABLE, STAGES, DesignSpec, SpecError, load_spec, objective_record
 from crystalforge.design.stages import (
     DesignContext,
@@ -69,6 +72,7 @@ class DesignResult:
     stages: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     report: Path | None = None
     seconds: float = 0.0
+    rounds: Sequence[Mapping[str, object]] = ()
 
     def summary(self) -> str:
         """One line: the funnel, the best candidate and where the results are."""
@@ -82,8 +86,8 @@ class DesignResult:
             shown = f"{e_hull:.3f}" if isinstance(e_hull, float) else "?"
             best = f"; best {row.get('cid')} {row.get('formula')} (E_hull {shown} eV/atom)"
         minutes, seconds = divmod(round(self.seconds), 60)
-        return (f"design {self.run}: {steps}; top {len(self.top)} in {self.run / 'top'}{best} "
-                f"[{minutes}m{seconds:02d}s]")  # fmt: skip
+        return (f"design {self.run}: {steps}; top {len(self.top)} in {self.run / 'top'}{best}"
+                f"{rounds_summary(self.rounds)} [{minutes}m{seconds:02d}s]")  # fmt: skip
 
 
 def _now() -> str:
@@ -103,7 +107,11 @@ def _load_meta(path: Path) -> dict[str, object]:
 
 
 def _check_resume(path: Path, before: Mapping[str, object], now: Mapping[str, object]) -> None:
-    """Refuse to resume a run whose fixed settings differ (the stored results would mean something else)."""
+    """Refuse to resume a run whose fixed settings differ (the stored results would mean something else).
+
+    A setting newer than the run's record counts as its default there.
+    """
+    before = {**DesignSpec().record(), **before}
     fixed = [k for k in set(before) | set(now) if k not in EXTENDABLE and before.get(k) != now.get(k)]
     if fixed:
         shown = "; ".join(f"{k}: {before.get(k)!r} before, {now.get(k)!r} now" for k in sorted(fixed))
@@ -113,12 +121,14 @@ def _check_resume(path: Path, before: Mapping[str, object], now: Mapping[str, ob
         )
 
 
-def _rounds(meta: Mapping[str, object], budget: int) -> list[int]:
-    """Round sizes: those recorded, plus one for the part of ``budget`` they do not cover."""
+def _rounds(meta: Mapping[str, object], budget: int, parts: int = 1) -> list[int]:
+    """Round sizes: those recorded (else ``budget`` split into ``parts``), plus one round for the rest of ``budget``."""
     recorded = meta.get("rounds")
     rounds = [int(r) for r in recorded] if isinstance(recorded, list) else []
     planned = sum(rounds)
-    if budget > planned:
+    if not rounds:
+        rounds = split_evenly(budget, parts)
+    elif budget > planned:
         rounds.append(budget - planned)
     elif budget < planned:
         log.warning("budget %d is below the %d candidates this run already planned; nothing new is generated",
@@ -196,6 +206,7 @@ def run_design(
         _check_resume(meta_path, before if isinstance(before, dict) else {}, record)
     predictor = load_predictor(spec.predictor)
     _check_predictor(spec, predictor)
+    check_stability_head(spec, predictor)
     owned = None
     relaxer = relax_with
     if relaxer is None and spec.relax_count > 0:  # a missing MLIP stops the run here, before any work
@@ -205,7 +216,7 @@ def run_design(
     from crystalforge.design.store import CandidateStore, candidate_key  # ASE's database, loaded only to run
 
     ctx = DesignContext(spec, CandidateStore(run / STORE_FILE), run, workers, bars, relaxer, _predictor=predictor)
-    rounds = _rounds(meta, spec.budget)
+    rounds = _rounds(meta, spec.budget, spec.rounds)
     known = meta.get("stages")
     stages: dict[str, dict[str, float]] = {str(k): dict(v) for k, v in known.items()} if isinstance(known, dict) else {}
     meta = {
@@ -213,6 +224,7 @@ def run_design(
         "targets": [{"property": t.name, "low": t.low, "high": t.high} for t in spec.windows],
         "objectives": [objective_record(o) for o in spec.ranking_objectives()],
         "rounds": rounds, "stages": stages, "funnel": meta.get("funnel", {}), "top": meta.get("top", []),
+        "round_results": meta.get("round_results", []),
         "started": meta.get("started") or _now(), "finished": None,
         "crystalforge_version": distribution_version("crystalforge"),
     }  # fmt: skip
@@ -235,17 +247,24 @@ def run_design(
         if todo or ctx.store.pending("dedupe"):  # a missing training set stops the run before generating
             ctx.training_set  # noqa: B018 - resolved and grouped once, here
 
-        def generation() -> None:
-            bar = stage_bar(ctx, sum(b.n for b in todo) * factor, "generate")
+        def generation(batches: Sequence[Batch]) -> None:
+            bar = stage_bar(ctx, sum(b.n for b in batches) * factor, "generate")
             try:
-                generate_batches(ctx.store, generate, todo, spec, run=run, bar=bar)
+                generate_batches(ctx.store, generate, batches, spec, run=run, bar=bar)
             finally:
                 bar.close()
 
-        timed("generate", generation)
-        for name, stage in (("filter", filter_candidates), ("dedupe", dedupe), ("screen", screen),
-                            ("relax", relax), ("hull", hull), ("predict", predict)):  # fmt: skip
-            timed(name, partial(stage, ctx))
+        def save_rounds(records: list[dict[str, object]]) -> None:
+            meta["round_results"] = records
+            _write_meta(meta_path, meta)
+
+        if spec.rounds > 1 or spec.active_learning:  # one round after another (design.active)
+            run_rounds(ctx, rounds, todo, generation=generation, timed=timed, save=save_rounds)
+        else:  # every round's candidates through each stage at once; relax picks the best of all rounds
+            timed("generate", partial(generation, todo))
+            for name, stage in (("filter", filter_candidates), ("dedupe", dedupe), ("screen", screen),
+                                ("relax", relax), ("hull", hull), ("predict", predict)):  # fmt: skip
+                timed(name, partial(stage, ctx))
         order: list[str] = []
         timed("rank", lambda: order.extend(rank_candidates(ctx)))
         rows = export_top(ctx, order)
@@ -257,4 +276,5 @@ def run_design(
     _write_meta(meta_path, meta)
     report = _report(run) if spec.report else None
     funnel = {str(k): int(v) for k, v in dict(meta["funnel"]).items()}  # type: ignore[call-overload]
-    return DesignResult(run, funnel, rows, stages, report, time.perf_counter() - start)
+    records = meta["round_results"] if isinstance(meta["round_results"], list) else []
+    return DesignResult(run, funnel, rows, stages, report, time.perf_counter() - start, records)

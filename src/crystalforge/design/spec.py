@@ -34,6 +34,9 @@ EXTENDABLE = ("budget", "relax_budget", "top", "objectives", "ranking", "workers
 E_HULL_SCALE = 0.1
 """eV/atom: the unit of the default stability objective (the metastability threshold)."""
 
+STABILITY = "e_above_hull"
+"""The predictor property the screen's stability window reads, and active learning fine-tunes."""
+
 
 class SpecError(ConfigError):
     """A design spec value is wrong; the message names the field."""
@@ -54,6 +57,11 @@ class DesignSpec:
             towards the targets (``crystalforge generate --route``; docs/steering.md).
         steps: sampler steps (None: the model's default).
         budget: candidates to generate in total (raise it to extend a finished run).
+        rounds: generation rounds the budget (and the relax budget) is split over; each round is
+            generated, filtered, screened, relaxed and hull-checked before the next (docs/design.md).
+        active_learning: after each round, fine-tune the screen's stability head (``e_above_hull``)
+            on the (as-generated structure, relaxed E_hull) pairs so far; the next round screens with it.
+        fine_tune_epochs, fine_tune_lr: the fine-tune's full-batch Adam steps and learning rate.
         batch_size: candidates per generation batch (a batch is stored at once).
         relax_budget: candidates relaxed: the best by the screen pre-rank (None: 3 × ``top``).
         top: candidates exported with their CIFs.
@@ -92,6 +100,10 @@ class DesignSpec:
     smc_every: int = 1
     steps: int | None = None
     budget: int = 2000
+    rounds: int = 1
+    active_learning: bool = False
+    fine_tune_epochs: int = 300
+    fine_tune_lr: float = 0.02
     batch_size: int = 256
     relax_budget: int | None = None
     top: int = 20
@@ -194,7 +206,8 @@ def _fail(name: str, message: str) -> SpecError:
 def _check(spec: DesignSpec) -> None:
     """Every value's range and form; the first problem is raised naming its field."""
     positive = {"budget": spec.budget, "batch_size": spec.batch_size, "top": spec.top, "workers": spec.workers,
-                "oversample": spec.oversample, "smc_every": spec.smc_every}  # fmt: skip
+                "oversample": spec.oversample, "smc_every": spec.smc_every, "rounds": spec.rounds,
+                "fine_tune_epochs": spec.fine_tune_epochs}  # fmt: skip
     for name, value in positive.items():
         if value < 1:
             raise _fail(name, f"must be >= 1, got {value}")
@@ -211,6 +224,10 @@ def _check(spec: DesignSpec) -> None:
             raise _fail(name, f"must be a finite number, got {value}")
     if spec.temperature == 0:
         raise _fail("temperature", "must be > 0")
+    if not (math.isfinite(spec.fine_tune_lr) and spec.fine_tune_lr > 0):
+        raise _fail("fine_tune_lr", f"must be a finite number > 0, got {spec.fine_tune_lr}")
+    if spec.rounds > spec.budget:
+        raise _fail("rounds", f"must be <= budget ({spec.budget}): every round generates at least one candidate")
     if not spec.model:
         raise _fail("model", "is empty: give a shipped model name (crystalforge models) or a model.pt")
     if not spec.predictor:
@@ -230,6 +247,7 @@ def _check(spec: DesignSpec) -> None:
         raise _fail("elements", f"must be element symbols separated by commas, got {spec.elements!r}")
     if spec.motif is not None and ":" not in spec.motif:
         raise _fail("motif", f"must look like MOTIF:ELEMENT (kagome:Mn), got {spec.motif!r}")
+    _check_active_learning(spec, windows)
     prefixes = tuple(f"{stage}_" for stage in STAGES)
     for i, objective in enumerate(spec.objectives):
         if not objective.key.startswith(prefixes):
@@ -237,6 +255,19 @@ def _check(spec: DesignSpec) -> None:
                 f"objectives[{i}].key", f"{objective.key!r} is no stage value: use a column such as "
                 "hull_e_above_hull, predict_<property>_mean or relax_rmsd",
             )  # fmt: skip
+
+
+def _check_active_learning(spec: DesignSpec, windows: list[PropertyTarget]) -> None:
+    """Active learning needs relaxations to learn from and a screen that reads the stability head."""
+    if not spec.active_learning:
+        return
+    if spec.relax_count < 1:
+        raise _fail("relax_budget", "must be >= 1 with active_learning (the relaxed candidates are its labels)")
+    if spec.screen_stability is None and STABILITY not in {t.name for t in windows}:
+        raise _fail(
+            "active_learning", f"fine-tunes the screen's {STABILITY} but the screen does not use it: set "
+            f"screen_stability or a target on {STABILITY}",
+        )  # fmt: skip
 
 
 def load_spec(spec: DesignSpec | str | Path | None = None, overrides: Mapping[str, object] | None = None) -> DesignSpec:

@@ -72,6 +72,9 @@ class DesignContext:
     reference_hull: ReferenceHull | None = None
     _predictor: PredictorEnsemble | None = field(default=None, repr=False)
     train_name: str = field(default="none", init=False)
+    screener: PredictorEnsemble | None = field(default=None, repr=False)
+    """The screen's surrogate when it is not the predictor (a fine-tuned one, ``design.active``)."""
+    screener_name: str | None = None
 
     @property
     def predictor(self) -> PredictorEnsemble:
@@ -251,10 +254,10 @@ def screen_windows(ctx: DesignContext) -> list[PropertyTarget]:
     return windows
 
 
-def _predictions(ctx: DesignContext, crystals: Sequence[Crystal]) -> tuple[list[dict[str, object]], np.ndarray]:
+def _predictions(model: PredictorEnsemble, crystals: Sequence[Crystal]) -> tuple[list[dict[str, object]], np.ndarray]:
     """Per crystal ``{<prop>_mean, <prop>_std}`` and the predictive arrays' mean ``[n, P]``."""
-    mean, std = predict_crystals(ctx.predictor, crystals)
-    names = ctx.predictor.properties
+    mean, std = predict_crystals(model, crystals)
+    names = model.properties
     rows: list[dict[str, object]] = [
         {**{f"{p}_mean": float(mean[i, k]) for k, p in enumerate(names)},
          **{f"{p}_std": float(std[i, k]) for k, p in enumerate(names)}}
@@ -264,25 +267,27 @@ def _predictions(ctx: DesignContext, crystals: Sequence[Crystal]) -> tuple[list[
 
 
 def screen(ctx: DesignContext) -> int:
-    """The predictor on the as-generated structures: ``screen_<prop>_mean/std`` and the pre-rank cost ``screen_score``.
+    """The surrogate on the as-generated structures: ``screen_<prop>_mean/std``, the pre-rank cost ``screen_score``.
 
     ``screen_score`` is ``-log P(every screen window is hit)`` under the predictor's Gaussian (0 without
-    windows): the relax stage takes the lowest first.
+    windows): the relax stage takes the lowest first. ``screen_surrogate`` names the model: the
+    predictor, or the fine-tuned surrogate of active learning (``ctx.screener``).
     """
     store = ctx.store
     keys = store.pending("screen", after=["filter", "dedupe"])
     windows = screen_windows(ctx) if keys else []
+    model, name = ctx.screener or ctx.predictor, ctx.screener_name or ctx.spec.predictor
     bar = stage_bar(ctx, len(keys), "screen")
     try:
         for chunk in _chunks(keys, CHUNK):
-            rows, arrays = _predictions(ctx, _crystals(store, chunk))
+            rows, arrays = _predictions(model, _crystals(store, chunk))
             if windows:
                 mean, std = torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1])
                 scores = (-objective(mean, std, ctx.predictor.properties, windows)).tolist()
             else:
                 scores = [0.0] * len(chunk)
             for key, row, score in zip(chunk, rows, scores, strict=True):
-                store.record("screen", key, {**row, "score": float(score)})
+                store.record("screen", key, {**row, "score": float(score), "surrogate": name})
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -297,7 +302,7 @@ def predict(ctx: DesignContext) -> int:
     bar = stage_bar(ctx, len(keys), "predict")
     try:
         for chunk in _chunks(keys, CHUNK):
-            rows, arrays = _predictions(ctx, _crystals(store, chunk))
+            rows, arrays = _predictions(ctx.predictor, _crystals(store, chunk))
             columns = [ctx.predictor.properties.index(t.name) for t in windows]
             for i, (key, row) in enumerate(zip(chunk, rows, strict=True)):
                 inside = all(t.contains(float(arrays[0][i, k])) for t, k in zip(windows, columns, strict=True))
@@ -321,8 +326,8 @@ def relax_selection(rows: Sequence[Mapping[str, object]], count: int) -> list[st
     return [str(screened[i]["cid"]) for i in ordered[:count]]
 
 
-def relax(ctx: DesignContext) -> int:
-    """Relax the best ``relax_count`` candidates by screen score that have no relax result yet.
+def relax(ctx: DesignContext, select: Callable[[Sequence[Mapping[str, object]]], list[str]] | None = None) -> int:
+    """Relax the best ``relax_count`` candidates by screen score (or ``select(table)``) without a relax result yet.
 
     The rest stay pending: a rerun with a larger ``relax_budget`` (or new, better candidates after a
     raised ``budget``) relaxes them. A successful relaxation replaces the stored structure (the
@@ -331,7 +336,8 @@ def relax(ctx: DesignContext) -> int:
     store, spec = ctx.store, ctx.spec
     rows = store.table()
     done = {str(r["cid"]) for r in rows if r.get("relax") is not None}
-    keys = [k for k in relax_selection(rows, spec.relax_count) if k not in done]
+    chosen = select(rows) if select is not None else relax_selection(rows, spec.relax_count)
+    keys = [k for k in chosen if k not in done]
     if not keys:
         return 0
     if ctx.relaxer is None:

@@ -16,6 +16,7 @@ rerun with the same arguments continues where it stopped; finished members are r
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -28,10 +29,14 @@ from torch import Tensor
 
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
+from crystalforge.core.neighbors import searchable
 from crystalforge.predictors.ensemble import PredictorEnsemble, torch_save_atomic
-from crystalforge.predictors.gnn import PropertyGNN, PropertyGNNConfig
+from crystalforge.predictors.gnn import MAX_LOG_VAR, MIN_LOG_VAR, PropertyGNN, PropertyGNNConfig
 
-__all__ = ["Corrupt", "PredictorTrainConfig", "fit_ensemble", "predict_crystals", "targets_of"]
+__all__ = [
+    "Corrupt", "FineTuneConfig", "PredictorTrainConfig", "fine_tune_heads", "fit_ensemble", "predict_crystals",
+    "targets_of",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -281,3 +286,115 @@ def predict_crystals(
     )
     prediction = ensemble.predict_batches(batches)
     return prediction.mean.double().numpy(), prediction.std.double().numpy()
+
+
+# ---- fine-tuning on new labels (active learning) ---------------------------------------------------
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """``fine_tune_heads`` settings; ``anchor`` weighs the squared drift from the starting weights (the prior)."""
+
+    epochs: int = 300
+    lr: float = 0.02
+    anchor: float = 1e-3
+    folds: int = 5
+    min_calibration: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or not self.lr > 0 or not self.anchor >= 0 or self.folds < 2 or self.min_calibration < 2:
+            raise ValueError("FineTuneConfig: epochs >= 1, lr > 0, anchor >= 0, folds >= 2, min_calibration >= 2")
+
+
+def _head_inputs(member: PropertyGNN, crystals: Sequence[Crystal]) -> Tensor:
+    """``[n, hidden]``: what each (searchable) crystal feeds the member's last layer."""
+    captured: list[Tensor] = []
+    hook = member.head[-1].register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    with torch.no_grad():  # the member is a fine-tune's own copy: an error leaves the hook on nothing that lives
+        for start in range(0, len(crystals), 256):
+            batch = CrystalBatch.collate(list(crystals[start : start + 256]), dtype=member.target_std.dtype)
+            member(batch, batch.lattice.new_ones(batch.num_crystals) if member.time_conditioned else None)
+    hook.remove()
+    return torch.cat(captured)
+
+
+def _fit_rows(x: Tensor, y: Tensor, w0: Tensor, b0: Tensor, settings: FineTuneConfig) -> tuple[Tensor, Tensor]:
+    """Adam on last-layer rows ``w0 [2K, h]``, ``b0 [2K]`` for ``x [n, h]``, ``y [n, K]`` (standardised; NaN: none)."""
+    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([w, b], lr=settings.lr)
+    y, mask = y.nan_to_num(0.0), torch.isfinite(y)
+    for _ in range(settings.epochs):
+        mean, log_var = (x @ w.T + b).chunk(2, dim=1)
+        log_var = log_var.clamp(MIN_LOG_VAR, MAX_LOG_VAR)
+        terms = (mean - y).abs() + 0.5 * (log_var + (mean.detach() - y) ** 2 * torch.exp(-log_var))
+        drift = settings.anchor * (((w - w0) ** 2).sum() + ((b - b0) ** 2).sum())
+        loss = (terms * mask).sum() / mask.sum().clamp(min=1) + drift
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimiser.step()
+    return w.detach(), b.detach()
+
+
+def _cross_validated(
+    fits: Sequence[tuple[PropertyGNN, Tensor, Tensor, Tensor, Tensor]], cols: list[int], settings: FineTuneConfig
+) -> tuple[Tensor, Tensor]:
+    """Out-of-fold ``(mean, std)`` ``[n, K]``, uncalibrated; ``fits``: per member ``(member, x, y, w0, b0)``."""
+    n = fits[0][1].shape[0]
+    folds = torch.from_numpy(np.random.default_rng(settings.seed).permutation(n) % min(settings.folds, n))
+    mean, std = torch.zeros(n, len(cols), dtype=torch.float64), torch.zeros(n, len(cols), dtype=torch.float64)
+    for f in range(int(folds.max()) + 1):
+        means, variances = [], []
+        for member, x, y, w0, b0 in fits:
+            w, b = _fit_rows(x[folds != f], y[folds != f], w0, b0, settings)
+            m, log_var = (x[folds == f] @ w.T + b).double().chunk(2, dim=1)
+            scale = member.target_std[cols].double()
+            means.append(m * scale + member.target_mean[cols].double())
+            variances.append(torch.exp(log_var.clamp(MIN_LOG_VAR, MAX_LOG_VAR)) * scale**2)
+        stacked = torch.stack(means)
+        mean[folds == f] = stacked.mean(0)
+        std[folds == f] = torch.sqrt(torch.stack(variances).mean(0) + stacked.var(0, unbiased=False))
+    return mean, std
+
+
+def fine_tune_heads(
+    ensemble: PredictorEnsemble, crystals: Sequence[Crystal], targets: np.ndarray, settings: FineTuneConfig | None
+) -> PredictorEnsemble:
+    """A copy of ``ensemble`` whose labelled properties' output rows are refitted on ``targets [n, P]`` (NaN: none).
+
+    Only the last layer's mean and log-variance rows of labelled properties change (loss: ``_loss``'s
+    terms plus the anchor; full-batch Adam): the trunk and every other property stay bit for bit (a
+    few hundred labels cannot retrain a graph network and must not unlearn what it knew). With
+    ``min_calibration`` labels or more, their calibration factors are refitted on cross-validated
+    predictions. Unsearchable crystals are skipped. ``record["fine_tune"]``: properties, ``pairs``,
+    ``skipped``, settings, ``cv_mae`` and ``calibration`` per property.
+    """
+    settings = settings or FineTuneConfig()
+    names, y = ensemble.properties, np.asarray(targets, dtype=np.float64)
+    if y.shape != (len(crystals), len(names)):
+        raise ValueError(f"fine_tune_heads: targets must be [{len(crystals)}, {len(names)}], got {list(y.shape)}")
+    if not (cols := [k for k in range(len(names)) if np.isfinite(y[:, k]).any()]):
+        raise ValueError("fine_tune_heads: no finite label")
+    ok = searchable(CrystalBatch.collate(list(crystals), dtype=torch.float64), ensemble.config.cutoff).tolist()
+    keep = [i for i in range(len(crystals)) if ok[i] and np.isfinite(y[i, cols]).any()]
+    tuned = copy.deepcopy(ensemble).eval()
+    labels, rows = torch.from_numpy(y[np.ix_(keep, cols)]), [*cols, *(len(names) + k for k in cols)]
+    fits: list[tuple[PropertyGNN, Tensor, Tensor, Tensor, Tensor]] = []
+    for member in tuned.gnns() if keep else []:
+        layer: torch.nn.Linear = member.head[-1]  # type: ignore[assignment]
+        standard = (labels.to(layer.weight) - member.target_mean[cols]) / member.target_std[cols]
+        fits.append((member, _head_inputs(member, [crystals[i] for i in keep]), standard,
+                     layer.weight.data[rows].clone(), layer.bias.data[rows].clone()))  # fmt: skip
+        layer.weight.data[rows], layer.bias.data[rows] = _fit_rows(*fits[-1][1:], settings)
+    cv_mae: dict[str, float] = {}
+    if len(keep) >= settings.min_calibration:
+        mean, std = _cross_validated(fits, cols, settings)
+        before, t = tuned.calibration.clone(), torch.full((len(keep), len(names)), math.nan, dtype=torch.float64)
+        m, s = t.nan_to_num(0.0), t.nan_to_num(1.0)
+        m[:, cols], s[:, cols], t[:, cols] = mean, std, labels
+        tuned.calibrate(m, s, t)  # a property without labels gets 1: put its factor back
+        others = [k for k in range(len(names)) if k not in cols]
+        tuned.calibration[others] = before[others]
+        cv_mae = {names[k]: float((mean[:, j] - labels[:, j]).abs().nanmean()) for j, k in enumerate(cols)}
+    tuned.record = {**ensemble.record, "fine_tune": {"properties": [names[k] for k in cols], "pairs": len(keep),
+                    "skipped": len(crystals) - len(keep), "settings": asdict(settings), "cv_mae": cv_mae,
+                    "calibration": {names[k]: float(tuned.calibration[k]) for k in cols}}}  # fmt: skip
+    return tuned
