@@ -240,3 +240,23 @@ def test_charts():
     assert svg is not None and "a&lt;" in svg and "1 beyond the axis" in svg and "cf-window" in svg
     bars = bar_chart([("x&", 3), ("y", 0)], label="f")
     assert bars.count("<rect") == 2 and "x&amp;" in bars
+
+
+def test_rounds_section_shows_each_round(tmp_path):
+    run = make_run(tmp_path)
+    assert 'id="rounds"' not in write_report(run).read_text(encoding="utf-8")  # one round: no section
+    meta = json.loads((run / "design.json").read_text())
+    meta["round_results"] = [
+        {"round": 0, "generated": 10, "relaxed": 3, "surrogate": None, "screen_mae": 0.1672,
+         "fine_tune": {"pairs": 3, "mae_base": 0.1672}, "top": {"hit_rate": 0.25, "median_e_hull": 0.0812}},
+        {"round": 1, "generated": 11, "relaxed": 3, "surrogate": f"surrogate/round_000.pt{EVIL}",
+         "screen_mae": 0.1031, "fine_tune": None, "top": {"hit_rate": 0.5, "median_e_hull": 0.0413}},
+    ]  # fmt: skip
+    (run / "design.json").write_text(json.dumps(meta))
+    page = write_report(run).read_text(encoding="utf-8")
+    section = page[page.index('<section id="rounds">') : page.index("</section>", page.index('id="rounds"'))]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", section)
+    assert len(cells) == 2 * 9
+    assert cells[:9] == ["0", "10", "3", "predictor", "0.167", "0.167", "3", "0.25", "0.081"]
+    assert cells[9:12] == ["1", "11", "3"] and cells[12] == html_escaped(f"surrogate/round_000.pt{EVIL}")
+    assert cells[13:] == ["0.103", "—", "—", "0.50", "0.041"]

@@ -59,6 +59,15 @@ def test_derived_values():
     assert DesignSpec().steering() is None  # nothing to steer towards: plain generation
     only = DesignSpec(elements="Li,O").steering()
     assert only is not None and only.elements == "Li,O" and not only.targets
+    unsteered = spec.replace(route="none")  # route none: the targets only screen and rank
+    assert unsteered.steering() is None and len(unsteered.ranking_objectives()) == 5
+    constrained = unsteered.replace(elements="Li,O", motif="kagome:Li").steering()
+    assert constrained is not None and not constrained.targets and not constrained.uses_importance
+    assert (constrained.elements, constrained.motif) == ("Li,O", "kagome:Li")
+    from crystalforge.cli.design import UNSTEERED
+    from crystalforge.design.spec import UNSTEERED as IN_SPEC
+
+    assert UNSTEERED == IN_SPEC == "none"  # the CLI keeps a copy (its parser loads no torch)
     record = spec.record()  # JSON-ready: no infinities
     assert record["targets"] == list(spec.targets) and record["objectives"] == []
 
@@ -74,6 +83,7 @@ def test_derived_values():
         ({"min_distance": math.nan}, "min_distance"),
         ({"ranking": "best"}, "ranking"),
         ({"route": "teleport"}, "route"),
+        ({"route": "none+importance"}, "route"),
         ({"route": "gradient"}, "route"),  # a predictor route needs a target
         ({"targets": ("band_gap~2",)}, "targets"),
         ({"targets": ("band_gap=3..2",)}, "targets"),

@@ -9,6 +9,8 @@ from typing import Any
 from crystalforge.cli.generate import ROUTES
 from crystalforge.cli.options import RAY_HELP, add_parser
 
+UNSTEERED = "none"  # design.spec.UNSTEERED (kept here: the CLI parser loads no torch)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``design``."""
@@ -58,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--num-atoms", type=int, help="atoms per cell (default: drawn from the training data)")
     what.add_argument("--model", help="generative model: shipped name or model.pt (default mp_20-dng)")
     what.add_argument(
-        "--route", choices=ROUTES, metavar="ROUTE", help=f"steering route: {', '.join(ROUTES)} (default importance)"
+        "--route", choices=(*ROUTES, UNSTEERED), metavar="ROUTE",
+        help=f"steering route: {', '.join(ROUTES)}, or {UNSTEERED} (targets only rank; default importance)"
     )
     what.add_argument("--guidance", type=float, help="gradient guidance scale / classifier-free guidance weight")
     what.add_argument("--oversample", type=int, help="importance route: pool of K × batch (default 4)")

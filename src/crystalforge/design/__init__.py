@@ -7,7 +7,9 @@ candidates, the top N exported with their CIFs:
 - ``pipeline``: ``run_design`` (resumable, extendable) and its ``DesignResult``;
 - ``generation``, ``stages``, ``export``: the stages, one small function each;
 - ``store``: ``CandidateStore``, every candidate and stage result in an ASE database;
-- ``rank``: ``Objective``, ``rank``, ``pareto_fronts``, ``weighted_score``.
+- ``rank``: ``Objective``, ``rank``, ``pareto_fronts``, ``weighted_score``;
+- ``active``: rounds, one after another, and active learning of the screen's stability surrogate;
+- ``report``, ``report_data``, ``plots``, ``serve``: the self-contained HTML report and ``serve``.
 
 Imports sampling, screening, evaluation, relax, predictors, io, core, execution and data; only the
 api and the cli import it. Names are loaded from their modules on first access, so importing the

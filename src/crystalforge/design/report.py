@@ -306,6 +306,41 @@ def _top(view: RunView) -> str:
     )
 
 
+def _rounds(view: RunView) -> str:
+    """Per round (``design.json``'s ``round_results``): counts, the screen's E_hull error, the fine-tune, the top."""
+    records = [r for r in view.meta.get("round_results") or [] if isinstance(r, Mapping)]
+    if not records:
+        return ""
+
+    def get(record: Mapping[str, object], name: str, key: str) -> object:
+        inner = record.get(name)
+        return inner.get(key) if isinstance(inner, Mapping) else None
+
+    body = "".join(
+        f'<tr><td class="n">{_e(r.get("round"))}</td><td class="n">{_e(r.get("generated"))}</td>'
+        f'<td class="n">{_e(r.get("relaxed"))}</td><td>{_e(r.get("surrogate") or "predictor")}</td>'
+        f'<td class="n">{_fmt(number(r.get("screen_mae")), ".3f")}</td>'
+        f'<td class="n">{_fmt(number(get(r, "fine_tune", "mae_base")), ".3f")}</td>'
+        f'<td class="n">{_e(get(r, "fine_tune", "pairs") or "—")}</td>'
+        f'<td class="n">{_fmt(number(get(r, "top", "hit_rate")), ".2f")}</td>'
+        f'<td class="n">{_fmt(number(get(r, "top", "median_e_hull")), ".3f")}</td></tr>'
+        for r in records
+    )
+    head = (
+        '<tr><th class="n">round</th><th class="n">generated</th><th class="n">relaxed</th><th>screened by</th>'
+        '<th class="n">screen E_hull MAE</th><th class="n">shipped predictor MAE</th><th class="n">fine-tune pairs</th>'
+        '<th class="n">top hit rate</th><th class="n">top median E_hull</th></tr>'
+    )
+    note = (
+        "Screen E_hull MAE: the screen's error on the round's relaxed candidates (eV/atom; predicted before they "
+        "were relaxed). Top: the round's own best by the run's ranking; a hit is in every window and E_hull ≤ 0.1."
+    )
+    return (
+        f'<section id="rounds"><h2>Rounds</h2><p class="meta">{_e(note)}</p>'
+        f'<table class="small"><thead>{head}</thead><tbody>{body}</tbody></table></section>'
+    )
+
+
 def _details(view: RunView) -> str:
     meta = view.meta
     parts = ['<section id="details"><h2>Run details</h2>']
@@ -334,7 +369,7 @@ def render_report(view: RunView, *, live: str | None = None) -> str:
     )
     body = (
         _header(view, live)
-        + f"<main>{_missing(view)}{_funnel(view)}{_distributions(view)}{_top(view)}{_details(view)}</main>"
+        + f"<main>{_missing(view)}{_funnel(view)}{_rounds(view)}{_distributions(view)}{_top(view)}{_details(view)}</main>"
         + footer
     )
     parts = {

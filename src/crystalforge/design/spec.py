@@ -23,7 +23,7 @@ from crystalforge.design.rank import Objective
 from crystalforge.sampling.steering import ROUTE_STEPS, Steering
 from crystalforge.sampling.targets import PropertyTarget, parse_targets
 
-__all__ = ["EXTENDABLE", "STAGES", "DesignSpec", "SpecError", "load_spec", "objective_record"]
+__all__ = ["EXTENDABLE", "STAGES", "UNSTEERED", "DesignSpec", "SpecError", "load_spec", "objective_record"]
 
 STAGES = ("filter", "dedupe", "screen", "relax", "hull", "predict", "rank")
 """The store's stages, in pipeline order (generation is not a store stage: it adds the rows)."""
@@ -35,6 +35,8 @@ E_HULL_SCALE = 0.1
 """eV/atom: the unit of the default stability objective (the metastability threshold)."""
 
 STABILITY = "e_above_hull"
+UNSTEERED = "none"
+"""The route that generates without steering towards the targets (they still screen and rank)."""
 """The predictor property the screen's stability window reads, and active learning fine-tunes."""
 
 
@@ -54,7 +56,8 @@ class DesignSpec:
         motif: lattice motif to inpaint (``kagome:Mn``).
         num_atoms: atoms per cell (None: drawn from the training distribution).
         route, guidance, oversample, temperature, ess_threshold, smc_every: steering of generation
-            towards the targets (``crystalforge generate --route``; docs/steering.md).
+            towards the targets (``crystalforge generate --route``; docs/steering.md); route ``none``
+            generates without steering towards them (they still screen and rank).
         steps: sampler steps (None: the model's default).
         budget: candidates to generate in total (raise it to extend a finished run).
         rounds: generation rounds the budget (and the relax budget) is split over; each round is
@@ -149,6 +152,10 @@ class DesignSpec:
 
     def steering(self) -> Steering | None:
         """The generation's ``Steering`` (None when nothing steers it)."""
+        if self.route == UNSTEERED:  # targets only rank; elements and motif still constrain
+            if not (self.elements or self.motif):
+                return None
+            return Steering(predictor=self.predictor, elements=self.element_list, motif=self.motif)
         if not (self.targets or self.elements or self.motif or self.route != "importance"):
             return None
         return Steering(
@@ -235,8 +242,9 @@ def _check(spec: DesignSpec) -> None:
     if spec.ranking not in ("pareto", "score"):
         raise _fail("ranking", f"must be 'pareto' or 'score', got {spec.ranking!r}")
     steps = spec.route.split("+")
-    if any(step not in ROUTE_STEPS for step in steps) or len(set(steps)) != len(steps):
-        raise _fail("route", f"must be one of {', '.join(ROUTE_STEPS)} or several joined by '+', got {spec.route!r}")
+    if spec.route != UNSTEERED and (any(s not in ROUTE_STEPS for s in steps) or len(set(steps)) != len(steps)):
+        raise _fail("route", f"must be {UNSTEERED}, one of {', '.join(ROUTE_STEPS)} or several joined by '+', "
+                             f"got {spec.route!r}")  # fmt: skip
     try:
         windows = spec.windows
     except ValueError as exc:
