@@ -60,8 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--num-atoms", type=int, help="atoms per cell (default: drawn from the training data)")
     what.add_argument("--model", help="generative model: shipped name or model.pt (default mp_20-dng)")
     what.add_argument(
-        "--route", choices=(*ROUTES, UNSTEERED), metavar="ROUTE",
-        help=f"steering route: {', '.join(ROUTES)}, or {UNSTEERED} (targets only rank; default importance)"
+        "--route",
+        choices=(*ROUTES, UNSTEERED),
+        metavar="ROUTE",
+        help=f"steering route: {', '.join(ROUTES)}, or {UNSTEERED} (targets only rank; default importance)",
     )
     what.add_argument("--guidance", type=float, help="gradient guidance scale / classifier-free guidance weight")
     what.add_argument("--oversample", type=int, help="importance route: pool of K × batch (default 4)")

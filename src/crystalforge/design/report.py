@@ -369,7 +369,8 @@ def render_report(view: RunView, *, live: str | None = None) -> str:
     )
     body = (
         _header(view, live)
-        + f"<main>{_missing(view)}{_funnel(view)}{_rounds(view)}{_distributions(view)}{_top(view)}{_details(view)}</main>"
+        + f"<main>{_missing(view)}{_funnel(view)}{_rounds(view)}{_distributions(view)}{_top(view)}"
+        + f"{_details(view)}</main>"
         + footer
     )
     parts = {
