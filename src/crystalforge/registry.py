@@ -1,7 +1,8 @@
 """The family registry: model family name → its config type and builder.
 
-Every generative family (the flow/diffusion ``joint`` family here; a VAE, a GAN, an autoregressive
-model or a user's own elsewhere) registers one ``Family``. Training builds models through it,
+Every generative family (the flow/diffusion ``joint`` family and the search baselines
+``random_symmetric`` and ``substitution`` here; a VAE, a GAN, an autoregressive model or a user's own
+elsewhere) registers one ``Family``. Training builds models through it,
 checkpoints record the family's name, and loading dispatches on that name, so nothing else in the
 package names a family. Families outside the package register with ``register_family`` or through
 the ``crystalforge.families`` entry-point group (an entry point names a ``Family`` object).
@@ -69,7 +70,35 @@ def _joint() -> Family[Any]:
     )
 
 
-_BUILTIN: dict[str, Callable[[], Family[Any]]] = {DEFAULT_FAMILY: _joint}
+def _random_symmetric() -> Family[Any]:
+    from crystalforge.generative.search import RandomSymmetricConfig, build_random_symmetric, resolve_random_symmetric
+
+    return Family(
+        "random_symmetric",
+        RandomSymmetricConfig,
+        build_random_symmetric,
+        resolve_random_symmetric,
+        "search baseline: remembered compositions in random space groups (PyXtal), CSP or DNG",
+    )
+
+
+def _substitution() -> Family[Any]:
+    from crystalforge.generative.search import SubstitutionConfig, build_substitution, resolve_substitution
+
+    return Family(
+        "substitution",
+        SubstitutionConfig,
+        build_substitution,
+        resolve_substitution,
+        "search baseline: charge-neutral ion substitutions (Hautier's table) on remembered prototypes, DNG",
+    )
+
+
+_BUILTIN: dict[str, Callable[[], Family[Any]]] = {
+    DEFAULT_FAMILY: _joint,
+    "random_symmetric": _random_symmetric,
+    "substitution": _substitution,
+}
 _REGISTERED: dict[str, Family[Any]] = {}
 
 

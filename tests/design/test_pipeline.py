@@ -133,6 +133,25 @@ def test_the_top_cifs_exist_and_parse(finished):
         assert stored is not None and sorted(crystal.atomic_numbers) == sorted(stored.atomic_numbers)
         assert np.isclose(crystal.volume, stored.volume)  # the relaxed structure (2 % larger per axis)
         assert symmetrized.parent == out / "top" / "symmetrized" and read_structures(symmetrized)
+        e_hull = float(row["hull_e_above_hull"])  # flagged exactly when below the spec's suspect_e_hull
+        assert row["hull_suspect"] == str(e_hull < DesignSpec().suspect_e_hull)
+
+
+def test_suspect_e_hull_is_flagged_and_not_ranked_first_for_its_depth():
+    from crystalforge.design.export import suspect
+    from crystalforge.design.rank import rank
+
+    assert suspect(-0.5, -0.2) and not suspect(-0.1, -0.2) and not suspect(float("nan"), -0.2)
+    assert not suspect(-5.0, None) and not suspect(None, -0.2)
+    spec = DesignSpec(targets=("band_gap=1..2",))
+    rows = [  # a deep "stable" artefact in the window, a metastable hit, a stable hit
+        {"hull_e_above_hull": -0.9, "predict_band_gap_mean": 1.5, "predict_band_gap_std": 0.1},
+        {"hull_e_above_hull": 0.05, "predict_band_gap_mean": 1.5, "predict_band_gap_std": 0.1},
+        {"hull_e_above_hull": -0.1, "predict_band_gap_mean": 1.5, "predict_band_gap_std": 0.1},
+    ]
+    assert rank(rows, spec.ranking_objectives(), by="score").order.tolist() == [2, 1, 0]
+    off = spec.replace(suspect_e_hull=None)  # off: every E_hull <= 0 counts as on the hull, the artefact too
+    assert set(rank(rows, off.ranking_objectives(), by="score").order.tolist()[:2]) == {0, 2}
 
 
 def test_a_crash_in_relax_resumes_without_redoing_finished_work(finished, tmp_path):

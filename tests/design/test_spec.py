@@ -53,6 +53,10 @@ def test_derived_values():
         "predict_formation_energy_per_atom_mean", "predict_formation_energy_per_atom_std",
     ]  # fmt: skip
     assert objectives[1].goal == "window" and (objectives[1].low, objectives[1].high) == (2.0, 3.0)
+    # E_hull: anything in [suspect_e_hull, 0] is as good as on the hull; deeper costs its depth below the limit
+    assert (objectives[0].goal, objectives[0].low, objectives[0].high) == ("window", -0.2, 0.0)
+    assert objectives[0].cost([0.05, 0.0, -0.15, -0.5]).round(6).tolist() == [0.05, 0.0, 0.0, 0.3]
+    assert spec.replace(suspect_e_hull=None).ranking_objectives()[0].low == -math.inf
     assert objectives[3].low == -math.inf and objectives[3].high == -1.0
     steering = spec.steering()
     assert steering is not None and steering.uses_importance and len(steering.targets) == 2
@@ -84,6 +88,8 @@ def test_derived_values():
         ({"ranking": "best"}, "ranking"),
         ({"route": "teleport"}, "route"),
         ({"route": "none+importance"}, "route"),
+        ({"suspect_e_hull": 0.1}, "suspect_e_hull"),
+        ({"suspect_e_hull": -math.inf}, "suspect_e_hull"),
         ({"route": "gradient"}, "route"),  # a predictor route needs a target
         ({"targets": ("band_gap~2",)}, "targets"),
         ({"targets": ("band_gap=3..2",)}, "targets"),

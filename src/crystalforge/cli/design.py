@@ -90,6 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     judge.add_argument("--keep-known", action="store_true", help="keep candidates that match a training structure")
     judge.add_argument("--min-distance", type=float, help="shortest allowed interatomic distance, Å (default 0.5)")
     judge.add_argument("--max-e-hull", type=float, metavar="EV", help="reject relaxed candidates above this E_hull")
+    judge.add_argument("--suspect-e-hull", type=float, metavar="EV",
+                       help="flag E_hull below this as a likely MLIP/hull artefact (default -0.2)")  # fmt: skip
     judge.add_argument("--objective", action="append", type=objective, metavar="KEY:GOAL[:WEIGHT[:SCALE]]",
                        help="ranking objective (repeatable; replaces the defaults): a column such as "
                        "hull_e_above_hull or predict_band_gap_std, goal min or max")  # fmt: skip
@@ -130,6 +132,8 @@ def spec_options(args: argparse.Namespace) -> dict[str, object]:
         options["objectives"] = list(args.objective)
     if args.max_e_hull is not None:
         options["max_e_above_hull"] = args.max_e_hull
+    if args.suspect_e_hull is not None:
+        options["suspect_e_hull"] = args.suspect_e_hull
     if args.keep_known:
         options["novel_only"] = False
     if args.no_report:

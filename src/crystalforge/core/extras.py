@@ -18,6 +18,7 @@ EXTRAS: dict[str, str] = {
     "matminer": "descriptors",
     "smact": "evaluation",
     "ray": "ray",
+    "pyxtal": "baselines",
 }
 """Importable module → the ``crystalforge[...]`` extra that installs it."""
 

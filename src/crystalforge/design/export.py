@@ -23,14 +23,14 @@ from crystalforge.design.stages import DesignContext, stage_bar
 from crystalforge.io.atomic import atomic_write
 from crystalforge.io.files import write_structures
 
-__all__ = ["TOP_COLUMNS", "export_top", "rank_candidates"]
+__all__ = ["TOP_COLUMNS", "export_top", "rank_candidates", "suspect"]
 
 log = logging.getLogger(__name__)
 
 TOP_COLUMNS = (
     "rank_position", "cid", "formula", "natoms", "round", "rank_front", "rank_score", "hull_e_above_hull",
-    "relax_energy_per_atom", "relax_space_group", "relax_converged", "relax_rmsd", "dedupe_novel", "dedupe_match",
-    "predict_in_window", "screen_score",
+    "hull_suspect", "relax_energy_per_atom", "relax_space_group", "relax_converged", "relax_rmsd", "dedupe_novel",
+    "dedupe_match", "predict_in_window", "screen_score",
 )  # fmt: skip
 """The first columns of ``top.csv``; every ``predict_<prop>_mean/std`` follows, then the CIF paths."""
 
@@ -55,6 +55,11 @@ def rank_candidates(ctx: DesignContext) -> list[str]:
     finally:
         bar.close()
     return [str(rows[i]["cid"]) for i in ranking.order]
+
+
+def suspect(e_hull: object, below: float | None) -> bool:
+    """Whether an E_hull is suspect: finite and below ``below`` (``DesignSpec.suspect_e_hull``; None: never)."""
+    return below is not None and isinstance(e_hull, (int, float)) and math.isfinite(float(e_hull)) and e_hull < below
 
 
 def _file_name(position: int, key: str, formula: str) -> str:
@@ -90,7 +95,8 @@ def export_top(ctx: DesignContext, order: Sequence[str]) -> list[dict[str, objec
             symmetrized = f"top/symmetrized/{name}"
         except Exception as exc:  # noqa: BLE001 - spglib can fail on an odd cell; the P1 file exists
             log.warning("%s: no symmetrised CIF (%s)", key, exc)
-        rows.append({**by_key[key], "cif": f"top/{name}", "cif_symmetrized": symmetrized})
+        row = {**by_key[key], "cif": f"top/{name}", "cif_symmetrized": symmetrized}
+        rows.append({**row, "hull_suspect": suspect(row.get("hull_e_above_hull"), ctx.spec.suspect_e_hull)})
     for stale in [*folder.glob("*.cif"), *sym.glob("*.cif")]:
         if stale not in keep:
             stale.unlink()

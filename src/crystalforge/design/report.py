@@ -25,7 +25,7 @@ from pathlib import Path
 
 from crystalforge.core.versions import distribution_version
 from crystalforge.design.plots import Series, bar_chart, histogram
-from crystalforge.design.report_data import HULL_LIMIT, RunView, number, read_run
+from crystalforge.design.report_data import HULL_LIMIT, RunView, number, read_run, suspect_limit
 from crystalforge.io.atomic import atomic_write
 
 _SCREENED, _PREDICTED, _HULL = "#4e79a7", "#e15759", "#59a14f"
@@ -134,6 +134,7 @@ def _cif_cell(links: Sequence[tuple[str, str, str]]) -> Cell:
 
 def columns(view: RunView) -> list[Column]:
     """The top table's columns: the fixed ones, then one or two per property, then ranking and CIFs."""
+    low = suspect_limit(view.meta)
     cols = [
         Column("rank", "#", "rank position (1 = best)", lambda r: _number_cell(r.get("rank_position"), ".0f")),
         Column("cid", "id", "candidate id (round-index)", lambda r: _text_cell(r.get("cid")), numeric=False),
@@ -154,8 +155,9 @@ def columns(view: RunView) -> list[Column]:
         Column(
             "e_hull",
             "E<sub>hull</sub> (eV/atom)",
-            f"energy above the convex hull; green: at most {HULL_LIMIT} eV/atom",
-            lambda r: _number_cell(r.get("hull_e_above_hull"), ".3f", lambda x: x <= HULL_LIMIT),
+            f"energy above the convex hull; green: {low:g} to {HULL_LIMIT} eV/atom; red above, or below {low:g}: "
+            "suspect (an MLIP artefact or a phase the reference hull lacks is likelier)",
+            lambda r: _number_cell(r.get("hull_e_above_hull"), ".3f", lambda x: low <= x <= HULL_LIMIT),
         ),
     ]
     for prop in view.properties:
@@ -313,8 +315,7 @@ def _rounds(view: RunView) -> str:
         return ""
 
     def get(record: Mapping[str, object], name: str, key: str) -> object:
-        inner = record.get(name)
-        return inner.get(key) if isinstance(inner, Mapping) else None
+        return inner.get(key) if isinstance(inner := record.get(name), Mapping) else None
 
     body = "".join(
         f'<tr><td class="n">{_e(r.get("round"))}</td><td class="n">{_e(r.get("generated"))}</td>'

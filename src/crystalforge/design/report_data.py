@@ -94,6 +94,13 @@ def number(value: object) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def suspect_limit(meta: Mapping[str, object]) -> float:
+    """The run's ``suspect_e_hull`` (eV/atom): an E_hull below it is flagged; -inf when off, -0.2 when unrecorded."""
+    spec = meta.get("spec")
+    limit = number(spec.get("suspect_e_hull", -0.2)) if isinstance(spec, Mapping) else -0.2
+    return -math.inf if limit is None else limit
+
+
 def read_meta(run: Path, missing: list[str]) -> dict[str, object]:
     """``design.json`` as a dict ({} when absent or unreadable, with a note in ``missing``)."""
     path = run / "design.json"

@@ -78,6 +78,10 @@ class DesignSpec:
         min_distance: shortest allowed distance between two atoms (Å).
         comp_valid: require SMACT composition validity.
         max_e_above_hull: reject relaxed candidates above this E_hull (eV/atom; None: keep all).
+        suspect_e_hull: an E_hull below this (eV/atom, < 0) is *suspect*: an MLIP artefact or a phase
+            the reference hull lacks is likelier than a compound that stable. The default ranking
+            then counts the depth below it as it counts a height above the hull (so a suspect
+            candidate is not ranked first for it), and top.csv and the report flag it. None: off.
         screen_stability: in the screen pre-rank, also ask the predictor for
             ``e_above_hull <= this`` when it predicts it (None: off).
         workers: parallel workers (local processes, or Ray actors with ``ray``).
@@ -120,6 +124,7 @@ class DesignSpec:
     comp_valid: bool = True
     max_e_above_hull: float | None = None
     screen_stability: float | None = 0.1
+    suspect_e_hull: float | None = -0.2
     workers: int = 1
     ray: str | None = None
     seed: int = 0
@@ -165,10 +170,16 @@ class DesignSpec:
         )  # fmt: skip
 
     def ranking_objectives(self) -> list[Objective]:
-        """``objectives``, or the defaults: E_hull (min), per target the distance to its window and its std."""
+        """``objectives``, or the defaults: E_hull, per target the distance to its window and its std.
+
+        The default E_hull objective is the distance to ``[suspect_e_hull, 0]``: every E_hull in it
+        is as good as on the hull (the depth below the reference is not reliable), one above it
+        costs its height, and a suspect one its depth below ``suspect_e_hull``.
+        """
         if self.objectives:
             return list(self.objectives)
-        out = [Objective("hull_e_above_hull", "min", scale=E_HULL_SCALE)]
+        low = -math.inf if self.suspect_e_hull is None else self.suspect_e_hull
+        out = [Objective("hull_e_above_hull", "window", low=low, high=0.0, scale=E_HULL_SCALE)]
         for t in self.windows:
             low = -math.inf if t.low is None else t.low
             high = math.inf if t.high is None else t.high
@@ -225,6 +236,8 @@ def _check(spec: DesignSpec) -> None:
         value = getattr(spec, name)
         if not (math.isfinite(value) and value >= 0):
             raise _fail(name, f"must be a finite number >= 0, got {value}")
+    if spec.suspect_e_hull is not None and not (math.isfinite(spec.suspect_e_hull) and spec.suspect_e_hull < 0):
+        raise _fail("suspect_e_hull", f"must be a finite number < 0 (eV/atom) or null, got {spec.suspect_e_hull}")
     for name in ("max_e_above_hull", "screen_stability"):
         value = getattr(spec, name)
         if value is not None and not math.isfinite(value):
