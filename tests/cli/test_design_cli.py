@@ -38,7 +38,8 @@ report: false
 FLAGS = [
     "design", "--model", "perov_5-dng", "--target", "band_gap=2.5±0.5", "--target", "formation_energy_per_atom<-1",
     "--elements", "Li,Mn,O", "--motif", "kagome:Mn", "--num-atoms", "6", "--budget", "300", "--relax-budget", "12",
-    "--top", "4", "--train", "none", "--keep-known", "--max-e-hull", "0.25", "--suspect-e-hull", "-0.3", "--objective", "hull_e_above_hull:min",
+    "--top", "4", "--train", "none", "--keep-known", "--max-e-hull", "0.25", "--suspect-e-hull", "-0.3",
+    "--objective", "hull_e_above_hull:min",
     "--objective", "predict_band_gap_std:min:0.5:0.2", "--ranking", "score", "--workers", "2", "--out", "runs/x",
     "--no-report",
 ]  # fmt: skip

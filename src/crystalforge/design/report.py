@@ -25,7 +25,7 @@ from pathlib import Path
 
 from crystalforge.core.versions import distribution_version
 from crystalforge.design.plots import Series, bar_chart, histogram
-from crystalforge.design.report_data import HULL_LIMIT, RunView, number, read_run, suspect_limit
+from crystalforge.design.report_data import HULL_LIMIT, RunView, number, read_run, round_results, suspect_limit
 from crystalforge.io.atomic import atomic_write
 
 _SCREENED, _PREDICTED, _HULL = "#4e79a7", "#e15759", "#59a14f"
@@ -310,7 +310,7 @@ def _top(view: RunView) -> str:
 
 def _rounds(view: RunView) -> str:
     """Per round (``design.json``'s ``round_results``): counts, the screen's E_hull error, the fine-tune, the top."""
-    records = [r for r in view.meta.get("round_results") or [] if isinstance(r, Mapping)]
+    records = round_results(view.meta)
     if not records:
         return ""
 

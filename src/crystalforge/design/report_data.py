@@ -101,6 +101,12 @@ def suspect_limit(meta: Mapping[str, object]) -> float:
     return -math.inf if limit is None else limit
 
 
+def round_results(meta: Mapping[str, object]) -> list[Mapping[str, object]]:
+    """``design.json``'s per-round records (``design.active``; empty for a run of one round)."""
+    found = meta.get("round_results")
+    return [r for r in found if isinstance(r, Mapping)] if isinstance(found, list) else []
+
+
 def read_meta(run: Path, missing: list[str]) -> dict[str, object]:
     """``design.json`` as a dict ({} when absent or unreadable, with a note in ``missing``)."""
     path = run / "design.json"

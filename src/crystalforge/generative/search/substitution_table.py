@@ -88,7 +88,8 @@ def substitution_table() -> SubstitutionTable:
     """The table (built once per process: about a second, mostly pymatgen parsing its JSON)."""
     from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
 
-    pairs: Mapping[Any, float] = SubstitutionProbability().as_dict()["init_args"]["lambda_table"]
+    table = SubstitutionProbability()  # type: ignore[no-untyped-call]  # pymatgen leaves it untyped
+    pairs: Mapping[Any, float] = table.as_dict()["init_args"]["lambda_table"]  # type: ignore[no-untyped-call]
     keyed: dict[tuple[tuple[int, int], tuple[int, int]], float] = {}
     for pair, value in pairs.items():  # {frozenset of one or two pymatgen Species: λ}
         members = [(int(s.Z), int(s.oxi_state)) for s in pair if float(s.oxi_state).is_integer()]
