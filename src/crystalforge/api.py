@@ -6,10 +6,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
-from crystalforge.core import Crystal, CrystalBatch, CrystalError
-from crystalforge.core.candidate import Candidate
-from crystalforge.core.dataset_stats import DatasetStats
-from crystalforge.core.elements import z_to_symbol
+from crystalforge.core import Candidate, Crystal, CrystalBatch, CrystalError, DatasetStats, z_to_symbol
 from crystalforge.core.extras import MissingDependencyError, require
 from crystalforge.data.benchmark import expected_rows
 from crystalforge.data.paths import cache_dir, data_dir
@@ -30,6 +27,7 @@ from crystalforge.pretrained import list_models
 from crystalforge.progress import progress_bar
 from crystalforge.relax.registry import make_relaxer
 from crystalforge.sampling.jobs import composition_plan, generation_jobs, prediction_jobs
+from crystalforge.sampling.refine import refine_proposals
 from crystalforge.sampling.runner import Job, run_jobs
 from crystalforge.sampling.samplers import parse_anti_annealing, with_overrides
 from crystalforge.sampling.steering import Steering, parse_target, run_steered
@@ -45,7 +43,7 @@ __all__ = [
     "PreprocessOptions", "PropertyGNNConfig", "Steering", "check_run", "csp", "data_dir", "dataset_stats", "design",
     "detect_format", "evaluate", "expected_rows", "generate", "iter_records", "known_datasets", "list_models",
     "load_dataset", "load_model", "parse_anti_annealing", "parse_target", "predict_properties", "progress_bar",
-    "read_samples", "read_structures", "require", "serve_runs", "train", "train_predictor", "write_report",
+    "read_samples", "read_structures", "refine", "require", "serve_runs", "train", "train_predictor", "write_report",
     "write_structures", "z_to_symbol",
 ]  # fmt: skip
 
@@ -142,9 +140,11 @@ def train(config: str | Path | TrainConfig, out: str | Path, *, overrides: Seque
     from crystalforge.training.run import train as run_training
 
     require("lightning", "training (crystalforge train)")
-    cfg = config if isinstance(config, TrainConfig) else load_config(TrainConfig, config, overrides)
-    return run_training(cfg, out)
+    return run_training(config if isinstance(config, TrainConfig) else load_config(TrainConfig, config, overrides), out)
 
+
+refine = partial(refine_proposals, load=load_model)
+"""``refine(model, proposals, *, out, start_time=0.6, k=1, steps=None, ...)``: ``sampling.refine``."""
 
 design = partial(run_design, generate=generate)
 """``design(spec | YAML path | None, *, progress=, relax_with=, **fields) -> DesignResult``: ``design.pipeline``."""

@@ -94,10 +94,53 @@ def _substitution() -> Family[Any]:
     )
 
 
+def _cdvae() -> Family[Any]:
+    from crystalforge.generative.vae import CDVAEConfig, build_cdvae, resolve_cdvae
+
+    return Family(
+        "cdvae",
+        CDVAEConfig,
+        build_cdvae,
+        resolve_cdvae,
+        "CDVAE / Con-CDVAE: periodic-GNN encoder, latent heads, z-conditioned flow/score decoder; CSP or DNG",
+    )
+
+
+def _matgan() -> Family[Any]:
+    from crystalforge.generative.gan import MatGANConfig, build_matgan, resolve_matgan
+
+    return Family(
+        "matgan",
+        MatGANConfig,
+        build_matgan,
+        resolve_matgan,
+        "MatGAN: WGAN-GP over composition matrices, SMACT-screened, structures by a named CSP model, DNG",
+    )
+
+
+def _autoregressive() -> Family[Any]:
+    from crystalforge.generative.autoregressive import (
+        AutoregressiveConfig,
+        build_autoregressive,
+        resolve_autoregressive,
+    )
+
+    return Family(
+        "autoregressive",
+        AutoregressiveConfig,
+        build_autoregressive,
+        resolve_autoregressive,
+        "decoder-only transformer over crystal text (CrystaLLM/MatterGPT): composition and property prefixes",
+    )
+
+
 _BUILTIN: dict[str, Callable[[], Family[Any]]] = {
     DEFAULT_FAMILY: _joint,
     "random_symmetric": _random_symmetric,
     "substitution": _substitution,
+    "autoregressive": _autoregressive,
+    "cdvae": _cdvae,
+    "matgan": _matgan,
 }
 _REGISTERED: dict[str, Family[Any]] = {}
 

@@ -22,7 +22,7 @@ from crystalforge.cli.main import main
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.extras import MissingDependencyError
 from crystalforge.data.stats import compute_dataset_stats
-from crystalforge.generative.interfaces import GenerativeModel, SamplePlan, last_state
+from crystalforge.generative.interfaces import GenerativeModel, SamplePlan, SamplerConfig, last_state
 from crystalforge.generative.search import CrystalMemory, RandomSymmetricConfig
 from crystalforge.generative.search.memory import rows_for_size, scale_counts
 from crystalforge.generative.search.random_symmetric import build_random_symmetric, pyxtal_volumes
@@ -245,6 +245,8 @@ def test_guidance_is_a_clear_error(family):
     model = trained(family, tiny_crystals())
     with pytest.raises(ValueError, match=f"the {family} family cannot use guidance"):
         sample(model, template_from_num_atoms([8]), plan=SamplePlan(guidance=(_Guidance(),)))
+    with pytest.raises(ValueError, match=f"start_time: the {family} family does not integrate in time"):
+        sample(model, template_from_num_atoms([8]), plan=SamplePlan(SamplerConfig(steps=1, start_time=0.5)))
 
 
 @pytest.mark.parametrize("family", ["random_symmetric", "substitution"])

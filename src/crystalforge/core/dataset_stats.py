@@ -41,6 +41,8 @@ class DatasetStats:
     lattice_code_std: tuple[float, ...] | None = None  # [6] its standard deviation (population)
     # {property: (mean, std, count)} of every numeric property over the crystals that have it
     property_moments: dict[str, tuple[float, float, int]] | None = None
+    # {property: [101] percentiles 0, 1, ..., 100} of every numeric property (None: saved before they existed)
+    property_quantiles: dict[str, tuple[float, ...]] | None = None
 
     @property
     def max_atoms(self) -> int:
@@ -102,4 +104,6 @@ class DatasetStats:
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         if values.get("property_moments") is not None:
             values["property_moments"] = {k: tuple(v) for k, v in values["property_moments"].items()}
+        if values.get("property_quantiles") is not None:
+            values["property_quantiles"] = {k: tuple(v) for k, v in values["property_quantiles"].items()}
         return cls(**values)

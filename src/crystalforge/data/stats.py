@@ -51,6 +51,7 @@ def compute_dataset_stats(crystals: CrystalArrays | Iterable[Crystal]) -> Datase
         lattice_code_mean=tuple(float(x) for x in code.mean(0)),
         lattice_code_std=tuple(float(x) for x in code.std(0)),
         property_moments=_property_moments(arrays),
+        property_quantiles=_property_quantiles(arrays),
     )
 
 
@@ -62,4 +63,15 @@ def _property_moments(arrays: CrystalArrays) -> dict[str, tuple[float, float, in
         v = v[np.isfinite(v)]
         if len(v):
             out[name] = (float(v.mean()), float(v.std()), len(v))
+    return out
+
+
+def _property_quantiles(arrays: CrystalArrays) -> dict[str, tuple[float, ...]]:
+    """``{name: [101] percentiles}`` of each property over the crystals where it is finite."""
+    out = {}
+    for name, values in sorted(arrays.properties.items()):
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[name] = tuple(float(q) for q in np.percentile(v, np.arange(101)))
     return out

@@ -1,12 +1,14 @@
 """The time-stepping loop of process-based models (flows and diffusions, CSP and DNG).
 
-Time runs 0 → 1 on a uniform grid of ``steps`` intervals. Each step calls the model's ``predict``
-(wrapped by any guidance) and ``step`` (Euler for flows, the reverse-diffusion predictor for
-diffusions); when a process has a corrector, ``corrector_steps`` Langevin moves come first at each
-level (DiffCSP's predictor–corrector). ``heun=True`` uses Heun's second-order rule for the fields
-whose process ``predicts_velocity`` (two backbone calls per step). Constraints rewrite the state after
-every step. The state is one ``CrystalBatch`` throughout; the loop yields ``SampleStep``s so callers
-decide about trajectories and progress bars.
+Time runs 0 → 1 on a uniform grid of ``steps`` intervals (``start_time`` → 1 for a refinement,
+which starts from the template's own structure put on the path at ``start_time``: SDEdit,
+FlowLLM). Each step calls the model's ``predict`` (wrapped by any guidance) and ``step`` (Euler for
+flows, the reverse-diffusion predictor for diffusions); when a process has a corrector,
+``corrector_steps`` Langevin moves come first at each level (DiffCSP's predictor–corrector).
+``heun=True`` uses Heun's second-order rule for the fields whose process ``predicts_velocity`` (two
+backbone calls per step). Constraints rewrite the state after every step. The state is one
+``CrystalBatch`` throughout; the loop yields ``SampleStep``s so callers decide about trajectories
+and progress bars.
 
 Each step runs under ``torch.no_grad`` (and only the step: grad mode is restored before every
 ``yield``); a guidance with ``requires_grad`` is called with autograd enabled.
@@ -84,7 +86,10 @@ class ProcessModel(Protocol):
 def integrate(
     model: ProcessModel, template: CrystalBatch, plan: SamplePlan, *, generator: torch.Generator | None = None
 ) -> Iterator[SampleStep]:
-    """Yield the state after each of ``plan.sampler.steps`` steps, starting from the prior."""
+    """Yield the state after each of ``plan.sampler.steps`` steps, from the prior.
+
+    With ``start_time > 0``: from the template's structure noised to that time (a refinement).
+    """
     config = plan.sampler
     if config.anti_annealing is not None:
         check_anti_annealing(config.anti_annealing, model.velocity_fields)
@@ -93,9 +98,15 @@ def integrate(
         predict = _guided(g, predict)
     context = StepContext(template=template, noise=partial(model.noise, generator=generator), generator=generator)
     b = template.num_crystals
-    grid = torch.linspace(0.0, 1.0, config.steps + 1, dtype=template.frac_coords.dtype, device=template.device)
+    grid = torch.linspace(
+        config.start_time, 1.0, config.steps + 1, dtype=template.frac_coords.dtype, device=template.device
+    )
     with torch.no_grad():
-        state = model.sample_prior(template, generator)
+        if config.start_time > 0.0:
+            check_start(template)
+            state = model.noise(template, grid[0].expand(b), generator)
+        else:
+            state = model.sample_prior(template, generator)
         for c in plan.constraints:
             state = c.apply(state, grid[0].expand(b), context)
     for i in range(config.steps):
@@ -113,6 +124,28 @@ def integrate(
             for c in plan.constraints:
                 state = c.apply(state, grid[i + 1].expand(b), context)
         yield SampleStep(index=i, t=float(grid[i + 1]), state=state)
+
+
+def check_start(template: CrystalBatch) -> None:
+    """A refinement starts from the template's structure: refuse one that has none (no cell, masked types)."""
+    lattice = template.lattice
+    volume = torch.linalg.det(lattice).abs() if lattice.numel() else lattice.new_zeros(0)
+    bad = (~torch.isfinite(lattice).flatten(1).all(dim=1)) | (volume < 1e-6)
+    bad = bad | ~segment_all_finite(template)
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0])
+        raise ValueError(
+            f"start_time > 0 refines the template's own structures, but crystal {first} (and "
+            f"{int(bad.sum()) - 1} more) has no usable cell or coordinates; give proposals, or start_time = 0"
+        )
+
+
+def segment_all_finite(template: CrystalBatch) -> Tensor:
+    """Per crystal: whether every fractional coordinate is finite."""
+    ok = torch.isfinite(template.frac_coords).all(dim=1).to(torch.int64)
+    counts = torch.zeros(template.num_crystals, dtype=torch.int64, device=template.device)
+    counts.index_add_(0, template.crystal_idx, ok)
+    return counts == template.num_atoms
 
 
 def _guided(guidance: Guidance, inner: PredictFn) -> PredictFn:

@@ -131,12 +131,17 @@ class SamplerConfig:
     # FlowMM's velocity scale (1 + s·t) for flow fields: one value for all, or {field: s};
     # None keeps the processes' own setting
     anti_annealing: float | Mapping[str, float] | None = None
+    # refinement (SDEdit / FlowLLM): > 0 starts from the template's own structure put on the path at
+    # this time instead of from the prior, and integrates the rest of the way to 1
+    start_time: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.anti_annealing, Mapping):
             object.__setattr__(self, "anti_annealing", dict(self.anti_annealing))
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.start_time < 1.0:
+            raise ValueError(f"start_time must be in [0, 1), got {self.start_time}")
         if self.corrector_steps < 0:
             raise ValueError(f"corrector_steps must be >= 0, got {self.corrector_steps}")
 

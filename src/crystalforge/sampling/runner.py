@@ -44,13 +44,15 @@ class Job:
     """One crystal to generate: its name and what the template needs.
 
     ``composition``: Z per atom for CSP (None for DNG). ``properties``: target values of a
-    property-conditioned model (absent or NaN: unconditioned for that property).
+    property-conditioned model (absent or NaN: unconditioned for that property). ``start``: the
+    structure a refinement starts from (``SamplerConfig.start_time > 0``; its types are the composition).
     """
 
     name: str
     num_atoms: int
     composition: tuple[int, ...] | None = None
     properties: Mapping[str, float] = field(default_factory=dict)
+    start: Crystal | None = field(default=None, compare=False)
 
 
 def jobs_template(jobs: Sequence[Job], dtype: torch.dtype) -> CrystalBatch:
@@ -58,7 +60,16 @@ def jobs_template(jobs: Sequence[Job], dtype: torch.dtype) -> CrystalBatch:
     keys = sorted({k for j in jobs for k in j.properties})
     properties = {k: [float(j.properties.get(k, math.nan)) for j in jobs] for k in keys}
     compositions = [j.composition for j in jobs]
-    if all(c is not None for c in compositions):
+    starts = [j.start for j in jobs]
+    if any(c is not None for c in starts):
+        if not all(c is not None for c in starts):
+            raise ValueError("a chunk mixes refinement jobs (start structure given) and others")
+        template = CrystalBatch.collate([c for c in starts if c is not None], dtype=dtype)
+        template = template.replace(
+            properties={k: torch.tensor(v, dtype=dtype) for k, v in properties.items()},
+            condition_mask={k: ~torch.isnan(torch.tensor(v)) for k, v in properties.items()},
+        )
+    elif all(c is not None for c in compositions):
         template = template_from_compositions(
             [c for c in compositions if c is not None], dtype=dtype, properties=properties
         )

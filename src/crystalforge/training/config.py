@@ -31,9 +31,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW, warm-up + cosine, EMA, clipping."""
+    """AdamW, warm-up + cosine, EMA, clipping (``grad_clip: 0`` turns clipping off)."""
 
     lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays (GANs: (0.5, 0.9) or (0.0, 0.9))
     weight_decay: float = 0.0
     warmup_steps: int = 200
     ema_decay: float = 0.999

@@ -31,6 +31,7 @@ class LitGenerative(pl.LightningModule):
     Args:
         model: the module to train.
         lr: peak learning rate (AdamW).
+        betas: AdamW's moment decays.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up length in optimiser steps.
         total_steps: steps of the cosine decay (to 5 % of ``lr``); None keeps ``lr`` constant.
@@ -43,6 +44,7 @@ class LitGenerative(pl.LightningModule):
         model: Trainable,
         *,
         lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         total_steps: int | None = None,
@@ -51,6 +53,7 @@ class LitGenerative(pl.LightningModule):
         super().__init__()
         self.model = model  # registered as a submodule: at run time it is an ``nn.Module``
         self.lr = lr
+        self.betas = betas
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
@@ -100,7 +103,7 @@ class LitGenerative(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW with warm-up then cosine decay (per step)."""
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # frozen ones left out (freeze:)
-        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
 
         def factor(step: int) -> float:
             if step < self.warmup_steps:

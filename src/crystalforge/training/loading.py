@@ -3,6 +3,8 @@
 The checkpoint's recorded family (older checkpoints: ``kind``, always ``"joint"``) chooses the
 builder (``crystalforge.registry``), so a checkpoint of a family registered outside the package
 loads the same way. A shipped model's card may set the default sampler (steps, anti-annealing).
+A model that names other models in its config (e.g. ``matgan``'s ``csp_model``) exposes
+``bind_model_loader(load)``; it gets this module's loader, ``name → (model, default sampler)``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,16 @@ def load_checkpoint_model(
     model = build_model(config.model, stats, family=config.family)
     model.load_state_dict(data["weights"])
     model.eval()
+    bind = getattr(model, "bind_model_loader", None)
+    if callable(bind):  # a model that hands part of its work to other models it names (loaded on its first use)
+        bind(_load_by_name)
     return model, config, stats
+
+
+def _load_by_name(name: str) -> tuple[GenerativeModel, SamplerConfig]:
+    """``(model, default sampler)`` of a shipped model name or ``model.pt`` path (``bind_model_loader``)."""
+    loaded = load_model(name)
+    return loaded.model, loaded.sampler
 
 
 def load_model(model: str | Path) -> LoadedModel:

@@ -138,6 +138,7 @@ def _train(config: TrainConfig, out: Path) -> Path:
     lit = LitGenerative(
         model,
         lr=config.optim.lr,
+        betas=config.optim.betas,
         weight_decay=config.optim.weight_decay,
         warmup_steps=config.optim.warmup_steps,
         total_steps=steps_per_epoch * (config.trainer.schedule_epochs or config.trainer.max_epochs),

@@ -87,6 +87,8 @@ class SearchModel(nn.Module):
             )
         if plan.sampler.anti_annealing is not None:
             raise ValueError(f"anti_annealing: the {self.family} family has no flow (velocity) fields to scale")
+        if plan.sampler.start_time > 0.0:
+            raise ValueError(f"start_time: the {self.family} family does not integrate in time, so it cannot refine")
 
     def finish(
         self, state: CrystalBatch, template: CrystalBatch, plan: SamplePlan, generator: torch.Generator | None
