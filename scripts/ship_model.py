@@ -121,14 +121,17 @@ def main() -> None:
         if not fields or (None not in named and not named <= set(fields)):
             sys.exit(f"--default-anti-annealing {args.default_anti_annealing}: the model's flow fields are {fields}")
     config = ckpt["config"]
+    family = ckpt.get("family", "joint")
+    tasks = "+".join(load_model(source)[0].tasks)  # "csp", "dng" or "csp+dng" (families doing both)
     bad = _paths_in(config)
     if bad:
         sys.exit(f"{source}: the config records absolute paths {bad}; retrain or edit before shipping")
     m = ckpt["metrics"]
     card = {
         "file": f"{args.name}.pt",
-        "task": config["model"]["task"],
-        "kind": config["model"]["kind"],
+        "family": family,
+        "task": tasks,
+        "kind": config["model"].get("kind", family),  # flow / diffusion for the joint family
         "dataset": config["data"]["dataset"],
         "default_steps": args.default_steps,
         "description": args.description,
@@ -142,7 +145,7 @@ def main() -> None:
             "final_train_loss": round(float(m["train/loss"]), 3),
             "final_val_loss": round(float(m["val/loss"]), 3),
         },
-        "metrics": {"protocol": args.protocol, **_metrics(args.metrics, config["model"]["task"])},
+        "metrics": {"protocol": args.protocol, **_metrics(args.metrics, "csp" if tasks == "csp" else "dng")},
     }
     if scale is not None:
         card["default_anti_annealing"] = scale

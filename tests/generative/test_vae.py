@@ -295,6 +295,41 @@ def test_con_cdvae_samples_through_its_prior_and_classifier_free_guidance():
     assert torch.equal(out.properties["y"], high.properties["y"])
 
 
+def test_an_unconditional_latent_ddpm_learns_where_the_posteriors_are():
+    """Two-stage CDVAE: with ``latent_prior: ddpm`` an unconditional model samples z near its data, not N(0, I)."""
+    model = tiny_model(latent_prior="ddpm").eval()
+    assert model.conditions == () and model.prior is not None
+    batch = CrystalBatch.collate(tiny_crystals(), dtype=torch.float64)
+    assert "prior" in model.loss(batch, generator=gen())
+    d = model.config.latent_dim
+    base = CrystalBatch.collate([tiny_crystals()[0]] * 64, dtype=torch.float64)
+    optimiser = torch.optim.Adam(model.prior.parameters(), lr=1e-2)
+    g = gen(0)
+    centre = torch.full((d,), 3.0, dtype=torch.float64)  # far from N(0, I): what a small KL weight allows
+    for _ in range(300):
+        z = centre + 0.1 * torch.randn(64, d, generator=g, dtype=torch.float64)
+        loss = model.prior.loss(z, base, generator=g).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    z = model.sample_latent(base, generator=gen(5))
+    assert float((z - centre).norm(dim=-1).mean()) < 0.5 * float(centre.norm())
+    with pytest.raises(ValueError, match="latent_prior must be"):
+        CDVAEConfig(latent_prior="flow")
+
+
+def test_the_posterior_prior_samples_the_running_moments():
+    model = tiny_model(latent_prior="posterior").eval()
+    assert model.prior is None
+    d = model.config.latent_dim
+    model.latent_mean.fill_(2.0)
+    model.latent_cov.copy_(torch.diag(torch.linspace(0.1, 1.0, d, dtype=model.latent_cov.dtype)))
+    base = CrystalBatch.collate([tiny_crystals()[0]] * 4000, dtype=torch.float64)
+    z = model.sample_latent(base, generator=gen(1))
+    torch.testing.assert_close(z.mean(0), torch.full((d,), 2.0, dtype=z.dtype), atol=0.06, rtol=0)
+    torch.testing.assert_close(z.var(0), torch.linspace(0.1, 1.0, d, dtype=z.dtype), atol=0.08, rtol=0.1)
+
+
 # ---- latent optimisation -----------------------------------------------------------------------------
 def trained_predictor_model() -> CDVAE:
     crystals = labelled()

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
         print("no shipped models in this installation")
         return 0
     predictors = {k: c for k, c in cards.items() if c.get("kind") == "predictor"}
-    print(f"{'name':<22}{'task':<6}{'kind':<11}{'dataset':<18}{'steps':>6}{'anti-ann.':>10}  description")
+    print(f"{'name':<22}{'task':<9}{'kind':<11}{'dataset':<18}{'steps':>6}{'anti-ann.':>10}  description")
     for name, card in sorted(cards.items()):
         if name in predictors:
             continue
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             shown = f"{scale:g}"
         print(
-            f"{name:<22}{card['task']:<6}{card['kind']:<11}{card['dataset']:<18}{card['default_steps']:>6}"
+            f"{name:<22}{card['task']:<9}{card['kind']:<11}{card['dataset']:<18}{card['default_steps']:>6}"
             f"{shown:>10}  {card.get('description', '')}"
         )
     if predictors:

@@ -46,7 +46,13 @@ class CDVAEConfig:
         condition_dropout: training hides every condition with this probability, and each alone too.
         beta: weight of the KL term after warm-up; ``beta_warmup_steps``: linear warm-up from 0.
         loss_weights: weights of ``LOSS_TERMS`` (default 10 for decoder and lattice, as CDVAE, else 1).
-        prior_steps / prior_layers: levels and depth of Con-CDVAE's latent DDPM.
+        latent_prior: where sampling draws ``z`` from: ``"normal"`` (``N(0, I)``, CDVAE's own),
+            ``"posterior"`` (the Gaussian of the aggregate posterior, from the running moments that
+            training keeps; ex-post density estimation) or ``"ddpm"`` (a latent DDPM fitted to the
+            posterior means: a two-stage VAE). With a small ``beta`` the posteriors leave holes in
+            ``N(0, I)`` that decode to implausible compositions (docs/models.md measures it).
+            Con-CDVAE (``conditions``) always uses the DDPM, given the properties.
+        prior_steps / prior_layers: levels and depth of the latent DDPM.
         latent_momentum: rate of the running mean/covariance of the posterior (the latent
             optimisation's distance to the data).
         elements / max_atoms / property_moments: filled from the training data (``resolve_cdvae``).
@@ -65,6 +71,7 @@ class CDVAEConfig:
     beta: float = 0.01
     beta_warmup_steps: int = 1000
     loss_weights: dict[str, float] = field(default_factory=dict)
+    latent_prior: Literal["normal", "posterior", "ddpm"] = "normal"
     prior_steps: int = 100
     prior_layers: int = 3
     latent_momentum: float = 0.01
@@ -82,6 +89,8 @@ class CDVAEConfig:
             raise ValueError(
                 f"cdvae: beta and beta_warmup_steps must be >= 0, got {self.beta}, {self.beta_warmup_steps}"
             )
+        if self.latent_prior not in ("normal", "posterior", "ddpm"):
+            raise ValueError(f"cdvae: latent_prior must be 'normal', 'posterior' or 'ddpm', got {self.latent_prior!r}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(f"cdvae: condition_dropout must be in [0, 1), got {self.condition_dropout}")
         if not 0.0 < self.latent_momentum <= 1.0:

@@ -96,7 +96,7 @@ class CDVAE(nn.Module):
         self.prior = (
             LatentDDPM(d, config.conditions, config.property_moments, hidden=config.head_hidden,
                        layers=config.prior_layers, steps=config.prior_steps)
-            if config.conditions else None
+            if config.conditions or config.latent_prior == "ddpm" else None
         )  # fmt: skip
         self.property_head = deep_mlp(d, config.head_hidden, len(config.predict)) if config.predict else None
         self.lattice_codes = LatticeStandardizer.from_stats(stats)
@@ -237,11 +237,20 @@ class CDVAE(nn.Module):
     # ---- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_latent(self, template: CrystalBatch, *, generator: torch.Generator | None = None) -> Tensor:
-        """``z [B, d]``: Con-CDVAE's prior given the template's properties, else ``N(0, I)``."""
+        """``z [B, d]`` from the latent DDPM, the aggregate posterior's Gaussian or ``N(0, I)`` (``latent_prior``).
+
+        The DDPM reads the template's properties, if any (Con-CDVAE).
+        """
         if self.prior is not None:
             return self.prior.sample(template, generator=generator)
         shape = (template.num_crystals, self.config.latent_dim)
-        return torch.randn(shape, generator=generator, dtype=self._dtype(), device=template.device)
+        eps = torch.randn(shape, generator=generator, dtype=self._dtype(), device=template.device)
+        if self.config.latent_prior == "posterior":
+            d = self.config.latent_dim
+            cov = self.latent_cov.to(torch.float64) + 1e-6 * torch.eye(d, dtype=torch.float64, device=eps.device)
+            root = torch.linalg.cholesky(cov).to(eps.dtype)
+            return self.latent_mean.to(eps.dtype) + eps @ root.T
+        return eps
 
     def sample(
         self, template: CrystalBatch, plan: SamplePlan, *, generator: torch.Generator | None = None
