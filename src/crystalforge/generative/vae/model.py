@@ -249,7 +249,8 @@ class CDVAE(nn.Module):
             d = self.config.latent_dim
             cov = self.latent_cov.to(torch.float64) + 1e-6 * torch.eye(d, dtype=torch.float64, device=eps.device)
             root = torch.linalg.cholesky(cov).to(eps.dtype)
-            return self.latent_mean.to(eps.dtype) + eps @ root.T
+            z: Tensor = self.latent_mean.to(eps.dtype) + eps @ root.T
+            return z
         return eps
 
     def sample(
