@@ -30,7 +30,7 @@ LEAVES = _leaf_commands(build_parser())
 def test_every_command_is_found():
     assert {" ".join(w) for w in LEAVES} == {
         "data list", "data info", "data prepare", "convert", "evaluate", "models", "train", "train-predictor",
-        "generate", "csp", "predict", "design", "serve",
+        "generate", "csp", "refine", "predict", "design", "serve",
     }  # fmt: skip
 
 
