@@ -115,14 +115,15 @@ def main() -> None:
     source = args.run / "model.pt"
     ckpt = torch.load(source, map_location="cpu", weights_only=True)
     scale = parse_anti_annealing(args.default_anti_annealing) if args.default_anti_annealing else None
+    model = load_model(source)[0]
     if scale is not None:  # a default the model cannot use would break every later generate
-        fields = load_model(source)[0].velocity_fields
+        fields = getattr(model, "velocity_fields", ())
         named = set(scale) if isinstance(scale, dict) else {None}
         if not fields or (None not in named and not named <= set(fields)):
             sys.exit(f"--default-anti-annealing {args.default_anti_annealing}: the model's flow fields are {fields}")
     config = ckpt["config"]
     family = ckpt.get("family", "joint")
-    tasks = "+".join(load_model(source)[0].tasks)  # "csp", "dng" or "csp+dng" (families doing both)
+    tasks = "+".join(model.tasks)  # "csp", "dng" or "csp+dng" (families doing both)
     bad = _paths_in(config)
     if bad:
         sys.exit(f"{source}: the config records absolute paths {bad}; retrain or edit before shipping")

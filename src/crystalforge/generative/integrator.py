@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.segment import segment_sum
 from crystalforge.generative.interfaces import (
     FieldOutputs,
     Guidance,
@@ -127,25 +128,17 @@ def integrate(
 
 
 def check_start(template: CrystalBatch) -> None:
-    """A refinement starts from the template's structure: refuse one that has none (no cell, masked types)."""
-    lattice = template.lattice
-    volume = torch.linalg.det(lattice).abs() if lattice.numel() else lattice.new_zeros(0)
-    bad = (~torch.isfinite(lattice).flatten(1).all(dim=1)) | (volume < 1e-6)
-    bad = bad | ~segment_all_finite(template)
+    """A refinement starts from the template's structure: refuse a crystal without a usable cell or coordinates."""
+    finite_atoms = torch.isfinite(template.frac_coords).all(dim=1).to(template.frac_coords.dtype)
+    finite = segment_sum(finite_atoms, template.crystal_idx, template.num_crystals) == template.num_atoms
+    volume = template.volume.abs()
+    bad = ~finite | ~torch.isfinite(volume) | (volume < 1e-6)
     if bool(bad.any()):
         first = int(torch.nonzero(bad)[0])
         raise ValueError(
             f"start_time > 0 refines the template's own structures, but crystal {first} (and "
             f"{int(bad.sum()) - 1} more) has no usable cell or coordinates; give proposals, or start_time = 0"
         )
-
-
-def segment_all_finite(template: CrystalBatch) -> Tensor:
-    """Per crystal: whether every fractional coordinate is finite."""
-    ok = torch.isfinite(template.frac_coords).all(dim=1).to(torch.int64)
-    counts = torch.zeros(template.num_crystals, dtype=torch.int64, device=template.device)
-    counts.index_add_(0, template.crystal_idx, ok)
-    return counts == template.num_atoms
 
 
 def _guided(guidance: Guidance, inner: PredictFn) -> PredictFn:

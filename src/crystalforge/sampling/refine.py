@@ -11,6 +11,7 @@ folder like ``generate``'s.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -49,10 +50,9 @@ def refine_jobs(model: GenerativeModel, proposals: Sequence[Crystal], *, k: int 
         for j in range(k):
             label = name if k == 1 else f"{name}_{j}"
             jobs.append(Job(label, crystal.num_atoms, composition, start=crystal))
-    names = [j.name for j in jobs]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"two proposals are both named {dup!r}: refinement outputs are named by proposal")
+    repeated = [name for name, count in Counter(j.name for j in jobs).items() if count > 1]
+    if repeated:
+        raise ValueError(f"two proposals are both named {repeated[0]!r}: refinement outputs are named by proposal")
     return jobs
 
 

@@ -34,7 +34,11 @@ from crystalforge.io.atomic import atomic_write
 from crystalforge.io.files import read_structures, write_structures
 from crystalforge.io.run_folder import JSONValue, RunFolder
 from crystalforge.sampling.samplers import as_plan, sample
-from crystalforge.sampling.templates import template_from_compositions, template_from_num_atoms
+from crystalforge.sampling.templates import (
+    template_from_compositions,
+    template_from_num_atoms,
+    template_from_structures,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +68,7 @@ def jobs_template(jobs: Sequence[Job], dtype: torch.dtype) -> CrystalBatch:
     if any(c is not None for c in starts):
         if not all(c is not None for c in starts):
             raise ValueError("a chunk mixes refinement jobs (start structure given) and others")
-        template = CrystalBatch.collate([c for c in starts if c is not None], dtype=dtype)
-        template = template.replace(
-            properties={k: torch.tensor(v, dtype=dtype) for k, v in properties.items()},
-            condition_mask={k: ~torch.isnan(torch.tensor(v)) for k, v in properties.items()},
-        )
+        template = template_from_structures([c for c in starts if c is not None], dtype=dtype, properties=properties)
     elif all(c is not None for c in compositions):
         template = template_from_compositions(
             [c for c in compositions if c is not None], dtype=dtype, properties=properties

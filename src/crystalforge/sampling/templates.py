@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.crystal import Crystal
 from crystalforge.core.elements import MASK_Z, symbol_to_z
 
 
@@ -69,15 +70,34 @@ def template_from_num_atoms(
     return _template(z, n, dtype, properties)
 
 
-def _template(
-    z: torch.Tensor, num_atoms: torch.Tensor, dtype: torch.dtype, properties: Mapping[str, Sequence[float]] | None
+def template_from_structures(
+    crystals: Sequence[Crystal],
+    *,
+    dtype: torch.dtype = torch.float32,
+    properties: Mapping[str, Sequence[float]] | None = None,
 ) -> CrystalBatch:
-    b = num_atoms.numel()
+    """Refinement template: the crystals themselves (types, coordinates, cell), with ``properties`` as conditions."""
+    batch = CrystalBatch.collate(crystals, dtype=dtype)
+    props, mask = _conditions(properties, batch.num_crystals, dtype)
+    return batch.replace(properties=props, condition_mask=mask)
+
+
+def _conditions(
+    properties: Mapping[str, Sequence[float]] | None, b: int, dtype: torch.dtype
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-crystal condition values ``[b]`` and their masks (NaN: unconditioned)."""
     props = {k: torch.as_tensor(np.asarray(v, dtype=np.float64), dtype=dtype) for k, v in (properties or {}).items()}
     for key, value in props.items():
         if value.shape != (b,):
             raise ValueError(f"property {key!r} needs {b} values, got {tuple(value.shape)}")
-    mask = {k: ~torch.isnan(v) for k, v in props.items()}
+    return props, {k: ~torch.isnan(v) for k, v in props.items()}
+
+
+def _template(
+    z: torch.Tensor, num_atoms: torch.Tensor, dtype: torch.dtype, properties: Mapping[str, Sequence[float]] | None
+) -> CrystalBatch:
+    b = num_atoms.numel()
+    props, mask = _conditions(properties, b, dtype)
     return CrystalBatch(
         atomic_numbers=z,
         frac_coords=torch.zeros(z.numel(), 3, dtype=dtype),
