@@ -41,7 +41,9 @@ def main() -> None:
 
     from crystalforge import api
     from crystalforge.core.batch import CrystalBatch
-    from crystalforge.generative.vae.networks import round_composition
+    from crystalforge.core.elements import MASK_Z
+    from crystalforge.generative.vae import CDVAE
+    from crystalforge.generative.vae.networks import composition_fractions
 
     torch.set_num_threads(1)
     data = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
@@ -53,24 +55,27 @@ def main() -> None:
         torch.save(data, folder / "model.pt")
         made = api.generate(folder / "model.pt", n=args.n, out=folder / "samples", seed=0)
         report = api.evaluate(folder / "samples", reference=args.reference, coverage=False, out=folder / "eval")
-        summary = json.loads((folder / "eval" / "summary.json").read_text())
         keys = ("validity", "validity_struct", "validity_comp", "wdist_density", "wdist_num_elements")
-        rows.append({"latent_prior": prior, "n": args.n, **{k: summary[k] for k in keys},
+        rows.append({"latent_prior": prior, "n": args.n, **{k: report[k] for k in keys},
                      "elements_per_cell": _elements_per_cell(made)})  # fmt: skip
-        print(rows[-1], report is not None)
+        print(rows[-1])
     model, *_ = api.load_model(args.work / args.priors[0] / "model.pt")
+    if not isinstance(model, CDVAE):
+        raise SystemExit(f"{args.checkpoint} is not a cdvae checkpoint")
     test = api.load_dataset(args.reference, "test")
-    crystals = [test[i] for i in range(300)]
+    crystals = [test[i] for i in range(min(300, len(test)))]
+    batch = CrystalBatch.collate(crystals, dtype=torch.float32)
+    # the heads' atoms for z = μ, assembled as sampling does (Con-CDVAE: given the data's own properties)
     with torch.no_grad():
-        mu, _ = model.encode(CrystalBatch.collate(crystals, dtype=torch.float32))
-        probs = torch.softmax(model.heads.composition_logits(mu).double(), -1)
-        counts = round_composition(probs, model.heads.num_atoms_logits(mu).argmax(-1) + 1)
+        mu, _ = model.encode(batch)
+        start, _ = model.assemble(mu, batch.replace(atomic_numbers=torch.full_like(batch.atomic_numbers, MASK_Z)))
+        present = composition_fractions(start, model.vocab) > 0
     posterior_means = {
-        "elements_per_cell": float((counts > 0).sum(-1).double().mean()),
+        "elements_per_cell": float(present.sum(-1).double().mean()),
         "data_elements_per_cell": _elements_per_cell(crystals),
         "mean_norm": float(mu.norm(dim=-1).mean()),
     }
-    print("posterior means of 300 test crystals:", posterior_means)
+    print(f"posterior means of {len(crystals)} test crystals:", posterior_means)
     if args.json:
         payload = {"machine": machine(), "argv": sys.argv, "rows": rows, "posterior_means": posterior_means}
         args.json.parent.mkdir(parents=True, exist_ok=True)

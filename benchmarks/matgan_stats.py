@@ -3,7 +3,7 @@
 Dan et al. (2020) reported > 98 % new compositions and about 60 % recovery of a leave-out set
 (ICSD/MP/OQMD). This script draws ``--n`` compositions from the generator (``--seed``; raw draws,
 one latent each, unless ``--screen``) and reports, via
-``crystalforge.generative.gan.composition_statistics``:
+``crystalforge.generative.gan.statistics`` (``usable_draws``, ``statistics_of_draws``):
 
 - ``valid``: share of draws with 1..max_atoms atoms;
 - ``charge_neutral``: share of valid draws passing SMACT (smact's default list, Pauling test, alloys pass);
@@ -33,8 +33,8 @@ from _common import data_root, machine
 
 from crystalforge import api
 from crystalforge.evaluation.metrics.validity import composition_validity
-from crystalforge.generative.gan import MatGAN, composition_statistics
-from crystalforge.generative.gan.drawing import draw_counts
+from crystalforge.generative.gan import MatGAN
+from crystalforge.generative.gan.statistics import statistics_of_draws, usable_draws
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,22 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     train = [c.atomic_numbers for c in api.load_dataset(dataset, config.data.train_split, root=root)]
     held = [c.atomic_numbers for c in api.load_dataset(dataset, args.held_out, root=root)]
     start = time.perf_counter()
-    stats = composition_statistics(
-        model,
-        args.n,
-        train=train,
-        held_out=held,
-        screen=args.screen,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    again = torch.Generator().manual_seed(args.seed)  # the same draws as the statistics
-    counts = (
-        model.draw(args.n, generator=again, screen=True)[0]
-        if args.screen
-        else draw_counts(model.generator, args.n, generator=again)
-    )
-    rows = [model.codec.composition(r) for r in counts if 1 <= int(r.sum()) <= model.config.max_atoms]
-    cdvae = sum(composition_validity(c).valid for c in rows) / len(rows) if rows else None
+    drawn = usable_draws(model, args.n, screen=args.screen, generator=torch.Generator().manual_seed(args.seed))
+    stats = statistics_of_draws(drawn, args.n, train=train, held_out=held, screened=args.screen)
+    cdvae = sum(composition_validity(c).valid for c in drawn) / len(drawn) if drawn else None
     result = {
         **stats.to_dict(),
         "validity_comp_cdvae": cdvae,

@@ -313,6 +313,8 @@ def test_statistics_are_the_published_ones(monkeypatch, trained):
     assert stats.unique == 5 / 7  # NaCl, Na2Cl, Si, BaTiO3, BaO
     assert stats.novel == 2 / 7  # Na2Cl and BaO
     assert stats.num_held_out == 2 and stats.num_recovered == 1 and stats.recovery == 0.5
+    # the same draws, as a caller scoring them otherwise too gets them: the usable ones, in draw order
+    assert statistics.usable_draws(trained, 8) == [r for r in rows if r]
 
 
 # ---- checkpoints and the shared training loop ----------------------------------------------------

@@ -132,7 +132,8 @@ class Conditioner(nn.Module):
         """Every condition name, continuous first."""
         return self.properties + self.categories
 
-    def visible(self, state: CrystalBatch, name: str) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def visible(state: CrystalBatch, name: str) -> tuple[Tensor, Tensor]:
         """``(visible [B] bool, value [B] with hidden entries zeroed)`` of one condition."""
         b = state.num_crystals
         value = state.properties.get(name)

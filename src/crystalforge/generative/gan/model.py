@@ -45,6 +45,7 @@ from torch.func import functional_call
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import MASK_Z, MAX_Z, TypeVocabulary
+from crystalforge.core.segment import segment_sum
 from crystalforge.generative.gan.drawing import DrawTally, draw_compositions
 from crystalforge.generative.gan.encoding import CompositionCodec
 from crystalforge.generative.gan.networks import Critic, Generator
@@ -319,8 +320,8 @@ class TypesKept:
 
 def _generated_crystals(template: CrystalBatch) -> Tensor:
     """``[B]`` bool: crystals whose types are all ``MASK_Z`` (generate); all typed: False; mixed: error."""
-    masked = torch.zeros(template.num_crystals, dtype=torch.int64, device=template.device)
-    masked.index_add_(0, template.crystal_idx, (template.atomic_numbers == MASK_Z).to(torch.int64))
+    is_masked = (template.atomic_numbers == MASK_Z).to(torch.int64)
+    masked = segment_sum(is_masked, template.crystal_idx, template.num_crystals)  # masked atoms per crystal
     mixed = (masked > 0) & (masked < template.num_atoms)
     if bool(mixed.any()):
         i = int(torch.nonzero(mixed)[0, 0])

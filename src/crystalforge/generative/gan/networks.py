@@ -15,6 +15,8 @@ with LeakyReLU and no normalisation layer, since the gradient penalty is taken p
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from functools import partial
 
 from torch import Tensor, nn
 
@@ -23,7 +25,7 @@ from crystalforge.core.elements import TypeVocabulary
 __all__ = ["Critic", "Generator"]
 
 
-def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+def _mlp(sizes: list[int], activation: Callable[[], nn.Module]) -> nn.Sequential:
     """Linear layers with ``activation`` between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
@@ -77,16 +79,10 @@ class Critic(nn.Module):
 
     def __init__(self, num_elements: int, num_classes: int, hidden: int, layers: int) -> None:
         super().__init__()
-        self.net = _mlp([num_elements * num_classes, *[hidden] * layers, 1], _LeakyReLU)
+        leaky = partial(nn.LeakyReLU, 0.2)  # the WGAN-GP slope
+        self.net = _mlp([num_elements * num_classes, *[hidden] * layers, 1], leaky)
 
     def forward(self, matrix: Tensor) -> Tensor:
         """The critic's score of each matrix."""
         score: Tensor = self.net(matrix.flatten(1))
         return score.squeeze(-1)
-
-
-class _LeakyReLU(nn.LeakyReLU):
-    """LeakyReLU with slope 0.2 (the WGAN-GP setting)."""
-
-    def __init__(self) -> None:
-        super().__init__(0.2)

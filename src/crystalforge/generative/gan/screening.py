@@ -14,7 +14,7 @@ with the 2014 oxidation-state list that CDVAE pinned; ``benchmarks/matgan_stats.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 from crystalforge.core.elements import z_to_symbol
@@ -26,7 +26,7 @@ Formula = tuple[tuple[int, int], ...]
 """A reduced formula: ``((Z, count), ...)`` in increasing Z with the counts divided by their gcd."""
 
 
-def reduced_formula(composition: Mapping[int, int] | Sequence[int]) -> Formula:
+def reduced_formula(composition: Mapping[int, int] | Iterable[int]) -> Formula:
     """The reduced formula of ``{Z: count}`` or of a list of atomic numbers (one per atom).
 
     Raises ``ValueError`` for an empty composition or a negative count.
@@ -50,7 +50,7 @@ def formula_text(formula: Formula) -> str:
     return "".join(f"{z_to_symbol(z)}{c if c != 1 else ''}" for z, c in formula)
 
 
-def is_charge_neutral(composition: Mapping[int, int] | Sequence[int]) -> bool:
+def is_charge_neutral(composition: Mapping[int, int] | Iterable[int]) -> bool:
     """SMACT's verdict (charge neutral + Pauling test, alloys pass) on a composition's reduced formula.
 
     Raises ``MissingDependencyError`` naming the ``evaluation`` extra when smact is not installed.

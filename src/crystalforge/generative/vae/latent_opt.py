@@ -131,13 +131,16 @@ def gradient_ascent(fitness: Fitness, start: Tensor, *, steps: int, lr: float) -
     """Adam ascent of ``fitness`` from ``start [M, d]``; each row's best iterate ``[M, d]``."""
     z = start.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([z], lr=lr)
-    best, best_f = start.detach().clone(), torch.full((start.shape[0],), -math.inf, dtype=start.dtype)
+    best = start.detach().clone()
+    best_f = torch.full((start.shape[0],), -math.inf, dtype=start.dtype, device=start.device)
     with torch.enable_grad():
-        for _ in range(steps + 1):
+        for i in range(steps + 1):  # the start and every step's iterate are scored
             f = fitness(z)
-            better = f.detach() > best_f.to(f.device)
+            better = f.detach() > best_f
             best = torch.where(better[:, None], z.detach(), best)
-            best_f = torch.where(better, f.detach(), best_f.to(f.device))
+            best_f = torch.where(better, f.detach(), best_f)
+            if i == steps:
+                break
             (grad,) = torch.autograd.grad(f.sum(), z)
             z.grad = -grad  # Adam descends: ascend F
             optimiser.step()

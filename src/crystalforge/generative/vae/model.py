@@ -17,7 +17,8 @@ CDVAE (Xie et al. 2022) and Con-CDVAE (Ye et al. 2024), built from the flagship'
   re-denoised: they are the composition head's counts, which match the atom count by construction
   (a masked type flow could only contradict the head). The decoder's loss is the flagship's.
 - **Con-CDVAE prior** (``prior.LatentDDPM``): a DDPM over ``z`` given the properties, trained on the
-  detached ``μ`` in the same ``loss``; sampling draws ``z`` from it (``N(0, I)`` for plain CDVAE).
+  detached ``μ`` in the same ``loss``; sampling draws ``z`` from it. Plain CDVAE draws ``z`` as its
+  ``latent_prior`` says: ``N(0, I)``, the aggregate posterior's Gaussian, or the same DDPM unconditioned.
 - **Latent property predictor** (``predict``): an MLP ``z → properties`` trained in the same loss on
   the sampled ``z``, *not* detached, as in CDVAE: its gradient shapes the latent space so that
   properties vary smoothly in it, which is what latent optimisation (``latent_opt``) climbs.
@@ -55,6 +56,7 @@ from crystalforge.generative.vae.networks import (
     CrystalEncoder,
     LatentHeads,
     composition_fractions,
+    crystal_name,
     deep_mlp,
     gaussian_kl,
     reparameterise,
@@ -204,7 +206,7 @@ class CDVAE(nn.Module):
         big = batch.num_atoms > self.config.max_atoms
         if bool(big.any()):
             i = int(torch.nonzero(big)[0])
-            name = batch.material_ids[i] if batch.material_ids else f"crystal {i}"
+            name = crystal_name(batch, i)
             raise ValueError(
                 f"{name}: has {int(batch.num_atoms[i])} atoms, more than this cdvae model's max_atoms "
                 f"({self.config.max_atoms}, read from the training data)"
@@ -323,17 +325,18 @@ class CDVAE(nn.Module):
         partial = (typed > 0) & ~csp
         if bool(partial.any()):
             i = int(torch.nonzero(partial)[0])
-            name = template.material_ids[i] if template.material_ids else f"crystal {i}"
+            name = crystal_name(template, i)
             raise ValueError(
                 f"{name}: some atoms are typed and others masked; the cdvae family draws a whole composition "
                 "(every atom MASK_Z) or keeps a given one (every atom typed)"
             )
         c = self.conditioning(z.to(self._dtype()), template)
-        atoms, sizes = self._dng_atoms(c, allowed)
-        if bool(csp.all()):
+        if bool(csp.all()):  # the heads' atoms are not needed
             atoms, sizes = template.atomic_numbers, template.num_atoms
-        elif bool(csp.any()):
-            atoms, sizes = _merge(template, atoms, sizes, csp)
+        else:
+            atoms, sizes = self._dng_atoms(c, allowed)
+            if bool(csp.any()):
+                atoms, sizes = _merge(template, atoms, sizes, csp)
         dtype, device = template.frac_coords.dtype, template.device
         start = CrystalBatch(
             atomic_numbers=atoms.to(device),

@@ -32,7 +32,8 @@ from crystalforge.nn.conditioning import Conditioner
 from crystalforge.nn.embeddings import mlp
 
 __all__ = [
-    "LATENT_KEY", "CrystalEncoder", "LatentConditioner", "LatentHeads", "composition_fractions", "deep_mlp",
+    "LATENT_KEY", "CrystalEncoder", "LatentConditioner", "LatentHeads", "composition_fractions", "crystal_name",
+    "deep_mlp",
     "gaussian_kl", "reparameterise", "round_composition",
 ]  # fmt: skip
 
@@ -150,6 +151,11 @@ class LatentHeads(nn.Module):
         return out
 
 
+def crystal_name(batch: CrystalBatch, i: int) -> str:
+    """How errors name crystal ``i`` of ``batch``: its material id, else ``"crystal i"``."""
+    return str(batch.material_ids[i]) if batch.material_ids else f"crystal {i}"
+
+
 def composition_fractions(batch: CrystalBatch, vocab: TypeVocabulary) -> Tensor:
     """Element fractions ``[B, K]`` of each crystal over the vocabulary's elements.
 
@@ -162,8 +168,7 @@ def composition_fractions(batch: CrystalBatch, vocab: TypeVocabulary) -> Tensor:
     bad = classes < 0
     if bool(bad.any()):
         atom = int(torch.nonzero(bad)[0])
-        crystal = int(batch.crystal_idx[atom])
-        name = batch.material_ids[crystal] if batch.material_ids else f"crystal {crystal}"
+        name = crystal_name(batch, int(batch.crystal_idx[atom]))
         z = int(batch.atomic_numbers[atom])
         what = "a masked atom (MASK_Z)" if z == MASK_Z else f"element Z={z}, outside the model's vocabulary"
         raise ValueError(f"{name}: has {what}; the cdvae family needs every atom's type here")

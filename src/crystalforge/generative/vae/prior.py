@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.generative.vae.networks import deep_mlp
+from crystalforge.nn.conditioning import Conditioner
 from crystalforge.nn.embeddings import sinusoidal_embedding
 
 __all__ = ["LatentDDPM", "cosine_betas", "property_inputs"]
@@ -44,23 +45,16 @@ def property_inputs(
     batch: CrystalBatch, properties: Sequence[str], moments: Mapping[str, Sequence[float]], dtype: torch.dtype
 ) -> Tensor:
     """``[B, 2P]``: standardised values (0 where hidden or missing), then visibility flags (1 = shown)."""
-    b = batch.num_crystals
     values, shown = [], []
     for name in properties:
-        value = batch.properties.get(name)
-        if value is None:
-            visible = torch.zeros(b, dtype=torch.bool, device=batch.device)
-            value = torch.zeros(b, dtype=dtype, device=batch.device)
-        else:
-            if value.shape != (b,):
-                raise ValueError(f"property {name!r} must have shape ({b},), got {tuple(value.shape)}")
-            mask = batch.condition_mask.get(name)
-            visible = ~torch.isnan(value) if mask is None else mask.to(torch.bool) & ~torch.isnan(value)
+        visible, value = Conditioner.visible(batch, name)  # the decoder's reading of condition_mask and NaN
         mean, std = (float(v) for v in moments.get(name, (0.0, 1.0)))
         standard = (value.to(dtype) - mean) / std
         values.append(torch.where(visible, standard, torch.zeros_like(standard)))
         shown.append(visible.to(dtype))
-    return torch.stack(values + shown, dim=-1) if properties else torch.zeros(b, 0, dtype=dtype, device=batch.device)
+    if not properties:
+        return torch.zeros(batch.num_crystals, 0, dtype=dtype, device=batch.device)
+    return torch.stack(values + shown, dim=-1)
 
 
 class LatentDDPM(nn.Module):
