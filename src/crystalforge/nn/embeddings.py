@@ -16,6 +16,7 @@ Property conditioning lives in ``nn.conditioning``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -42,7 +43,20 @@ MIN_VOLUME_PER_ATOM = 1e-3
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """``Linear → SiLU → Linear``."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+    return deep_mlp(in_dim, hidden, out_dim, layers=1)
+
+
+def deep_mlp(
+    in_dim: int, hidden: int, out_dim: int, *, layers: int = 2, activation: Callable[[], nn.Module] = nn.SiLU
+) -> nn.Sequential:
+    """``layers`` hidden ``Linear → activation`` blocks, then a ``Linear`` to ``out_dim``."""
+    blocks: list[nn.Module] = []
+    width = in_dim
+    for _ in range(layers):
+        blocks += [nn.Linear(width, hidden), activation()]
+        width = hidden
+    blocks.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*blocks)
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, *, scale: float = 1000.0, max_period: float = 10_000.0) -> Tensor:

@@ -14,25 +14,14 @@ with LeakyReLU and no normalisation layer, since the gradient penalty is taken p
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
 from functools import partial
 
 from torch import Tensor, nn
 
 from crystalforge.core.elements import TypeVocabulary
+from crystalforge.nn.embeddings import deep_mlp
 
 __all__ = ["Critic", "Generator"]
-
-
-def _mlp(sizes: list[int], activation: Callable[[], nn.Module]) -> nn.Sequential:
-    """Linear layers with ``activation`` between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 class Generator(nn.Module):
@@ -53,7 +42,7 @@ class Generator(nn.Module):
         self.type_vocabulary = vocabulary
         self.num_elements = len(vocabulary.atomic_numbers)
         self.num_classes = num_classes
-        self.net = _mlp([latent_dim, *[hidden] * layers, self.num_elements * num_classes], nn.ReLU)
+        self.net = deep_mlp(latent_dim, hidden, self.num_elements * num_classes, layers=layers, activation=nn.ReLU)
 
     def logits(self, z: Tensor) -> Tensor:
         """Logits ``[B, E, C]`` of each row's count."""
@@ -80,7 +69,7 @@ class Critic(nn.Module):
     def __init__(self, num_elements: int, num_classes: int, hidden: int, layers: int) -> None:
         super().__init__()
         leaky = partial(nn.LeakyReLU, 0.2)  # the WGAN-GP slope
-        self.net = _mlp([num_elements * num_classes, *[hidden] * layers, 1], leaky)
+        self.net = deep_mlp(num_elements * num_classes, hidden, 1, layers=layers, activation=leaky)
 
     def forward(self, matrix: Tensor) -> Tensor:
         """The critic's score of each matrix."""

@@ -57,13 +57,13 @@ from crystalforge.generative.vae.networks import (
     LatentHeads,
     composition_fractions,
     crystal_name,
-    deep_mlp,
     gaussian_kl,
     reparameterise,
     round_composition,
 )
 from crystalforge.generative.vae.prior import LatentDDPM
 from crystalforge.nn.conditioning import Conditioner, drop_conditions
+from crystalforge.nn.embeddings import deep_mlp
 
 __all__ = ["CDVAE", "build_cdvae"]
 

@@ -29,11 +29,10 @@ from crystalforge.core.lattice import LATTICE_CODE_DIM
 from crystalforge.generative.joint_config import BackboneConfig
 from crystalforge.nn.backbones import PeriodicMP, PeriodicMPConfig
 from crystalforge.nn.conditioning import Conditioner
-from crystalforge.nn.embeddings import mlp
+from crystalforge.nn.embeddings import deep_mlp, mlp
 
 __all__ = [
     "LATENT_KEY", "CrystalEncoder", "LatentConditioner", "LatentHeads", "composition_fractions", "crystal_name",
-    "deep_mlp",
     "gaussian_kl", "reparameterise", "round_composition",
 ]  # fmt: skip
 
@@ -41,17 +40,6 @@ LATENT_KEY = "cdvae.latent"
 """Key of ``z [B, latent_dim]`` in ``state.properties`` while the decoder runs (removed from outputs)."""
 
 MIN_LOG_VAR, MAX_LOG_VAR = -10.0, 4.0
-
-
-def deep_mlp(in_dim: int, hidden: int, out_dim: int, *, layers: int = 2) -> nn.Sequential:
-    """``layers`` hidden ``Linear → SiLU`` blocks, then a ``Linear`` to ``out_dim``."""
-    blocks: list[nn.Module] = []
-    width = in_dim
-    for _ in range(layers):
-        blocks += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    blocks.append(nn.Linear(width, out_dim))
-    return nn.Sequential(*blocks)
 
 
 def backbone_config(

@@ -25,9 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from crystalforge.core.batch import CrystalBatch
-from crystalforge.generative.vae.networks import deep_mlp
 from crystalforge.nn.conditioning import Conditioner
-from crystalforge.nn.embeddings import sinusoidal_embedding
+from crystalforge.nn.embeddings import deep_mlp, sinusoidal_embedding
 
 __all__ = ["LatentDDPM", "cosine_betas", "property_inputs"]
 
