@@ -102,8 +102,7 @@ class DatasetStats:
                 f"DatasetStats keys differ: missing {sorted(required - set(data))}, unknown {sorted(set(data) - names)}"
             )
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        if values.get("property_moments") is not None:
-            values["property_moments"] = {k: tuple(v) for k, v in values["property_moments"].items()}
-        if values.get("property_quantiles") is not None:
-            values["property_quantiles"] = {k: tuple(v) for k, v in values["property_quantiles"].items()}
+        for key in ("property_moments", "property_quantiles"):  # {name: list} → {name: tuple}
+            if values.get(key) is not None:
+                values[key] = {k: tuple(v) for k, v in values[key].items()}
         return cls(**values)

@@ -34,6 +34,8 @@ def compute_dataset_stats(crystals: CrystalArrays | Iterable[Crystal]) -> Datase
     def triple(x: np.ndarray) -> tuple[float, float, float]:
         return (float(x[0]), float(x[1]), float(x[2]))
 
+    properties = _finite_properties(arrays)
+
     return DatasetStats(
         num_structures=len(n),
         num_atoms_hist=tuple(int(c) for c in np.bincount(n)),
@@ -50,28 +52,19 @@ def compute_dataset_stats(crystals: CrystalArrays | Iterable[Crystal]) -> Datase
         num_elements_hist=tuple(int(c) for c in np.bincount(distinct)),
         lattice_code_mean=tuple(float(x) for x in code.mean(0)),
         lattice_code_std=tuple(float(x) for x in code.std(0)),
-        property_moments=_property_moments(arrays),
-        property_quantiles=_property_quantiles(arrays),
+        property_moments={k: (float(v.mean()), float(v.std()), len(v)) for k, v in properties.items()},
+        property_quantiles={
+            k: tuple(float(q) for q in np.percentile(v, np.arange(101))) for k, v in properties.items()
+        },
     )
 
 
-def _property_moments(arrays: CrystalArrays) -> dict[str, tuple[float, float, int]]:
-    """``{name: (mean, std, count)}`` of each property over the crystals where it is finite."""
+def _finite_properties(arrays: CrystalArrays) -> dict[str, np.ndarray]:
+    """Each property's finite values (float64), by sorted name; a property with none is left out."""
     out = {}
     for name, values in sorted(arrays.properties.items()):
         v = np.asarray(values, dtype=np.float64)
         v = v[np.isfinite(v)]
         if len(v):
-            out[name] = (float(v.mean()), float(v.std()), len(v))
-    return out
-
-
-def _property_quantiles(arrays: CrystalArrays) -> dict[str, tuple[float, ...]]:
-    """``{name: [101] percentiles}`` of each property over the crystals where it is finite."""
-    out = {}
-    for name, values in sorted(arrays.properties.items()):
-        v = np.asarray(values, dtype=np.float64)
-        v = v[np.isfinite(v)]
-        if len(v):
-            out[name] = tuple(float(q) for q in np.percentile(v, np.arange(101)))
+            out[name] = v
     return out

@@ -8,7 +8,7 @@ registered under the name ``"joint"`` in ``crystalforge.registry``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -153,21 +153,21 @@ def resolve_moments(config: ModelConfig, stats: DatasetStats | None) -> dict[str
     return {p: moments[p] for p in config.properties}
 
 
-def check_categories(config: ModelConfig, stats: DatasetStats | None) -> None:
+def check_categories(categories: Sequence[str], stats: DatasetStats | None) -> None:
     """Refuse a categorical condition the training data cannot give (its embedding would never train)."""
-    if not config.categories or stats is None or stats.property_moments is None:
+    if not categories or stats is None or stats.property_moments is None:
         return  # statistics from before property moments were recorded: nothing to check against
     columns = set(stats.property_moments)
     if not columns & set(SPACE_GROUP_COLUMNS):
         raise ValueError(
-            f"cannot condition on {list(config.categories)}: the training data has no space-group column "
+            f"cannot condition on {list(categories)}: the training data has no space-group column "
             f"({' or '.join(SPACE_GROUP_COLUMNS)}; it has: {', '.join(sorted(columns)) or 'none'})"
         )
 
 
 def resolve_joint_config(config: ModelConfig, stats: DatasetStats | None) -> ModelConfig:
     """The config with its data-derived fields filled in (vocabulary elements, condition moments)."""
-    check_categories(config, stats)
+    check_categories(config.categories, stats)
     return replace(config, elements=resolve_elements(config, stats), property_moments=resolve_moments(config, stats))
 
 

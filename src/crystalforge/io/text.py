@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
@@ -65,6 +66,11 @@ LATTICE_KEYS = LENGTH_KEYS + ANGLE_KEYS
 
 _HEADER_ITEM = re.compile(r"([A-Z][a-z]?)(\d+)")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def header_line(composition: Mapping[str, int]) -> str:
+    """The header line (no newline) of a cell composition ``{symbol: count}``, in its order."""
+    return HEADER_PREFIX + "".join(f"{s}{n}" for s, n in composition.items())
 
 
 def _element_z(symbol: str) -> int | None:
@@ -118,7 +124,7 @@ class CrystalText:
     def encode(self, crystal: Crystal) -> str:
         """Write one crystal as text (ends with a newline)."""
         lengths, angles = lattice_to_params(crystal.lattice)
-        lines = [HEADER_PREFIX + "".join(f"{s}{n}" for s, n in crystal.composition.items())]
+        lines = [header_line(crystal.composition)]
         if self.include_spacegroup:
             lines.append(f"{SPACEGROUP_KEY} {self.spacegroup_number(crystal)}")
         lines += [f"{k} {v:.{self.length_decimals}f}" for k, v in zip(LENGTH_KEYS, lengths.tolist(), strict=True)]

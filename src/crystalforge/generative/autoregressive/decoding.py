@@ -31,23 +31,17 @@ import numpy as np
 
 from crystalforge.core.elements import MAX_Z, z_to_symbol
 from crystalforge.core.errors import CrystalError
-from crystalforge.representations.tokens import KEYWORDS, CrystalTokenizer
+from crystalforge.io.text import HEADER_PREFIX, LATTICE_KEYS, header_line
+from crystalforge.representations.tokens import CrystalTokenizer
 
-__all__ = ["FormatTables", "RowDecoder", "header_text", "model_stream"]
+__all__ = ["FormatTables", "RowDecoder", "model_stream"]
 
 # item codes: _FIXED is written by the decoder; the others are open slots the model fills
 _FIXED, _GIVEN, _DIGIT, _INTEGER, _HEADER, _SITE = range(6)
 _MAX_LENGTH, _MAX_ANGLE = 999, 179  # largest integer parts: lengths below 1000 Å, angles below 180°
 
-HEADER_PREFIX, LATTICE_KEYS = KEYWORDS[0], KEYWORDS[2:]  # the tokenizer's keywords: data_, sg, a … gamma
-
 Item = tuple[int, int, int]
 """``(code, token id or 0, slot)`` on a decoder's stack."""
-
-
-def header_text(composition: Sequence[tuple[int, int]]) -> str:
-    """The header line of a composition ``[(Z, count), ...]`` (in that order), newline included."""
-    return HEADER_PREFIX + "".join(f"{z_to_symbol(z)}{n}" for z, n in composition) + "\n"
 
 
 class FormatTables:
@@ -125,7 +119,8 @@ class RowDecoder:
         else:
             if sum(c for _, c in composition) != num_atoms:
                 raise ValueError(f"composition {list(composition)} does not have {num_atoms} atoms")
-            given = tables.tokenizer.encode(header_text(composition))[1:]  # after "data_"
+            header = header_line({z_to_symbol(z): n for z, n in composition}) + "\n"
+            given = tables.tokenizer.encode(header)[1:]  # after "data_"
             items[1:2] = [(_GIVEN, t, tables.header_slot) for t in given]
             self.remaining = {int(z): int(c) for z, c in composition}
         self.stack: list[Item] = [(_SITE, 0, tables.site_slot), *reversed(items)]

@@ -68,6 +68,7 @@ from crystalforge.generative.autoregressive.sequences import (
 )
 from crystalforge.generative.autoregressive.transformer import CrystalGPT
 from crystalforge.generative.interfaces import SamplePlan, SamplerConfig, SampleStep
+from crystalforge.generative.joint_config import check_categories
 from crystalforge.nn.conditioning import drop_conditions, with_categories
 from crystalforge.representations.tokens import CrystalText, CrystalTokenizer
 
@@ -169,11 +170,7 @@ def resolve_autoregressive(config: AutoregressiveConfig, stats: DatasetStats | N
         if not config.resolved:
             raise ValueError("the autoregressive config is not resolved and no dataset statistics were given")
         return config
-    columns = set(stats.property_moments or {})
-    if config.categories and stats.property_moments is not None and not columns & set(SPACE_GROUP_COLUMNS):
-        have = ", ".join(sorted(columns)) or "none"
-        raise ValueError(f"cannot condition on {list(config.categories)}: the training data has no space-group "
-                         f"column ({' or '.join(SPACE_GROUP_COLUMNS)}; it has: {have})")  # fmt: skip
+    check_categories(config.categories, stats)
     edges = dict(config.bin_edges)
     for name in config.properties:
         if name not in edges:
@@ -319,8 +316,8 @@ class CrystalAutoregressive(nn.Module):
         template = self.with_conditions(template)
         self.check_conditions(template)
         rows = template_rows(template)
-        names = [str(m) for m in template.material_ids] if template.material_ids else None
-        names = names or [f"crystal {i}" for i in range(len(rows))]
+        ids = template.material_ids
+        names = [str(m) for m in ids] if ids else [f"crystal {i}" for i in range(len(rows))]
         compositions = [row_composition(z, name, allowed) for z, name in zip(rows, names, strict=True)]
         device = template.device
         bos = torch.full((len(rows), 1), self.tokenizer.bos_id, dtype=torch.int64, device=device)

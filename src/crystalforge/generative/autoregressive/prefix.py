@@ -32,6 +32,7 @@ from torch import Tensor
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.space_groups import CATEGORIES
+from crystalforge.nn.conditioning import Conditioner, _class_index
 
 __all__ = ["ConditionPrefix", "quantile_edges"]
 
@@ -62,12 +63,6 @@ def quantile_edges(stats: DatasetStats | None, name: str, bins: int) -> tuple[fl
         have = ", ".join(sorted(set(quantiles) | set(moments))) or "none"
         raise ValueError(f"cannot condition on {name!r}: the training data has no such property (it has: {have})")
     return tuple(float(e) for e in np.unique(np.asarray(edges, dtype=np.float64)))
-
-
-def _class_index(name: str, value: Tensor) -> Tensor:
-    """Class indices ``[B]`` of categorical values (space groups are numbered from 1)."""
-    index = value.round().long() - (1 if name == "space_group" else 0)
-    return index.clamp(0, CATEGORIES[name] - 1)
 
 
 class ConditionPrefix:
@@ -134,32 +129,15 @@ class ConditionPrefix:
             )
         return self.base + num_atoms.to(torch.int64) - 1
 
-    def visible(self, batch: CrystalBatch, name: str) -> tuple[Tensor, Tensor]:
-        """``(shown [B] bool, value [B] float64)`` of a condition (hidden, NaN or absent → not shown)."""
-        value = batch.properties.get(name)
-        b = batch.num_crystals
-        if value is None:
-            return torch.zeros(b, dtype=torch.bool, device=batch.device), torch.zeros(
-                b, dtype=torch.float64, device=batch.device
-            )
-        if value.shape != (b,):
-            raise ValueError(f"condition {name!r} must have shape ({b},), got {tuple(value.shape)}")
-        v = value.detach().to(torch.float64)
-        shown = ~torch.isnan(v)
-        mask = batch.condition_mask.get(name)
-        if mask is not None:
-            shown &= mask.to(torch.bool)
-        return shown, torch.where(shown, v, torch.zeros_like(v))
-
     def encode(self, batch: CrystalBatch) -> Tensor:
         """The prefix ``[B, length]`` (int64) of every crystal of ``batch``."""
         columns = []
-        for name in self.properties:
-            shown, value = self.visible(batch, name)
-            index = torch.bucketize(value, self.edges[name].to(value.device), right=True)
+        for name in self.properties:  # hidden (condition_mask False), NaN or absent: the null token
+            shown, value = Conditioner.visible(batch, name)
+            index = torch.bucketize(value.detach().double(), self.edges[name].to(value.device), right=True)
             columns.append(torch.where(shown, self.offsets[name] + 1 + index, self.offsets[name]))
         for name in self.categories:
-            shown, value = self.visible(batch, name)
+            shown, value = Conditioner.visible(batch, name)
             columns.append(torch.where(shown, self.offsets[name] + 1 + _class_index(name, value), self.offsets[name]))
         columns.append(self.size_tokens(batch.num_atoms, batch.material_ids).to(batch.device))
         return torch.stack([c.to(batch.device, torch.int64) for c in columns], dim=1)

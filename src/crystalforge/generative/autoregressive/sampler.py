@@ -20,6 +20,7 @@ that never decoded as NaN lattice and coordinates of the template's size.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -185,10 +186,7 @@ def row_composition(z: np.ndarray, name: str, allowed: tuple[int, ...]) -> list[
     if outside:
         symbols = ", ".join(z_to_symbol(v) for v in outside)
         raise ValueError(f"{name}: element(s) {symbols} are outside the model's vocabulary or the allowed set")
-    counts: dict[int, int] = {}
-    for v in z.tolist():
-        counts[v] = counts.get(v, 0) + 1
-    return list(counts.items())
+    return list(Counter(z.tolist()).items())
 
 
 def _in_order(crystal: Crystal, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

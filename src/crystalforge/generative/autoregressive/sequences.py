@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MAX_Z
@@ -108,8 +109,5 @@ def length_groups(lengths: list[int], max_tokens: int) -> list[list[int]]:
 
 def pad(rows: list[list[int]], value: int, device: torch.device) -> Tensor:
     """``[len(rows), longest]`` int64, ``value`` after each row's end."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
-    return out.to(device)
+    padded = pad_sequence([torch.tensor(r, dtype=torch.int64) for r in rows], batch_first=True, padding_value=value)
+    return padded.to(device)
