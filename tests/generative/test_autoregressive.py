@@ -24,11 +24,11 @@ from crystalforge.core.crystal import Crystal
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import MASK_Z
 from crystalforge.core.lattice import lattice_to_params
+from crystalforge.core.threads import torch_threads
 from crystalforge.data.stats import compute_dataset_stats
 from crystalforge.generative.autoregressive import CrystalGPT
 from crystalforge.generative.autoregressive.decoding import FormatTables, RowDecoder, model_stream
 from crystalforge.generative.autoregressive.prefix import ConditionPrefix, quantile_edges
-from crystalforge.generative.autoregressive.sampler import cpu_threads
 from crystalforge.generative.autoregressive.sequences import order_atoms, sequence_bound
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan, SamplerConfig, last_state
 from crystalforge.registry import build_model, resolve_config
@@ -58,7 +58,7 @@ def fit(crystals, steps: int, **config):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     model.train()
-    with cpu_threads(1):  # module fixtures run before the directory's one-thread fixture
+    with torch_threads(1):  # module fixtures run before the directory's one-thread fixture
         for _ in range(steps):
             loss = model.loss(batch)["loss"]
             opt.zero_grad()
@@ -180,10 +180,10 @@ def test_random_walks_through_a_dng_header_always_reach_n_atoms_of_allowed_eleme
 
 def test_decoding_threads_are_restored():
     before = torch.get_num_threads()
-    with cpu_threads(before + 1):
+    with torch_threads(before + 1):
         assert torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before
-    with cpu_threads(0):  # 0 leaves the setting alone
+    with torch_threads(0):  # 0 leaves the setting alone
         assert torch.get_num_threads() == before
 
 

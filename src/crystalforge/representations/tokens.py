@@ -15,12 +15,13 @@ import numpy as np
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.elements import MAX_Z, z_to_symbol
 from crystalforge.core.errors import CrystalError
-from crystalforge.io.text import HEADER_PREFIX, LATTICE_KEYS, SPACEGROUP_KEY, CrystalText
+from crystalforge.io.text import HEADER_PREFIX, LATTICE_KEYS, SPACEGROUP_KEY, CrystalText, header_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-__all__ = ["CrystalText", "CrystalTokenizer"]
+# the format pieces are re-exported for token models (generative code may not import io)
+__all__ = ["HEADER_PREFIX", "LATTICE_KEYS", "CrystalText", "CrystalTokenizer", "header_line"]
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
+from crystalforge.core.threads import torch_threads
 from crystalforge.data.resolve import is_benchmark, load_dataset
 from crystalforge.io.atomic import atomic_write
 from crystalforge.predictors.ensemble import calibration_report
@@ -114,13 +115,8 @@ def train_predictor(
         train_baseline_predictors(data, properties=properties, out=out, split=split, properties_table=table, root=root,
                                   seed=seed, threads=workers)  # fmt: skip
         return Path(out)
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _train(data, properties, out, properties_table, root, config, settings, noise_from, on_epoch)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train(

@@ -24,6 +24,7 @@ from torch import nn
 from crystalforge.config import dump_config, to_dict
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.extras import require
+from crystalforge.core.threads import torch_threads
 from crystalforge.data.dataset import CrystalDataset
 from crystalforge.generative.interfaces import GenerativeModel
 from crystalforge.registry import build_model, resolve_config
@@ -69,13 +70,8 @@ def train(config: TrainConfig, out_dir: str | Path) -> Path:
     is not installed.
     """
     require("lightning", "training (crystalforge train)")
-    threads = torch.get_num_threads()
-    if config.trainer.threads:
-        torch.set_num_threads(config.trainer.threads)
-    try:
+    with torch_threads(config.trainer.threads):
         return _train(config, Path(out_dir))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def prepare(

@@ -31,8 +31,7 @@ import numpy as np
 
 from crystalforge.core.elements import MAX_Z, z_to_symbol
 from crystalforge.core.errors import CrystalError
-from crystalforge.io.text import HEADER_PREFIX, LATTICE_KEYS, header_line
-from crystalforge.representations.tokens import CrystalTokenizer
+from crystalforge.representations.tokens import HEADER_PREFIX, LATTICE_KEYS, CrystalTokenizer, header_line
 
 __all__ = ["FormatTables", "RowDecoder", "model_stream"]
 

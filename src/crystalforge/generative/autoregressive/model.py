@@ -48,11 +48,11 @@ from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import MAX_Z, TypeVocabulary, z_to_symbol
 from crystalforge.core.space_groups import CATEGORIES, SPACE_GROUP_COLUMNS
+from crystalforge.core.threads import torch_threads
 from crystalforge.generative.autoregressive.decoding import FormatTables, RowDecoder
 from crystalforge.generative.autoregressive.prefix import ConditionPrefix, quantile_edges
 from crystalforge.generative.autoregressive.sampler import (
     assemble_batch,
-    cpu_threads,
     generate_crystals,
     row_composition,
     template_rows,
@@ -330,7 +330,7 @@ class CrystalAutoregressive(nn.Module):
         threads = self.decode_threads if self.network_device.type == "cpu" else 0
         self.eval()
         try:
-            with cpu_threads(threads):
+            with torch_threads(threads):
                 crystals, reasons = generate_crystals(
                     self.backbone, self.tables, start.to(self.network_device), new_decoder, names=names,
                     temperature=self.temperature, top_k=self.top_k, max_tries=self.max_tries, generator=generator,

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,25 +35,9 @@ from crystalforge.generative.autoregressive.decoding import FormatTables, RowDec
 from crystalforge.generative.autoregressive.transformer import CrystalGPT
 
 __all__ = [
-    "assemble_batch", "choose_tokens", "cpu_threads", "decode_batch", "generate_crystals", "row_composition",
+    "assemble_batch", "choose_tokens", "decode_batch", "generate_crystals", "row_composition",
     "template_rows",
 ]  # fmt: skip
-
-
-@contextmanager
-def cpu_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` torch CPU threads (0: unchanged); the setting is restored afterwards.
-
-    A decoding step is many tiny operations, for which thread hand-offs cost more than they give:
-    on a shared 2-core machine one thread decoded 6x faster than two.
-    """
-    before = torch.get_num_threads()
-    if count > 0:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def choose_tokens(
