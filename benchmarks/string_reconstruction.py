@@ -39,13 +39,14 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 from crystalforge.data.resolve import load_dataset
+from crystalforge.evaluation.metrics.structure_matcher import FIT_ANGLE_TOL, FIT_LTOL, FIT_STOL, MatcherSettings
 from crystalforge.representations.canonical import CanonicalisationLimitError
 from crystalforge.representations.quotient_strings import QuotientStringRepresentation, scale_to_lowest_energy
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import data_root, machine
 
-MATCHER = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
+MATCHER = MatcherSettings(ltol=FIT_LTOL, stol=FIT_STOL, angle_tol=FIT_ANGLE_TOL)  # pymatgen's defaults
 
 
 def _match(matcher: StructureMatcher, original: Crystal, decoded: Crystal | None) -> tuple[bool, float | None]:
@@ -76,11 +77,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Encode, decode, (relax) and match; every figure of the report."""
     crystals = list(load_dataset(args.reference, args.split, root=data_root()))[: args.limit]
     rep = QuotientStringRepresentation(bond_rule=args.bond_rule, max_candidates=args.max_candidates)
-    matcher = StructureMatcher(**MATCHER)
+    matcher = MATCHER.matcher()
     encode_s, decode_s = [], []
     failures: Counter[str] = Counter()
     examples: dict[str, str] = {}
-    cap_hits, round_trips, collided, lengths, max_offset, tol_used = 0, 0, 0, [], 0, Counter[str]()
+    round_trips, collided, lengths, max_offset, tol_used = 0, 0, [], 0, Counter[str]()
     searched: list[int] = []  # labellings × basis operations examined per encoded structure
     rows: list[tuple[Crystal, Crystal]] = []  # (original, embedded)
     for crystal in crystals:
@@ -88,7 +89,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             info = rep.encode_with_info(crystal)
         except CanonicalisationLimitError as exc:
-            cap_hits += 1
             failures["cap hit"] += 1
             examples.setdefault("cap hit", str(exc))
             continue
@@ -125,11 +125,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bond_rule": args.bond_rule,
         "tolerances": list(rep.tolerances),
         "max_candidates": args.max_candidates,
-        "matcher": MATCHER,
+        "matcher": MATCHER.as_dict(),
         "encodable": (total - sum(failures[k] for k in ("cap hit", "disconnected", "not 3-periodic", "other"))) / total,
         "failures": dict(failures),
         "failure_examples": examples,
-        "cap_hits": cap_hits,
+        "cap_hits": failures["cap hit"],
         "bond_tolerance_used": dict(tol_used),
         "graph_round_trip": round_trips / total,
         "decoded_with_collisions": collided,

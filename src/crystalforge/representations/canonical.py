@@ -19,11 +19,12 @@ Three choices change the edge list of one and the same net; each is removed here
     smallest offset (parent → child) is the tree edge, and the gauge is fixed so that tree edges
     have offset 0. Lexicographic order is translation invariant, so this choice does not depend
     on the input gauge; the other edges then carry the voltages of the fundamental cycles.
-(c) **Basis.** ``quotient_graph.reduced_primitive`` puts the lattice in a Niggli-reduced basis,
-    unique up to the integer automorphisms ``U`` of its metric (``U G Uᵀ = G``; at most 48, entries
-    in {−1, 0, 1} for a reduced basis). Each is applied to the offsets (``n → n U``). This uses the
-    lattice's own symmetry (its holohedry), not spglib's standard setting, whose remaining choices
-    (axis permutations of an orthorhombic cell, monoclinic cell choice) exceed the point group.
+(c) **Basis.** ``quotient_graph.net_reduced_basis`` writes the offsets in a Niggli-reduced basis
+    of the net's own metric (so crystals with one net share it whatever their cell shapes),
+    unique up to the integer automorphisms ``U`` of that metric (``U G Uᵀ = G``; at most 48,
+    entries in {−1, 0, 1} for a reduced basis). Each is applied to the offsets (``n → n U``). This
+    uses the lattice's own symmetry (its holohedry), not spglib's standard setting, whose remaining
+    choices (axis permutations of an orthorhombic cell, monoclinic cell choice) exceed the point group.
 
 Every (labelling, operation) pair gives a sorted edge list; the lexicographically smallest is the
 canonical form. The search is capped (``max_candidates`` = leaves × operations): at the cap

@@ -16,11 +16,12 @@ one; in these coordinates it stays symmetric.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
+
+from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.neighbors import radius_graph
+from crystalforge.core.threads import torch_threads
 
 __all__ = ["BOND_MARGINS", "relax_springs"]
 
@@ -29,23 +30,6 @@ BOND_MARGINS = (0.23, 0.27)
 
 _DTYPE = torch.float64
 _Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # atom i, atom j, image shift of j
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Torch on one thread for many tiny operations (thread hand-offs cost more than they save)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _image_shifts(gram: np.ndarray, cutoff: float, max_shift: int = 3) -> torch.Tensor:
-    spacing = 1.0 / np.sqrt(np.diag(np.linalg.inv(gram)))  # lattice-plane spacings
-    bound = np.minimum(np.floor(cutoff / spacing + 1.0), max_shift).astype(np.int64).tolist()
-    return torch.cartesian_prod(*[torch.arange(-b, b + 1) for b in bound]).to(_DTYPE)  # [S, 3]
 
 
 def _pack(a: np.ndarray, b: np.ndarray, shift: np.ndarray, n: int) -> np.ndarray:
@@ -110,15 +94,21 @@ class _Springs:
 
     @torch.no_grad()
     def near_pairs(self, cutoff: float) -> _Pairs:
-        """Non-bonded pairs (i, j, shift) closer than ``cutoff`` (Å)."""
-        shifts = _image_shifts(self.metric().numpy(), cutoff)
-        grid = torch.meshgrid(torch.arange(self.n), torch.arange(self.n), torch.arange(len(shifts)), indexing="ij")
-        a, b, s = (x.reshape(-1) for x in grid)
-        dist = self.lengths(a, b, shifts[s])
-        keys = _pack(a.numpy(), b.numpy(), shifts[s].numpy().astype(np.int64), self.n)
-        itself = ((a == b) & (shifts[s] == 0).all(dim=1)).numpy()
-        near = (dist < cutoff).numpy() & ~np.isin(keys, self.bonded) & ~itself
-        return a[near], b[near], shifts[s[near]]
+        """Non-bonded pairs (i, j, shift) closer than ``cutoff`` (Å), shifts relative to the unwrapped positions."""
+        frac = self.frac()
+        cell = torch.floor(frac)  # the search reads wrapped positions; its shifts are moved back below
+        batch = CrystalBatch(
+            atomic_numbers=torch.zeros(self.n, dtype=torch.int64),  # the search ignores elements
+            frac_coords=frac - cell,
+            lattice=torch.linalg.cholesky(self.metric())[None],  # rows: L Lᵀ = G
+            num_atoms=torch.tensor([self.n]),
+        )
+        found = radius_graph(batch, cutoff)  # self-images at distance 0 are left out
+        a, b = found.edge_index
+        shift = found.cell_shift + (cell[a] - cell[b]).to(torch.int64)
+        bonded = np.isin(_pack(a.numpy(), b.numpy(), shift.numpy(), self.n), self.bonded)
+        near = (found.distances < cutoff).numpy() & ~bonded
+        return a[near], b[near], shift[near].to(_DTYPE)
 
     def energy(self, pairs: _Pairs, margins: tuple[float, float], weight: float) -> torch.Tensor:
         d = self.bond_lengths()
@@ -152,7 +142,7 @@ def relax_springs(
     between rounds. Returns the fractional coordinates, the metric and the relative RMS deviation
     of the bond lengths from ``targets``.
     """
-    with _one_thread():
+    with torch_threads(1):
         springs = _Springs(frac, gram, edges, targets, basis)
         for _ in range(rounds):
             g_now = springs.metric().detach().numpy()

@@ -9,8 +9,8 @@ Steps (``crystal_quotient_graph``):
 
 1. ``reduced_primitive``: spglib's standardised *primitive* cell (``to_primitive=True``, positions
    idealised, so symmetric copies of a bond have exactly equal lengths), then a Niggli-reduced
-   basis (spglib). This removes supercells and fixes the lattice basis up to the automorphisms of
-   the reduced metric (handled in ``canonical``).
+   basis (spglib). This removes supercells and keeps the neighbour search cheap; the string's
+   basis is chosen from the net alone afterwards (``net_reduced_basis``).
 2. ``relative_bonds`` (default): atom ``i`` bonds every neighbour within ``(1 + δ)`` times its own
    nearest-neighbour distance, symmetrised (a bond when either end accepts it). The rule reads
    distance ratios only, so it is scale free and element agnostic, and it costs one neighbour
@@ -43,6 +43,7 @@ from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 from crystalforge.core.neighbors import knn_graph, radius_graph
+from crystalforge.representations.symmetry import _quiet_spglib
 
 __all__ = [
     "QuotientGraph",
@@ -52,6 +53,7 @@ __all__ = [
     "crystalnn_bonds",
     "net_metric",
     "net_reduced_basis",
+    "niggli_transform",
     "orient_edges",
     "reduced_primitive",
     "relative_bonds",
@@ -195,21 +197,30 @@ def net_reduced_basis(graph: QuotientGraph) -> tuple[QuotientGraph, np.ndarray]:
     """
     gram = net_metric(graph.num_vertices, graph.edges)
     lattice = np.linalg.cholesky(gram)  # rows: L Lᵀ = G
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        reduced = spglib.niggli_reduce(lattice, eps=1e-5)
-    if reduced is None:
-        raise CrystalError("spglib could not Niggli-reduce the net metric")
-    transform = np.rint(np.asarray(reduced) @ np.linalg.inv(lattice)).astype(np.int64)  # new basis = M @ old
-    inverse = np.rint(np.linalg.inv(transform)).astype(np.int64)
-    if abs(round(np.linalg.det(transform))) != 1 or not (transform @ inverse == np.eye(3)).all():
-        raise CrystalError("the net's Niggli basis is not a basis of its lattice")
+    transform = niggli_transform(lattice, "the net's lattice")
+    inverse = np.rint(np.linalg.inv(transform)).astype(np.int64)  # exact: transform is unimodular
     e = graph.edges
     edges = orient_edges(e[:, 0], e[:, 1], e[:, 2:] @ inverse)
     return QuotientGraph(graph.atomic_numbers, edges), transform @ lattice
 
 
 # ---- reduced primitive cell -----------------------------------------------------------------------
+def niggli_transform(lattice: np.ndarray, what: str, *, source: str | None = None) -> np.ndarray:
+    """The unimodular integer matrix ``M [3, 3]`` for which ``M @ lattice`` is Niggli-reduced (spglib).
+
+    Raises ``CrystalError`` about ``what`` (e.g. "the primitive lattice") when spglib fails or its
+    reduced basis is not a basis of the same lattice.
+    """
+    with _quiet_spglib():
+        reduced = spglib.niggli_reduce(lattice, eps=1e-5)
+    if reduced is None:
+        raise CrystalError(f"spglib could not Niggli-reduce {what}", source=source)
+    transform = np.rint(np.asarray(reduced, dtype=np.float64) @ np.linalg.inv(lattice)).astype(np.int64)
+    if abs(round(np.linalg.det(transform))) != 1:
+        raise CrystalError(f"the Niggli basis is not a basis of {what}", source=source)
+    return transform
+
+
 def reduced_primitive(crystal: Crystal, *, symprec: float = 0.1, angle_tolerance: float = 5.0) -> Crystal:
     """The idealised primitive cell of ``crystal`` (spglib) in a Niggli-reduced basis."""
     cell = cast(
@@ -220,27 +231,20 @@ def reduced_primitive(crystal: Crystal, *, symprec: float = 0.1, angle_tolerance
             np.ascontiguousarray(crystal.atomic_numbers, dtype=np.intc),
         ),
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        try:
+    try:
+        with _quiet_spglib():
             prim = spglib.standardize_cell(
                 cell, to_primitive=True, no_idealize=False, symprec=symprec, angle_tolerance=angle_tolerance
             )
-        except spglib.SpglibError as exc:
-            raise CrystalError(f"spglib found no primitive cell: {exc}", source=crystal.material_id) from None
-        if prim is None:
-            raise CrystalError(
-                f"spglib found no primitive cell (symprec={symprec} Å); overlapping atoms are the usual cause",
-                source=crystal.material_id,
-            )
-        lattice, frac, numbers = (np.asarray(x) for x in prim)
-        reduced = spglib.niggli_reduce(lattice, eps=1e-5)
-    if reduced is None:
-        raise CrystalError("spglib could not Niggli-reduce the primitive cell", source=crystal.material_id)
-    reduced = np.asarray(reduced, dtype=np.float64)
-    transform = np.rint(reduced @ np.linalg.inv(lattice))  # reduced = transform @ lattice
-    if abs(abs(np.linalg.det(transform)) - 1) > 1e-6:
-        raise CrystalError("the Niggli basis is not a basis of the primitive lattice", source=crystal.material_id)
+    except spglib.SpglibError as exc:
+        raise CrystalError(f"spglib found no primitive cell: {exc}", source=crystal.material_id) from None
+    if prim is None:
+        raise CrystalError(
+            f"spglib found no primitive cell (symprec={symprec} Å); overlapping atoms are the usual cause",
+            source=crystal.material_id,
+        )
+    lattice, frac, numbers = (np.asarray(x) for x in prim)
+    transform = niggli_transform(lattice, "the primitive lattice", source=crystal.material_id)
     return Crystal(
         np.asarray(numbers, dtype=np.int64),
         np.asarray(frac, dtype=np.float64) @ np.linalg.inv(transform),
@@ -250,23 +254,17 @@ def reduced_primitive(crystal: Crystal, *, symprec: float = 0.1, angle_tolerance
 
 
 # ---- bond rules -----------------------------------------------------------------------------------
-def _nearest_distances(crystal: Crystal) -> np.ndarray:
-    batch = CrystalBatch.collate([crystal], dtype=torch.float64)
-    edges = knn_graph(batch, 1)
-    nearest = np.full(crystal.num_atoms, np.inf)
-    np.minimum.at(nearest, edges.edge_index[0].numpy(), edges.distances.numpy())
-    return nearest
-
-
 def relative_bonds(crystal: Crystal, delta: float) -> np.ndarray:
     """Undirected edges ``[E, 5]``: ``d_ij <= (1 + δ) · max(d_i, d_j)``, ``d_i`` the nearest-neighbour distance of i."""
     if not delta >= 0:
         raise ValueError(f"the bond tolerance δ must be non-negative, got {delta}")
-    nearest = _nearest_distances(crystal)
+    batch = CrystalBatch.collate([crystal], dtype=torch.float64)
+    first = knn_graph(batch, 1)
+    nearest = np.full(crystal.num_atoms, np.inf)
+    np.minimum.at(nearest, first.edge_index[0].numpy(), first.distances.numpy())
     if not np.isfinite(nearest).all():
         raise CrystalError("an atom has no neighbour at all", source=crystal.material_id)
     scale = 1.0 + delta + 1e-6  # the margin keeps exactly-at-threshold distances on the same side every time
-    batch = CrystalBatch.collate([crystal], dtype=torch.float64)
     found = radius_graph(batch, float(scale * nearest.max()))
     i, j = found.edge_index[0].numpy(), found.edge_index[1].numpy()
     keep = found.distances.numpy() <= scale * np.maximum(nearest[i], nearest[j])
