@@ -54,23 +54,23 @@ JobsFor = Callable[[GenerativeModel, DatasetStats | None, int], list[Job]]
 
 def _run(model: str | Path, out: str | Path, jobs_for: JobsFor, steps: int | None, anti_annealing: AntiAnnealing,
          plan: SamplePlan | None, batch_size: int, seed: int, device: str, progress: Progress,
-         steering: Steering | None = None, n: int = 0, composition: str | None = None) -> list[Crystal]:  # fmt: skip
-    """Load the model, build its jobs, run them (steered when asked) with its sampler overridden where given."""
+         steering: Steering | None = None, n: int = 0, composition: str | None = None,
+         workers: int | ExecutorConfig = 1) -> list[Crystal]:  # fmt: skip
+    """Load the model, build its jobs, run them (steered: serially) with its sampler overridden where given."""
     net, _, stats, default = load_model(model)
     sampler = with_overrides(default, steps=steps, anti_annealing=anti_annealing, plan=plan)
     sampler = composition_plan(net, sampler, composition, elements=steering.elements if steering else None)
     run = {"model_name": str(model), "batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
-    if steering is not None:
-        return run_steered(net, lambda count: jobs_for(net, stats, count), n, out, steering, sampler, **run)
-    return run_jobs(net, jobs_for(net, stats, n), out, sampler=sampler, **run)  # type: ignore[arg-type]
+    return (run_steered(net, partial(jobs_for, net, stats), n, out, steering, sampler, **run) if steering else
+            run_jobs(net, jobs_for(net, stats, n), out, sampler=sampler, workers=workers, load=load_model, **run))  # type: ignore[arg-type]  # fmt: skip
 
 
 def generate(model: str | Path = "perov_5-dng", *, n: int = 100, out: str | Path, num_atoms: int | None = None,
              composition: str | None = None, properties: Mapping[str, float | str] | None = None,
              steps: int | None = None, anti_annealing: AntiAnnealing = None, plan: SamplePlan | None = None,
              steering: Steering | None = None, seed: int = 0, device: str = "cpu", batch_size: int = 256,
-             progress: Progress = None) -> list[Crystal]:  # fmt: skip
-    """Generate ``n`` crystals into ``out`` (resumable; see ``sampling.runner``, ``sampling.jobs``).
+             progress: Progress = None, workers: int | ExecutorConfig = 1) -> list[Crystal]:  # fmt: skip
+    """Generate ``n`` crystals into ``out`` (resumable; ``workers`` sample chunks unless steered; ``sampling.runner``).
 
     ``composition`` (a formula: the cell content): CSP, or DNG with ``FixedComposition``; ``properties``
     are targets of a conditioned model; ``plan`` adds guidance/constraints; ``steering``: targets, routes,
@@ -82,14 +82,14 @@ def generate(model: str | Path = "perov_5-dng", *, n: int = 100, out: str | Path
                                properties=properties, seed=seed, name=str(model))  # fmt: skip
 
     return _run(model, out, jobs_for, steps, anti_annealing, plan, batch_size, seed, device, progress, steering, n,
-                composition)  # fmt: skip
+                composition, workers)  # fmt: skip
 
 
-def csp(model: str | Path = "perov_5-csp", *, out: str | Path, formulas: Sequence[str] = (),
-        reference: str | Path | None = None, split: str = "test", limit: int | None = None, k: int = 1,
+def csp(model: str | Path = "perov_5-csp", *, out: str | Path, formulas: Sequence[str] = (), device: str = "cpu",
+        reference: str | Path | None = None, split: str = "test", limit: int | None = None, batch_size: int = 256,
         system: str | None = None, max_atoms: int = 20, max_formulas: int | None = None, charge_balanced: bool = True,
-        steps: int | None = None, anti_annealing: AntiAnnealing = None, seed: int = 0, device: str = "cpu",
-        batch_size: int = 256, root: str | Path | None = None, progress: Progress = None) -> list[Crystal]:  # fmt: skip
+        steps: int | None = None, anti_annealing: AntiAnnealing = None, seed: int = 0, root: str | Path | None = None,
+        k: int = 1, progress: Progress = None, workers: int | ExecutorConfig = 1) -> list[Crystal]:  # fmt: skip
     """``k`` structures per formula, reference entry or ``system`` composition, named ``<id|formula>[_<j>]``."""
     crystals = [] if reference is None else resolve_reference(reference, split, root, None)[0][:limit]
     targets = [(str(c.material_id), c.atomic_numbers.tolist()) for c in crystals]
@@ -98,25 +98,25 @@ def csp(model: str | Path = "perov_5-csp", *, out: str | Path, formulas: Sequenc
         return prediction_jobs(net, targets, formulas=formulas, system=system, max_atoms=max_atoms, k=k,
                                max_formulas=max_formulas, charge_balanced=charge_balanced, name=str(model))  # fmt: skip
 
-    return _run(model, out, jobs_for, steps, anti_annealing, None, batch_size, seed, device, progress)
+    return _run(model, out, jobs_for, steps, anti_annealing, None, batch_size, seed, device, progress, workers=workers)
 
 
 def evaluate(samples: str | Path | Iterable[Crystal], *, reference: str | Path | Sequence[Crystal] | None = "mp_20",
              task: str = "dng", split: str = "test", train: str | Path | Sequence[Crystal] | bool | None = None,
              relax: str | None = None, coverage: bool = True, coverage_cutoffs: tuple[float, float] | None = None,
-             k: int | None = None, target: tuple[str, float | None, float | None] | None = None, fmt: str | None = None,
-             judge: str | Path | None = None, out: str | Path | None = None, workers: int | ExecutorConfig = 1,
-             root: str | Path | None = None, show_progress: bool = False) -> MetricReport:  # fmt: skip
-    """Evaluate generated (``task="dng"``) or predicted (``task="csp"``) crystals by the pinned protocol.
+             k: int | None = None, target: tuple[str, float | None, float | None] | None = None,
+             fmt: str | None = None, judge: str | Path | None = None, out: str | Path | None = None,
+             workers: int | ExecutorConfig = 1, root: str | Path | None = None, show_progress: bool = False,
+             time_limit_s: float | str | None = "env") -> MetricReport:  # fmt: skip
+    """Evaluate generated (``task="dng"``) or predicted (``task="csp"``) crystals by the pinned protocol: docs/metrics.
 
-    ``target`` ``(property, low, high)`` is scored on what ``judge`` (``screening.judge``) predicts, else on the
-    samples' own values; ``train=False`` skips novelty, ``relax`` names an MLIP. See docs/metrics.md.
+    ``target`` ``(property, low, high)`` is scored on ``judge``'s predictions, else the samples' own values;
+    ``train=False`` skips novelty; ``relax`` names an MLIP; ``time_limit_s``: seconds per structure in hang-prone steps.
     """
     candidates = judged(read_samples(samples, fmt=fmt, workers=workers), judge, None if target is None else target[0])
     ref, ref_name = (None, None) if reference is None else resolve_reference(reference, split, root, workers)
     train_set, train_name = (None, "unused in CSP") if task == "csp" else resolve_train(train, reference, root, workers)
-    key = str(reference) if isinstance(reference, (str, Path)) else None
-    struct_fp = comp_fp = relaxer = None
+    key, struct_fp, comp_fp, relaxer = str(reference) if isinstance(reference, (str, Path)) else None, None, None, None
     if coverage and ref is not None and featurizers_needed(task, key, coverage_cutoffs):
         from crystalforge.representations.fingerprints import CrystalNNFingerprint, MagpieComposition
 
@@ -125,10 +125,10 @@ def evaluate(samples: str | Path | Iterable[Crystal], *, reference: str | Path |
         relaxer = make_relaxer(relax, workers=workers, cache_file=Path(out or cache_dir()) / f"relax-{relax}.jsonl")
     try:
         return evaluate_candidates(
-            candidates, task=task, reference=ref, reference_name=ref_name, reference_key=key, train=train_set,
-            train_name=train_name, struct_featurizer=struct_fp, comp_featurizer=comp_fp, relaxer=relaxer, k=k,
-            coverage_cutoffs=coverage_cutoffs, target=target, show_progress=show_progress, workers=workers,
-            out=None if out is None else Path(out), cache_dir=cache_dir() / "fingerprints")  # fmt: skip
+            candidates, task=task, reference=ref, reference_name=ref_name, reference_key=key, train=train_set, k=k,
+            train_name=train_name, struct_featurizer=struct_fp, comp_featurizer=comp_fp, relaxer=relaxer, time_limit_s=
+            time_limit_s, coverage_cutoffs=coverage_cutoffs, target=target, show_progress=show_progress, out=None if
+            out is None else Path(out), workers=workers, cache_dir=cache_dir() / "fingerprints")  # fmt: skip
     finally:
         if relaxer is not None:
             relaxer.close()

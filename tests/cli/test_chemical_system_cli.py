@@ -21,7 +21,7 @@ def test_csp_system_options_parse():
 def test_csp_system_writes_one_prediction_per_composition(tmp_path, one_thread):
     out = tmp_path / "lis"
     words = ["csp", "--model", "mp_20-csp", "--system", "Li-S", "--max-atoms", "3", "--no-charge-balance"]
-    assert main([*words, "--k", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert main([*words, "--k", "2", "--steps", "10", "--out", str(out)]) == 0
     names = [c.material_id for c in read_structures(out / "samples.extxyz")]
     assert names == ["LiS_0", "Li2S_0", "LiS2_0", "LiS_1", "Li2S_1", "LiS2_1"]
     assert (out / "cif" / "Li2S_1.cif").exists()

@@ -87,3 +87,15 @@ def test_convert_to_folder_and_text(tmp_path):
     back = read_structures(tmp_path / "all.txt")
     assert [c.formula for c in back] == [c.formula for c in tiny_crystals()]
     assert main(["convert", str(src), str(tmp_path / "dir") + "/"]) == 2  # folder output needs --to
+
+
+def test_ctrl_c_anywhere_is_one_line_and_status_130(monkeypatch, capsys):
+    from crystalforge.cli import main as cli_main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main.COMMANDS["models"], "run", interrupted)
+    assert cli_main.main(["models"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted:") and "Traceback" not in err and len(err.strip().splitlines()) == 1

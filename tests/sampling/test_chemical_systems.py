@@ -127,7 +127,7 @@ def test_dng_composition_errors():
 # ---- through the API with the shipped mp_20 models ------------------------------------------------------
 def test_api_csp_in_a_chemical_system(tmp_path):
     pytest.importorskip("smact")
-    crystals = api.csp("mp_20-csp", system="Li-S", max_atoms=4, out=tmp_path / "lis", steps=2)
+    crystals = api.csp("mp_20-csp", system="Li-S", max_atoms=4, out=tmp_path / "lis", steps=10)
     expected = [formula_string(c) for c in enumerate_compositions("Li-S", max_atoms=4)]
     assert [c.material_id for c in crystals] == expected and expected
     for crystal in crystals:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from crystalforge.cli.options import add_parser, add_root, add_sampling_options, print_written
+from crystalforge.cli.generate import WORKERS_HELP, guarded
+from crystalforge.cli.options import add_parser, add_root, add_sampling_options, add_workers, executor, print_written
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,12 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             examples:
               crystalforge csp --model perov_5-csp --formula SrTiO3 BaTiO3 --out pred/
               crystalforge csp --model perov_5-csp --reference perov_5 --split test --limit 100 --out pred/
-              crystalforge csp --model mp_20-csp --reference mp_20 --k 20 --out pred20/
+              crystalforge csp --model mp_20-csp --reference mp_20 --k 20 --workers 4 --out pred20/
               crystalforge csp --model mp_20-csp --system Li-P-S --max-atoms 12 --k 5 --out lps/
               crystalforge csp --model mp_20-csp --system Li,P,S --max-formulas 10 --no-charge-balance --out lps/"""
         ),
     )
     add_sampling_options(p)
+    add_workers(p, default=1, help=WORKERS_HELP)
     p.add_argument("--model", default="perov_5-csp", help="shipped CSP model or model.pt")
     p.add_argument("--formula", nargs="+", help="cell contents, e.g. SrTiO3 (taken literally)")
     p.add_argument("--reference", help="benchmark name or CSV: predict every composition of --split")
@@ -51,7 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict for ``--formula``, every composition of ``--reference`` and/or of ``--system``."""
+    """Predict for ``--formula``, every composition of ``--reference`` and/or of ``--system`` (resumable)."""
+    return guarded(lambda: _predict(args))
+
+
+def _predict(args: argparse.Namespace) -> int:
     from crystalforge import api
 
     with api.progress_bar(None, "predicting") as bar:
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             root=args.root,
             progress=bar.update,
+            workers=executor(args) or 1,
         )
     print_written(len(crystals), args.out)
     return 0

@@ -6,7 +6,7 @@ import argparse
 import textwrap
 from typing import Any
 
-from crystalforge.cli.generate import ROUTES
+from crystalforge.cli.generate import ROUTES, guarded
 from crystalforge.cli.options import RAY_HELP, add_parser
 
 UNSTEERED = "none"  # design.spec.UNSTEERED (kept here: the CLI parser loads no torch)
@@ -144,7 +144,11 @@ def spec_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run, resume or extend the design run; print the one-line summary."""
+    """Run, resume or extend the design run; print the one-line summary (130 after Ctrl-C, 2 for a refused write)."""
+    return guarded(lambda: _design(args))
+
+
+def _design(args: argparse.Namespace) -> int:
     from crystalforge import api
 
     options: dict[str, Any] = spec_options(args)  # spec fields, checked by the spec

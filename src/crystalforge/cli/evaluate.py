@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -25,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             For --task csp, predictions link to reference material_ids by name: mp-1234.cif,
             mp-1234_0.cif ... mp-1234_19.cif (best of k), or an extxyz material_id field.
             Relaxation results are cached per structure in --out, so a rerun resumes.
+            A structure over a resource limit (CRYSTALFORGE_MAX_ATOMS, default 1000 atoms; cell
+            size and density) is rejected and reported, not evaluated. Each structure gets at most
+            --time-limit seconds (default: CRYSTALFORGE_TIME_LIMIT_S, else 60) in each step a library
+            can hang on (Niggli reduction, structure matching, spglib, CrystalNN); one over it is
+            reported as failed ("timed out after N s in <step>") and the run goes on.
 
             examples:
               crystalforge evaluate generated/ --reference mp_20 --task dng --out eval/
@@ -65,8 +71,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="output folder for summary.json, per_structure.csv and summary.md")
     add_workers(p, default=1, help="processes for fingerprints, matching and relaxation")
+    p.add_argument(
+        "--time-limit",
+        type=_seconds_or_none,
+        default="env",
+        metavar="SECONDS",
+        help="per structure, in each step a library can hang on ('none': no limit; default $CRYSTALFORGE_TIME_LIMIT_S "
+        "or 60)",
+    )
     add_root(p, "data directory for benchmark names")
     p.add_argument("--format", choices=["cif", "poscar", "extxyz", "npz", "text", "csv"], help="sample file format")
+
+
+def _seconds_or_none(text: str) -> float | str | None:
+    """``--time-limit``: positive seconds, ``none``, or ``env`` (the default: the environment's setting)."""
+    if text.strip().lower() in ("none", "env"):
+        return None if text.strip().lower() == "none" else "env"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'none', not {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected positive seconds, not {text!r}")
+    return value
 
 
 def parse_target(text: str | None) -> tuple[str, float | None, float | None] | None:
@@ -124,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         root=args.root,
         fmt=args.format,
         show_progress=True,
+        time_limit_s=args.time_limit,
     )
     print(report.to_markdown(), end="")
     if args.out:

@@ -1,11 +1,19 @@
-"""``crystalforge generate``: sample crystals from a shipped or trained model."""
+"""``crystalforge generate``: sample crystals from a shipped or trained model.
+
+``guarded`` is how ``generate``, ``csp`` and ``design`` stop: Ctrl-C is a clean stop (exit 130, one
+line, no traceback) and a write the disk refuses (full, read-only, no permission) a one-line error
+naming the file or folder (exit 2). Either way what was finished stays on disk and the same command resumes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import sys
 import textwrap
+from collections.abc import Callable
 
-from crystalforge.cli.options import add_parser, add_sampling_options, print_written
+from crystalforge.cli.options import add_parser, add_sampling_options, add_workers, executor, print_written
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             examples:
               crystalforge generate --model perov_5-dng -n 100 --out gen/
               crystalforge generate --model mp_20-dng -n 1000 --steps 20 --out gen/ --device cuda
+              crystalforge generate --model mp_20-dng -n 1000 --workers 4 --out gen/      # or --ray auto
               crystalforge generate --model perov_5-csp --composition SrTiO3 -n 10 --out srtio3/
               crystalforge generate --model mp_20-dng --composition Li3PS4 -n 50 --out li3ps4/
               crystalforge generate --model runs/mine/model.pt --num-atoms 8 -n 50 --out gen/
@@ -41,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_sampling_options(p)
+    steered = "steered runs (--target, --elements, --motif, --route) sample in this process"
+    add_workers(p, default=1, help=f"{WORKERS_HELP}; {steered}")
     p.add_argument("--model", default="perov_5-dng", help="shipped model name (crystalforge models) or model.pt")
     p.add_argument("-n", type=int, default=100, help="number of crystals")
     p.add_argument("--num-atoms", type=int, help="DNG: atoms per cell (default: drawn from the training data)")
@@ -80,6 +91,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     steer.add_argument("--motif", metavar="MOTIF:ELEMENT", help="inpaint a lattice motif, e.g. kagome:Mn")
 
 
+WORKERS_HELP = (
+    "processes sampling chunks (--batch-size crystals each) at once, each loading the model once; the files are "
+    "those of --workers 1"
+)
+"""The help of ``--workers`` for ``generate`` and ``csp``."""
+
 ROUTES = ("importance", "gradient", "smc", "condition", "gradient+importance", "smc+importance",
           "condition+importance", "condition+gradient")  # fmt: skip
 """The routes offered (``sampling.steering`` accepts any ``+``-join of its steps)."""
@@ -93,8 +110,39 @@ def condition(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as a shell reports it)."""
+CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+"""``OSError`` numbers only a write gets: full disk or quota, read-only file system, file too large."""
+DENIED = frozenset({errno.EACCES, errno.EPERM})
+"""``OSError`` numbers of a file or folder the user may not use (a ``chmod``-ed output folder)."""
+
+
+def guarded(work: Callable[[], int]) -> int:
+    """``work()``; Ctrl-C → exit 130, a refused write or access → exit 2, each with one line on stderr.
+
+    Every output is written atomically and in resumable steps, so both leave finished work intact.
+    """
+    try:
+        return work()
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
+    except OSError as exc:
+        if exc.errno not in CANNOT_WRITE | DENIED:
+            raise
+        verb = "cannot write " if exc.errno in CANNOT_WRITE else ""
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {verb}{where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
 def run(args: argparse.Namespace) -> int:
-    """Generate; exit 1 when fewer than ``-n`` crystals came out."""
+    """Generate; exit 1 when fewer than ``-n`` crystals came out (130 after Ctrl-C, 2 for a refused write)."""
+    return guarded(lambda: _generate(args))
+
+
+def _generate(args: argparse.Namespace) -> int:
     from crystalforge import api
 
     steering = None
@@ -121,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=bar.update,
             steering=steering,
+            workers=executor(args) or 1,
         )
     print_written(len(crystals), args.out)
     return 0 if len(crystals) == args.n else 1

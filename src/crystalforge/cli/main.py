@@ -82,8 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for a clean error: bad input or a missing optional package)."""
-    args = build_parser().parse_args(argv)
+    """Entry point; returns the exit status.
+
+    A clean error (bad input, a file that cannot be read or written, a missing optional package)
+    prints one ``error:`` line and returns 2; Ctrl-C (at any point, start-up included) prints one
+    line and returns 130 (the commands keep finished work, so rerunning resumes).
+    """
+    try:
+        return _dispatch(build_parser().parse_args(argv))
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -99,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a broken installation of crystalforge itself: show the traceback
         print(f"error: {api.MissingDependencyError(exc.name, f'crystalforge {args.command}')}", file=sys.stderr)
         return 2
-    except (api.CrystalError, FileNotFoundError, KeyError, ValueError) as exc:  # ConfigError is a ValueError
+    except (api.CrystalError, OSError, KeyError, ValueError) as exc:  # ConfigError is a ValueError
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -49,6 +49,17 @@ def executor(args: argparse.Namespace) -> int | ExecutorConfig | None:
     return api.ExecutorConfig(workers=workers, ray=args.ray)
 
 
+def positive_float(text: str) -> float:
+    """The argparse type of a tolerance or scale: a finite number above 0 (``nan``, ``inf``, 0 and -1 are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text!r}")
+    return value
+
+
 def anti_annealing(text: str) -> float | dict[str, float]:
     """The argparse type of ``--anti-annealing``: one scale, or ``FIELD=S[,FIELD=S]``."""
     from crystalforge import api

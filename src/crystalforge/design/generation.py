@@ -8,7 +8,9 @@ the same whichever runs came before. Its candidates get the keys ``r<round>-<sta
 (``start = batch × batch_size``), one per requested structure: a structure the generator could not
 make is stored as a candidate without one (its ``error`` says why), so the keys of a batch are
 always complete. A batch whose first key is in the store is done (the store adds a batch in one
-transaction) and is never generated again.
+transaction, the filter's rejection of its missing structures included) and is never generated
+again; a kill before that transaction leaves a resumable generation folder, which the rerun reads
+back without sampling again.
 """
 
 from __future__ import annotations
@@ -117,10 +119,9 @@ def generate_batches(
         reasons = _failure_reasons(folder)
         for k in range(batch.n - len(made)):
             reason = reasons[k] if k < len(reasons) else "generation failed: no structure"
-            rows.append(Candidate.failure(source, reason))
-        keys = store.add(rows, round=batch.round, start=batch.start)
-        for key, row in zip(keys, rows, strict=True):
-            if row.crystal is None:  # the filter never sees a missing structure: say why here
-                store.record("filter", key, {"reason": str(row.error)}, status="rejected")
+            # the filter never sees a missing structure: its rejection is stored with the row, in one step
+            rejected = {"status": "rejected", "reason": reason}
+            rows.append(Candidate.failure(source, reason).with_stage("filter", rejected))
+        store.add(rows, round=batch.round, start=batch.start)
         added += len(rows)
     return added

@@ -9,10 +9,12 @@ Everything lives in the run folder ``RUN/``: ``candidates.db`` (the ``CandidateS
 candidate and every stage's result), ``design.json`` (spec, rounds, timings, funnel, top; written
 atomically after every stage), ``generate/`` (one generation folder per batch),
 ``relax-cache.jsonl`` (finished relaxations), ``top/`` and ``top.csv``. A rerun of the same spec
-does only what is missing (after a ``kill -9`` too); a larger ``budget`` adds a round of new
-candidates, a larger ``relax_budget`` relaxes more of the screened ones. Settings that decide what
-the stored results mean (model, targets, filters, predictor, relaxer, seed, ...) cannot change on a
-rerun: that is an error naming them. With ``rounds > 1`` or ``active_learning`` the rounds run one
+does only what is missing, after a ``kill -9`` or Ctrl-C too: every file is written atomically,
+every store write is one transaction, and the temporaries of a killed writer are cleared at the
+start, so the results are those of an uninterrupted run (timings aside). A larger ``budget`` adds
+a round of new candidates, a larger ``relax_budget`` relaxes more of the screened ones. Settings
+that decide what the stored results mean (model, targets, filters, predictor, relaxer, seed, ...)
+cannot change on a rerun: that is an error naming them. With ``rounds > 1`` or ``active_learning`` the rounds run one
 after another, each relaxing its own best, and the screen's surrogate may learn between them
 (``design.active``); ``design.json``'s ``round_results`` records each round.
 """
@@ -46,7 +48,7 @@ from crystalforge.design.stages import (
     stage_bar,
 )
 from crystalforge.execution import ExecutorConfig
-from crystalforge.io.atomic import atomic_write
+from crystalforge.io.atomic import atomic_write, remove_temporaries
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.shipped import load_predictor
 from crystalforge.progress import null_progress
@@ -216,6 +218,9 @@ def run_design(
     from crystalforge.design.store import CandidateStore, candidate_key  # ASE's database, loaded only to run
 
     ctx = DesignContext(spec, CandidateStore(run / STORE_FILE), run, workers, bars, relaxer, _predictor=predictor)
+    for folder in (run, run / "top", run / "top" / "symmetrized"):  # what writers killed mid-write left
+        if folder.is_dir():
+            remove_temporaries(folder)
     rounds = _rounds(meta, spec.budget, spec.rounds)
     known = meta.get("stages")
     stages: dict[str, dict[str, float]] = {str(k): dict(v) for k, v in known.items()} if isinstance(known, dict) else {}

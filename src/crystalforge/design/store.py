@@ -14,9 +14,11 @@ lists it, filters it (``ase db RUN/candidates.db relax=done 'hull_e_above_hull<0
   column ``S_<name>`` per scalar value (bool, int, float, text); values a column cannot hold
   (arrays, lists, None, text that reads as a number) go to ``data[S][name]``.
 
-Crash safety: every ``add`` (one batch) and every ``record`` is one committed SQLite transaction, so
-a ``kill -9`` loses at most the item in flight; reopening the file gives back everything recorded
-before, and ``pending`` then lists only the work still to do. One process writes (the pipeline's
+Crash safety: every ``add`` (one batch, with the stage results its candidates already carry) and
+every ``record`` is one committed SQLite transaction, so a ``kill -9`` loses at most the item in
+flight; reopening the file gives back everything recorded before, and ``pending`` then lists only
+the work still to do. A write SQLite refuses (a full disk, a read-only folder) is a ``StoreError``
+naming the file and the record, and leaves the store as it was. One process writes (the pipeline's
 main process; workers return results to it); any number may read, ``ase db`` included.
 
 Everything goes through ``ase.db`` (no SQL of our own): its key-value columns are what ``ase db``
@@ -29,6 +31,7 @@ import numbers
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +52,8 @@ _DATA_KEYS = ("crystal", "initial")  # data entries that are not stages
 # "material" would own material_id's prefix; "atoms", "delete" and "data" clash with ``update``'s arguments
 _RESERVED = {*HEADER, *_DATA_KEYS, "material", "atoms", "delete", "data", "id"}
 _STAGE = re.compile(r"^[a-z][a-z0-9]*$")
+_DAMAGE = (sqlite3.Error, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
+"""What ase.db and json raise on a database whose bytes were damaged (a ``StoreError`` is let through)."""
 _VALUE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
@@ -79,18 +84,33 @@ class CandidateStore:
         self._db = ase.db.connect(str(self.path), type="db", append=True)
         try:
             meta = self._db.metadata  # reading first creates the tables (a write before would be forgotten)
-            if fresh:
+            if fresh or (not meta and self._db.count() == 0):  # also: killed between the tables and this
                 self._db.metadata = meta = dict(FORMAT)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: not a crystalforge candidate store ({exc})") from None
+        except sqlite3.OperationalError as exc:  # locked, read-only, full disk
+            raise StoreError(f"{self.path}: cannot open or write the candidate store ({exc})") from None
+        except _DAMAGE as exc:
+            raise StoreError(f"{self.path}: not a crystalforge candidate store ({type(exc).__name__}: {exc})") from None
         if meta.get("crystalforge") != "candidates":
             raise StoreError(f"{self.path}: an ASE database, but not a crystalforge candidate store")
         if meta.get("format_version") != FORMAT["format_version"]:
             raise StoreError(f"{self.path}: unsupported store format version {meta.get('format_version')!r}")
-        self._ids = {str(row.cid): int(row.id) for row in self._db.select(include_data=False)}
+        with self._reading("its records"):
+            self._ids = {str(row.cid): int(row.id) for row in self._db.select(include_data=False)}
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """Damaged bytes inside the database (flipped, spliced) become a ``StoreError`` naming the file."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except _DAMAGE as exc:
+            raise StoreError(
+                f"{self.path}: damaged candidate store: cannot read {what} ({type(exc).__name__}: {exc})"
+            ) from None
 
     def __contains__(self, key: object) -> bool:
         return key in self._ids
@@ -108,18 +128,27 @@ class CandidateStore:
         """Store candidates ``start, start+1, ...`` of generation round ``round``; return their keys.
 
         Idempotent: a key already stored is left as it is (the first write wins), so a resumed run
-        may add its regenerated batch again. The batch is one transaction (all rows or none).
+        may add its regenerated batch again. A candidate's ``stages`` (each ``{"status": ..., **values}``,
+        as ``candidates()`` gives them back) are stored with it. The batch is one transaction (all rows
+        or none).
         """
         keys = [candidate_key(round, start + i) for i in range(len(candidates))]
         new: dict[str, int] = {}
-        with self._db:
-            for key, candidate in zip(keys, candidates, strict=True):
-                if key in self._ids or key in new:
-                    continue
-                columns, data = _header(key, round, candidate)
-                atoms = candidate.crystal.to_ase() if candidate.crystal is not None else ase.Atoms()
-                atoms.info.clear()
-                new[key] = int(self._db.write(atoms, key_value_pairs=columns, data=data))
+        try:
+            with self._db:
+                for key, candidate in zip(keys, candidates, strict=True):
+                    if key in self._ids or key in new:
+                        continue
+                    columns, data = _header(key, round, candidate)
+                    for stage, result in candidate.stages.items():
+                        stage_columns, blobs = _stage_result(stage, result, f"{self.path}: record {key!r}")
+                        columns.update(stage_columns)
+                        data[stage] = blobs
+                    atoms = candidate.crystal.to_ase() if candidate.crystal is not None else ase.Atoms()
+                    atoms.info.clear()
+                    new[key] = int(self._db.write(atoms, key_value_pairs=columns, data=data))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot write records {keys[0]}..{keys[-1]} ({exc})") from None
         self._ids.update(new)
         return keys
 
@@ -140,20 +169,25 @@ class CandidateStore:
         """
         where = f"{self.path}: record {key!r}, stage {stage!r}"
         _check_stage(stage, where)
-        if status not in STATUSES:
-            raise StoreError(f"{where}: status must be one of {STATUSES}, got {status!r}")
+        if "status" in (values or {}):
+            raise StoreError(f"{where}: 'status' is the stage's status, not a value name")
         row_id = self._row_id(key)
-        columns, blobs = _split(stage, values or {}, where)
-        row = self._db.get(id=row_id)
-        stale = [k for k in row.key_value_pairs if k == stage or k.startswith(f"{stage}_")]
-        data: dict[str, Any] = {stage: blobs}
-        atoms = None
-        if crystal is not None:
-            atoms = crystal.to_ase()
-            atoms.info.clear()
-            if "initial" not in row.data and row.natoms:
-                data["initial"] = _arrays(row.toatoms())
-        self._db.update(row_id, atoms=atoms, delete_keys=stale, data=data, **{stage: status}, **columns)
+        columns, blobs = _stage_result(stage, {**(values or {}), "status": status}, where)
+        try:
+            row = self._db.get(id=row_id)
+            stale = [k for k in row.key_value_pairs if k == stage or k.startswith(f"{stage}_")]
+            data: dict[str, Any] = {stage: blobs}
+            atoms = None
+            if crystal is not None:
+                atoms = crystal.to_ase()
+                atoms.info.clear()
+                if "initial" not in row.data and row.natoms:
+                    data["initial"] = _arrays(row.toatoms())
+            self._db.update(row_id, atoms=atoms, delete_keys=stale, data=data, **columns)
+        except sqlite3.OperationalError as exc:  # locked, read-only, full disk
+            raise StoreError(f"{where}: cannot write ({exc})") from None
+        except _DAMAGE as exc:
+            raise StoreError(f"{where}: damaged candidate store ({type(exc).__name__}: {exc})") from None
 
     def fail(self, stage: str, key: str, error: str) -> None:
         """Record that stage ``stage`` raised ``error`` on candidate ``key``."""
@@ -164,18 +198,20 @@ class CandidateStore:
         """Keys of candidates with a structure, no ``stage`` result yet, and ``done`` in every stage of ``after``."""
         for name in (stage, *after):
             _check_stage(name, f"{self.path}: pending({stage!r})")
-        return [
-            str(row.cid)
-            for row in self._db.select(include_data=False)
-            if row.natoms
-            and stage not in row.key_value_pairs
-            and all(row.key_value_pairs.get(s) == "done" for s in after)
-        ]
+        with self._reading("its records"):
+            return [
+                str(row.cid)
+                for row in self._db.select(include_data=False)
+                if row.natoms
+                and stage not in row.key_value_pairs
+                and all(row.key_value_pairs.get(s) == "done" for s in after)
+            ]
 
     def status(self, stage: str, key: str) -> str | None:
         """Candidate ``key``'s status for ``stage`` (None when not recorded yet)."""
         _check_stage(stage, f"{self.path}: status({stage!r})")
-        value = self._db.get(id=self._row_id(key)).key_value_pairs.get(stage)
+        with self._reading(f"record {key!r}"):
+            value = self._db.get(id=self._row_id(key)).key_value_pairs.get(stage)
         return None if value is None else str(value)
 
     def candidates(self, keys: Sequence[str] | None = None) -> list[Candidate]:
@@ -184,23 +220,26 @@ class CandidateStore:
         for key in wanted:
             self._row_id(key)
         picked = set(wanted)
-        found = {str(row.cid): _candidate(row) for row in self._db.select() if row.cid in picked}
+        with self._reading("its records"):
+            found = {str(row.cid): _candidate(row) for row in self._db.select() if row.cid in picked}
         return [found[key] for key in wanted]
 
     def table(self) -> list[dict[str, object]]:
         """One flat dict per candidate (the ``ase db`` columns plus ``data``'s values): the funnel's source."""
-        return [_flat(row) for row in self._db.select()]
+        with self._reading("its records"):
+            return [_flat(row) for row in self._db.select()]
 
     def funnel(self, stages: Sequence[str]) -> dict[str, int]:
         """For each stage in order: how many candidates are ``done`` in it and in every stage before it."""
         for name in stages:
             _check_stage(name, f"{self.path}: funnel")
         counts = dict.fromkeys(stages, 0)
-        for row in self._db.select(include_data=False):
-            for name in stages:
-                if row.key_value_pairs.get(name) != "done":
-                    break
-                counts[name] += 1
+        with self._reading("its records"):
+            for row in self._db.select(include_data=False):
+                for name in stages:
+                    if row.key_value_pairs.get(name) != "done":
+                        break
+                    counts[name] += 1
         return counts
 
     def _row_id(self, key: str) -> int:
@@ -240,6 +279,16 @@ def _is_column(value: object) -> bool:
 def _plain(value: object) -> object:
     """NumPy scalars as Python ones (ASE's columns are typed by Python type)."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _stage_result(stage: str, result: object, where: str) -> tuple[dict[str, object], dict[str, object]]:
+    """A stage result ``{"status": ..., **values}`` as (columns: the status and ``S_<name>``, ``data[S]``)."""
+    _check_stage(stage, where)
+    status = result.get("status") if isinstance(result, Mapping) else None
+    if not isinstance(result, Mapping) or status not in STATUSES:
+        raise StoreError(f"{where}: status must be one of {STATUSES}, got {status!r} (stage {stage!r})")
+    columns, blobs = _split(stage, {k: v for k, v in result.items() if k != "status"}, where)
+    return {stage: status, **columns}, blobs
 
 
 def _split(stage: str, values: Mapping[str, object], where: str) -> tuple[dict[str, object], dict[str, object]]:

@@ -11,13 +11,20 @@ inputs are ``crystalforge.core.candidate.Candidate``s (a crystal, or the reason 
 plain reference crystals. For CSP, ``csp_links`` (built by ``assign_groups``) says which reference
 each candidate predicts. Things that live in other packages (fingerprint featurizers, the relaxer)
 come in as objects satisfying ``FeaturizerLike`` and ``Relaxer``.
+
+Per-structure steps that a library can hang on (cell reduction, structure matching, spglib,
+fingerprints) run under ``time_limit_s`` (``execution.executor.map_with_time_limit``); a structure
+a step gave up on is noted with ``note_aborted`` and reported in the per-structure ``failure``
+column and ``details["aborted"]``, and the run goes on.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,19 +39,54 @@ from crystalforge.progress import ProgressBar, null_progress
 from crystalforge.relax.interfaces import Relaxer, RelaxResult
 
 __all__ = [
+    "DEFAULT_TIME_LIMIT_S",
+    "REJECTED",
+    "TIME_LIMIT_ENV",
     "CSPLink",
     "EvaluationContext",
     "ProgressFactory",
     "Task",
     "assign_groups",
     "group_members",
+    "no_structure_reason",
+    "time_limit_from_env",
 ]
+
+logger = logging.getLogger(__name__)
 
 Task = Literal["dng", "csp"]
 
 _RELAX = "relax"  # memo key of the relaxation results
 
 _T = TypeVar("_T")
+
+DEFAULT_TIME_LIMIT_S = 60.0
+"""Seconds one structure may spend in one step (Niggli reduction, matching, spglib, a fingerprint)."""
+TIME_LIMIT_ENV = "CRYSTALFORGE_TIME_LIMIT_S"
+"""Environment variable overriding ``DEFAULT_TIME_LIMIT_S`` (``none`` or ``0``: no limit)."""
+REJECTED = "rejected: "
+"""Prefix of the error of a record refused before evaluation (over a ``core.limits`` resource limit)."""
+
+
+def time_limit_from_env() -> float | None:
+    """``DEFAULT_TIME_LIMIT_S``, or ``$CRYSTALFORGE_TIME_LIMIT_S`` when set (``none``/``0``: None, no limit)."""
+    raw = os.environ.get(TIME_LIMIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIME_LIMIT_S
+    if raw.lower() in ("none", "0"):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{TIME_LIMIT_ENV}={raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise ValueError(f"{TIME_LIMIT_ENV}={raw!r} must be positive (or none)")
+    return value
+
+
+def no_structure_reason(error: str) -> str:
+    """Why a record without a crystal failed: the rejection itself, else ``unreadable: <error>``."""
+    return error if error.startswith(REJECTED) else f"unreadable: {error}"
 
 
 ProgressFactory = Callable[[int | None, str], ProgressBar]
@@ -126,6 +168,8 @@ class EvaluationContext:
             interrupted coverage evaluation resumes (None: no cache).
         progress: progress-bar factory.
         seed: seed of the property-distribution draw.
+        time_limit_s: seconds one structure may spend in one step that a library can hang on
+            (None: no limit; ``evaluate_candidates`` sets ``time_limit_from_env()``).
 
     """
 
@@ -149,12 +193,16 @@ class EvaluationContext:
     sample_cache_dir: Path | None = None
     progress: ProgressFactory = null_progress
     seed: int = 0
+    time_limit_s: float | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
     timings: dict[str, float] = field(default_factory=dict, repr=False)
+    aborted: dict[int, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.csp_links is not None and len(self.csp_links) != len(self.samples):
             raise ValueError(f"{len(self.csp_links)} CSP links for {len(self.samples)} samples")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be positive or None, got {self.time_limit_s}")
 
     # ---- plain views -----------------------------------------------------------------------
     @property
@@ -187,6 +235,13 @@ class EvaluationContext:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def note_aborted(self, reasons: Mapping[int, str]) -> None:
+        """Record samples (by index) a step gave up on (``"timed out after 60 s in ..."``); the first reason stays."""
+        for index, reason in reasons.items():
+            if index not in self.aborted:
+                logger.warning("%s: %s", self.samples[index].ident, reason)
+                self.aborted[index] = reason
 
     def memo(self, key: str, compute: Callable[[], _T]) -> _T:
         """``compute()`` once per context; later calls with the same ``key`` return the kept value.
@@ -221,7 +276,7 @@ class EvaluationContext:
                 done = relaxer.relax([c for c in self.crystals if c is not None])
             finally:
                 bar.close()
-            out = [RelaxResult.failed(f"unreadable: {s.error}") for s in self.samples]
+            out = [RelaxResult.failed(no_structure_reason(s.error or "")) for s in self.samples]
             for i, result in zip(idx, done, strict=True):
                 out[i] = result
             return out

@@ -13,12 +13,19 @@ so two names for the same structures (``mp_20`` and ``mp_20_reduced`` test) shar
 With ``chunk_size``, a long featurization is resumable: each chunk of crystals is saved as it is
 done under ``<stem>.parts/`` and reused by the next call, and the folder is removed once the whole
 array is written, so a killed run loses at most one chunk.
+
+With ``time_limit_s``, each crystal is featurized on its own under that limit
+(``execution.executor.map_with_time_limit``; matminer's CrystalNN can spend minutes on an extremely
+skewed cell): a crystal over it gets a NaN row and its reason in ``aborted``, and nothing holding
+such a row is cached, so the next run tries it again. The rows of a ``FeaturizerLike`` must not
+depend on each other (true of every fingerprint here).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -29,6 +36,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
+from crystalforge.execution import make_executor
+from crystalforge.execution.executor import StepAbortedError, map_with_time_limit
 from crystalforge.io.atomic import atomic_write
 
 __all__ = ["FeaturizerLike", "cached_features", "crystals_digest", "featurizer_token"]
@@ -108,6 +117,8 @@ def cached_features(
     *,
     cache_dir: Path | None,
     chunk_size: int | None = None,
+    time_limit_s: float | None = None,
+    aborted: dict[int, str] | None = None,
 ) -> np.ndarray:
     """``featurizer.featurize(crystals)`` as ``[B, D]`` float64, read from / written to ``cache_dir`` when given.
 
@@ -117,6 +128,8 @@ def cached_features(
         cache_dir: Folder of ``.npy`` cache files (created if missing); None computes without caching.
         chunk_size: Featurize this many crystals at a time and keep each finished chunk on disk
             until the whole array is written, so an interrupted call resumes (needs ``cache_dir``).
+        time_limit_s: Seconds one crystal's features may take (None: no limit, one ``featurize`` call).
+        aborted: Filled with ``index → reason`` for each crystal stopped at the time limit.
 
     Returns:
         The features; NaN rows where featurization failed. A cached file whose shape does not fit
@@ -126,8 +139,9 @@ def cached_features(
     crystals = list(crystals)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    stopped: dict[int, str] = {} if aborted is None else aborted
     if cache_dir is None:
-        return _compute(featurizer, crystals)
+        return _compute(featurizer, crystals, time_limit_s, stopped)
     digest = hashlib.sha256("\n".join([featurizer_token(featurizer), crystals_digest(crystals)]).encode()).hexdigest()
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", featurizer.name).strip("_.")[:80]
     path = Path(cache_dir) / f"{label}-{digest[:24]}.npy"
@@ -137,7 +151,7 @@ def cached_features(
         return cached
     parts = path.with_suffix(".parts")
     if chunk_size is None or len(crystals) <= chunk_size:
-        features = _compute(featurizer, crystals)
+        features = _compute(featurizer, crystals, time_limit_s, stopped)
     else:
         blocks = []
         for start in range(0, len(crystals), chunk_size):
@@ -145,11 +159,17 @@ def cached_features(
             part = parts / f"{start:08d}.npy"
             block = _load(part, len(chunk))
             if block is None:
-                block = _compute(featurizer, chunk)
-                with atomic_write(part, "wb") as handle:
-                    np.save(handle, block, allow_pickle=False)
+                found: dict[int, str] = {}
+                block = _compute(featurizer, chunk, time_limit_s, found)
+                for i, why in found.items():
+                    stopped.setdefault(start + i, why)
+                if not found:
+                    with atomic_write(part, "wb") as handle:
+                        np.save(handle, block, allow_pickle=False)
             blocks.append(block)
         features = np.concatenate(blocks, axis=0)
+    if stopped:  # a later run (another limit, a faster machine) tries the stopped crystals again
+        return features
     with atomic_write(path, "wb") as handle:
         np.save(handle, features, allow_pickle=False)
     shutil.rmtree(parts, ignore_errors=True)
@@ -171,8 +191,43 @@ def _load(path: Path, rows: int) -> np.ndarray | None:
     return np.asarray(cached, dtype=np.float64)
 
 
-def _compute(featurizer: FeaturizerLike, crystals: list[Crystal]) -> np.ndarray:
-    features = np.asarray(featurizer.featurize(crystals), dtype=np.float64)
+def _one_by_one(task: tuple[FeaturizerLike, list[Crystal], float]) -> list[np.ndarray | StepAbortedError]:
+    """Rows of ``crystals``, each computed alone under the time limit (built library objects are inherited)."""
+    featurizer, crystals, seconds = task
+    getattr(featurizer, "impl", None)  # build a lazily built library object once, before the fork
+    step = f"{featurizer.name} fingerprint"
+    rows = map_with_time_limit(lambda c: featurizer.featurize([c])[0], crystals, seconds=seconds, step=step)
+    return [r if isinstance(r, StepAbortedError) else np.asarray(r, dtype=np.float64) for r in rows]
+
+
+def _limited(
+    featurizer: FeaturizerLike, crystals: list[Crystal], seconds: float, aborted: dict[int, str]
+) -> np.ndarray:
+    """``[B, D]`` with NaN rows where the time limit stopped a crystal, over the featurizer's ``workers``."""
+    workers = max(1, min(int(getattr(featurizer, "workers", 1)), len(crystals)))
+    size = math.ceil(len(crystals) / workers)
+    tasks = [(featurizer, crystals[s : s + size], seconds) for s in range(0, len(crystals), size)]
+    with make_executor(workers) as executor:
+        rows = [r for chunk in executor.map(_one_by_one, tasks) for r in chunk]
+    width = next((len(r) for r in rows if not isinstance(r, StepAbortedError)), None)
+    if width is None:  # every crystal was stopped: the width of an empty call
+        width = np.asarray(featurizer.featurize([])).reshape(0, -1).shape[1]
+    out = np.full((len(crystals), width), np.nan)
+    for i, row in enumerate(rows):
+        if isinstance(row, StepAbortedError):
+            aborted.setdefault(i, str(row))
+        else:
+            out[i] = row
+    return out
+
+
+def _compute(
+    featurizer: FeaturizerLike, crystals: list[Crystal], seconds: float | None, aborted: dict[int, str]
+) -> np.ndarray:
+    if seconds is None or not crystals:
+        features = np.asarray(featurizer.featurize(crystals), dtype=np.float64)
+    else:
+        features = _limited(featurizer, crystals, seconds, aborted)
     if features.ndim != 2 or features.shape[0] != len(crystals):
         raise ValueError(
             f"featurizer {featurizer.name!r} returned shape {features.shape} for {len(crystals)} crystals, "

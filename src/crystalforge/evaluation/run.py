@@ -17,7 +17,16 @@ from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 from crystalforge.core.extras import require
-from crystalforge.evaluation.context import CSPLink, EvaluationContext, ProgressFactory, Task, assign_groups
+from crystalforge.core.limits import StructureLimits
+from crystalforge.evaluation.context import (
+    REJECTED,
+    CSPLink,
+    EvaluationContext,
+    ProgressFactory,
+    Task,
+    assign_groups,
+    time_limit_from_env,
+)
 from crystalforge.evaluation.features import FeaturizerLike
 from crystalforge.evaluation.hull import ReferenceHull
 from crystalforge.evaluation.metrics.coverage import coverage_cutoffs as published_cutoffs
@@ -28,7 +37,7 @@ from crystalforge.io.files import write_structures
 from crystalforge.progress import ProgressBar, null_progress, progress_bar
 from crystalforge.relax.interfaces import Relaxer
 
-__all__ = ["RELAXED_FILE", "evaluate_candidates", "featurizers_needed", "link_predictions"]
+__all__ = ["RELAXED_FILE", "evaluate_candidates", "featurizers_needed", "link_predictions", "within_limits"]
 
 RELAXED_FILE = "relaxed.extxyz"
 """The relaxed structures of a run with a relaxer, written beside the summary."""
@@ -82,6 +91,15 @@ def featurizers_needed(
     return task == "dng" and _cutoffs(coverage_cutoffs, reference_key) is not None
 
 
+def within_limits(candidates: Sequence[Candidate], limits: StructureLimits) -> list[Candidate]:
+    """The candidates, each one over a resource limit turned into a failed record ``rejected: <problem>``."""
+    out = []
+    for candidate in candidates:
+        why = None if candidate.crystal is None else limits.problem(candidate.crystal)
+        out.append(candidate if why is None else candidate.failed(f"{REJECTED}{why}"))
+    return out
+
+
 def _quiet_bar(total: int | None, desc: str) -> ProgressBar:
     return progress_bar(total, desc, leave=False)
 
@@ -106,6 +124,8 @@ def evaluate_candidates(
     cache_dir: Path | None = None,
     progress: ProgressFactory = null_progress,
     show_progress: bool = False,
+    time_limit_s: float | str | None = "env",
+    limits: StructureLimits | None = None,
 ) -> MetricReport:
     """Evaluate generated (``task="dng"``) or predicted (``task="csp"``) candidates by the pinned protocol.
 
@@ -133,6 +153,13 @@ def evaluate_candidates(
         progress: progress-bar factory (``total, description`` → bar).
         show_progress: tqdm bars on stderr (``crystalforge.progress.progress_bar``) when no
             ``progress`` factory is given.
+        time_limit_s: seconds one structure may spend in one step a library can hang on (cell
+            reduction, matching, spglib, a fingerprint); a structure over it fails that step with
+            ``timed out after N s in <step>`` and the run goes on. None: no limit; ``"env"``:
+            ``$CRYSTALFORGE_TIME_LIMIT_S``, else 60 s.
+        limits: what one structure may cost (``core.limits``; None: ``StructureLimits.from_env()``);
+            a candidate over a limit is rejected before any work, kept as a record without a
+            structure whose failure reads ``rejected: <problem>``.
 
     Returns:
         The report (also written into ``out`` when given).
@@ -151,7 +178,7 @@ def evaluate_candidates(
     if k is not None and not (isinstance(k, int) and k >= 1):
         raise ValueError(f"k must be >= 1, got {k}")
     config = ExecutorConfig.of(workers)
-    items = list(candidates)
+    items = within_limits(candidates, limits or StructureLimits.from_env())
     if not items:
         raise CrystalError("no structures to evaluate")
     links = None
@@ -179,6 +206,7 @@ def evaluate_candidates(
         cache_dir=cache_dir,
         sample_cache_dir=None if out is None else Path(out) / "fingerprints",
         progress=_quiet_bar if show_progress and progress is null_progress else progress,
+        time_limit_s=_time_limit(time_limit_s),
     )
     report = run_evaluation(ctx)
     if out is not None:
@@ -187,3 +215,12 @@ def evaluate_candidates(
         if relaxed:
             write_structures(relaxed, Path(out) / RELAXED_FILE)
     return report
+
+
+def _time_limit(value: float | str | None) -> float | None:
+    """Seconds, None (no limit), or the environment's setting for ``"env"``."""
+    if isinstance(value, str):
+        if value != "env":
+            raise ValueError(f"time_limit_s must be a number of seconds, None or 'env', not {value!r}")
+        return time_limit_from_env()
+    return value

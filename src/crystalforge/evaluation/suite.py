@@ -4,7 +4,8 @@ Each metric lives in its own module with its suite adapter (a ``Metric``: a ``na
 saying why the context cannot feed it, and a call returning a ``MetricResult``). ``run_evaluation``
 runs every metric whose requirements the context meets; a metric that is skipped says why in the
 protocol block, and a metric that fails on odd input never stops the run: its exception is
-recorded and the other metrics still report.
+recorded and the other metrics still report. A structure that a step gave up on (over the
+per-structure time limit) is listed in ``details["aborted"]`` and in its row's ``failure``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from crystalforge.core.extras import MissingDependencyError
 from crystalforge.core.versions import distribution_version
-from crystalforge.evaluation.context import EvaluationContext
+from crystalforge.evaluation.context import EvaluationContext, no_structure_reason
 from crystalforge.evaluation.metrics.base import Metric
 from crystalforge.evaluation.metrics.coverage import CoverageMetric
 from crystalforge.evaluation.metrics.csp import CSPMatchMetric
@@ -65,6 +66,7 @@ def run_evaluation(ctx: EvaluationContext, metrics: Sequence[Metric] | None = No
         "n_reference": None if ctx.reference is None else len(ctx.reference),
         "train": ctx.train_name,
         "seed": ctx.seed,
+        "time_limit_s": ctx.time_limit_s,
     }
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -91,6 +93,11 @@ def run_evaluation(ctx: EvaluationContext, metrics: Sequence[Metric] | None = No
         protocol[metric.name] = dict(result.protocol)
     if ctx.task == "dng" and "wdist_formation_energy" not in summary:
         skipped["formation_energy_distribution"] = "needs a formation-energy predictor (not part of this release)"
+    if ctx.aborted:
+        details["aborted"] = [
+            {"index": i, "source": ctx.samples[i].source, "material_id": ctx.samples[i].material_id, "reason": why}
+            for i, why in sorted(ctx.aborted.items())
+        ]
     if skipped:
         protocol["skipped"] = skipped
     if errors:
@@ -121,17 +128,17 @@ def _rows(ctx: EvaluationContext, columns: Mapping[str, Sequence[Any]]) -> list[
             row["num_atoms"] = sample.crystal.num_atoms
         for key, values in columns.items():
             row[key] = values[i]
-        row["failure"] = _failure(sample.error, row)
+        row["failure"] = _failure(sample.error, row, ctx.aborted.get(i))
         rows.append(row)
     return rows
 
 
-def _failure(error: str | None, row: Mapping[str, Any]) -> str | None:
+def _failure(error: str | None, row: Mapping[str, Any], aborted: str | None) -> str | None:
     """The first reason this sample failed, for the per-structure table (None when it did not)."""
     if error is not None:
-        return f"unreadable: {error}"
+        return no_structure_reason(error)
     if row.get("valid") is False:
         return f"invalid: {row.get('validity_reason')}"
     if row.get("relax_failure"):
         return f"relaxation: {row['relax_failure']}"
-    return None
+    return aborted

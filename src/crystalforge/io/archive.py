@@ -8,6 +8,7 @@ layout of the dataset preprocessing cache. Loading 10k crystals is a handful of 
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
+from crystalforge.core.errors import CrystalError
+from crystalforge.core.limits import StructureLimits
 from crystalforge.io.atomic import atomic_write
 
 ARCHIVE_FORMAT = "crystalforge.arrays/1"
@@ -35,6 +39,8 @@ class CrystalArrays:
 
     def __post_init__(self) -> None:
         b, n = len(self.num_atoms), len(self.atomic_numbers)
+        if self.num_atoms.ndim != 1 or self.num_atoms.dtype.kind not in "iu" or (self.num_atoms < 0).any():
+            raise ValueError("num_atoms must be a 1-d array of counts >= 0")
         if self.lattice.shape != (b, 3, 3) or self.frac_coords.shape != (n, 3) or int(self.num_atoms.sum()) != n:
             raise ValueError("inconsistent CrystalArrays shapes")
         if len(self.material_ids) != b or any(v.shape != (b,) for v in self.properties.values()):
@@ -125,7 +131,7 @@ class CrystalArrays:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["metadata"]))
-                if meta.pop("format", None) != ARCHIVE_FORMAT:
+                if not isinstance(meta, dict) or meta.pop("format", None) != ARCHIVE_FORMAT:
                     raise ValueError("not a crystalforge archive (format tag missing or different)")
                 return cls(
                     atomic_numbers=data["atomic_numbers"],
@@ -136,5 +142,25 @@ class CrystalArrays:
                     properties={k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("property:")},
                     metadata=meta,
                 )
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path}: cannot read crystal archive: {exc}") from None
+
+
+def archive_records(path: str | Path, limits: StructureLimits) -> Iterator[Candidate]:
+    """One record per crystal of an archive (``path:i``): a bad crystal, or one over ``limits``, is an error record.
+
+    An unreadable archive raises ``ValueError`` naming the file (there is no record to skip to).
+    """
+    arrays = CrystalArrays.load(path)
+    for i in range(len(arrays)):
+        source, ident = f"{path}:{i}", str(arrays.material_ids[i]) or None
+        try:
+            crystal = arrays[i]
+        except CrystalError as exc:
+            yield Candidate(source, error=exc.problem, material_id=ident)
+            continue
+        problem = limits.problem(crystal)
+        if problem is None:
+            yield Candidate(source, crystal=crystal, material_id=ident)
+        else:
+            yield Candidate(source, error=problem, material_id=ident)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -18,8 +20,10 @@ from typing import TYPE_CHECKING, cast
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
-from crystalforge.io.archive import CrystalArrays
+from crystalforge.core.limits import StructureLimits
+from crystalforge.io.archive import CrystalArrays, archive_records
 from crystalforge.io.atomic import atomic_write
+from crystalforge.io.extxyz import split_frames
 
 if TYPE_CHECKING:  # pragma: no cover
     from ase import Atoms
@@ -73,14 +77,17 @@ def structure_files(folder: Path) -> list[Path]:
 
 
 def iter_records(path: str | Path, *, fmt: str | None = None) -> Iterator[Candidate]:
-    """Every structure in a file or folder, as ``Record``s (errors are records, not exceptions).
+    """Every structure in a file or folder, as ``Candidate``s (errors are records, not exceptions).
 
+    A record over the resource limits (``core.limits``: atom count, cell size, volume per atom) is
+    an error record too; an atom count stated in a header is checked before the atoms are parsed.
     A missing path, an empty folder or a folder with no structure files raises
     ``FileNotFoundError``/``CrystalError`` at once: there is nothing to skip to.
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder")
+    limits = StructureLimits.from_env()
     if p.is_dir():
         files = structure_files(p)
         if not files:
@@ -88,170 +95,185 @@ def iter_records(path: str | Path, *, fmt: str | None = None) -> Iterator[Candid
                 f"folder holds no structure files ({', '.join(sorted(set(_SUFFIXES)))}, POSCAR)", source=str(p)
             )
         for f in files:
-            yield from _file_records(f, detect_format(f))
+            yield from _file_records(f, detect_format(f), limits)
         return
-    yield from _file_records(p, fmt or detect_format(p))
+    yield from _file_records(p, fmt or detect_format(p), limits)
 
 
-def _file_records(path: Path, fmt: str) -> Iterator[Candidate]:
+def _file_records(path: Path, fmt: str, limits: StructureLimits) -> Iterator[Candidate]:
     try:
         if path.stat().st_size == 0:
             yield Candidate(str(path), error="file is empty")
             return
         if fmt == "npz":
-            arrays = CrystalArrays.load(path)
-            yield from (Candidate(f"{path}:{i}", crystal=c) for i, c in enumerate(arrays))
+            yield from archive_records(path, limits)
             return
         text = path.read_text(errors="replace")
         if not text.strip():
             yield Candidate(str(path), error="file is empty")
             return
-        reader = {
-            "cif": _cif_records,
-            "poscar": _poscar_records,
-            "extxyz": _extxyz_records,
-            "text": _text_records,
-        }.get(fmt)
-        if reader is None:
+        reader = {"cif": _cif_records, "poscar": _poscar_records, "extxyz": _extxyz_records, "text": _text_records}
+        if fmt not in reader:
             raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-        yield from reader(path, text)
+        yield from reader[fmt](path, text, limits)
     except (OSError, ValueError) as exc:
         yield Candidate(str(path), error=str(exc).removeprefix(f"{path}: "))
 
 
-def _text_records(path: Path, text: str) -> Iterator[Candidate]:
-    """One candidate per blank-line-separated block of the crystal text format (``io.text``)."""
-    from crystalforge.io.text import CrystalText
+def _checked(source: str, crystal: Crystal, limits: StructureLimits, material_id: str | None = None) -> Candidate:
+    """The record of a parsed crystal: the crystal, or an error when it is over ``limits``."""
+    problem = limits.problem(crystal)
+    if problem is not None:
+        return Candidate(source, error=problem, material_id=material_id or crystal.material_id)
+    return Candidate(source, crystal=crystal, material_id=material_id)
+
+
+def _text_records(path: Path, text: str, limits: StructureLimits) -> Iterator[Candidate]:
+    """One record per block of the crystal text format (``io.text``), its errors naming the file's lines."""
+    from crystalforge.io.text import CrystalText, split_blocks
 
     codec = CrystalText()
-    blocks = [b for b in text.split("\n\n") if b.strip()]
-    for i, block in enumerate(blocks):
+    for i, (first, block) in enumerate(split_blocks(text)):
         try:
-            yield Candidate(f"{path}:{i}", crystal=codec.decode(block))
+            yield _checked(f"{path}:{i}", codec.decode(block, first_line=first), limits)
         except CrystalError as exc:
             yield Candidate(f"{path}:{i}", error=exc.problem)
 
 
-def _cif_records(path: Path, text: str) -> Iterator[Candidate]:
-    from pymatgen.io.cif import CifFile
+_CIF_BLOCK_START = re.compile(r"^\s*data_", re.MULTILINE)  # pymatgen's rule (CifFile.from_str)
 
-    try:
-        blocks = list(CifFile.from_str(text).data.items())
-    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on malformed text
-        yield Candidate(str(path), error=f"malformed CIF: {exc}")
-        return
+
+def _cif_blocks(text: str) -> list[tuple[str, str]]:
+    """``(name, text)`` of each ``data_`` block, cut here so that one malformed block spoils only itself."""
+    starts = [m.start() for m in _CIF_BLOCK_START.finditer(text)]
+    blocks = []
+    for start, end in zip(starts, [*starts[1:], len(text)], strict=True):
+        block = text[start:end].lstrip()
+        header = block.split(None, 1)[0]
+        if "powder_pattern" not in block.split("\n", 1)[0]:  # pymatgen skips these: no structure in them
+            blocks.append((header[len("data_") :], block))
+    return blocks
+
+
+def _cif_records(path: Path, text: str, limits: StructureLimits) -> Iterator[Candidate]:
+    """One record per data block; a block's source is ``path:name`` (``path`` for a one-block file)."""
+    blocks = _cif_blocks(text)
     if not blocks:
         yield Candidate(str(path), error="malformed CIF: no data_ block found")
         return
-    for name, block in blocks:
-        source = str(path) if len(blocks) == 1 else f"{path}:{name}"
-        ident = path.stem if len(blocks) == 1 else f"{path.stem}:{name}"
-        yield _parse_cif_block(str(block), source, ident)
+    names = Counter(name for name, _ in blocks)
+    for i, (name, block) in enumerate(blocks):
+        label = name if name and names[name] == 1 else f"{name or 'block'}#{i}"
+        source = str(path) if len(blocks) == 1 else f"{path}:{label}"
+        ident = path.stem if len(blocks) == 1 else f"{path.stem}:{label}"
+        yield _parse_cif_block(block, source, ident, limits)
 
 
 def cif_to_crystal(text: str, *, material_id: str | None = None, source: str | None = None) -> Crystal:
     """Parse one CIF data block; raises ``CrystalError`` naming ``source`` (or ``material_id``)."""
-    record = _parse_cif_block(text, source or material_id or "<cif>", material_id)
+    record = _parse_cif_block(text, source or material_id or "<cif>", material_id, StructureLimits.from_env())
     if record.crystal is None:
         raise CrystalError(record.error or "unreadable CIF", source=record.source)
     return record.crystal
 
 
-def _parse_cif_block(text: str, source: str, ident: str | None) -> Candidate:
+_CIF_SITE_KEYS = ("_atom_site_label", "_atom_site_fract_x", "_atom_site_Cartn_x")
+_CIF_SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz")
+MAX_SITE_SYMMETRY = 48
+"""Order of the largest crystallographic point group: a site has at least ``operations / 48`` images."""
+
+
+def _cif_count_problem(text: str, limits: StructureLimits) -> str | None:
+    """Over the limit before expansion: the listed sites, or their fewest images under listed operations."""
+    from pymatgen.io.cif import CifBlock
+
+    data = CifBlock.from_str(text).data
+
+    def rows(keys: tuple[str, ...]) -> int:
+        return max((len(v) if isinstance(v, list) else 1 for k in keys if (v := data.get(k)) is not None), default=1)
+
+    sites, operations = rows(_CIF_SITE_KEYS), rows(_CIF_SYMOP_KEYS)
+    return limits.count_problem(max(sites, -(-sites * operations // MAX_SITE_SYMMETRY)))
+
+
+def _parse_cif_block(text: str, source: str, ident: str | None, limits: StructureLimits) -> Candidate:
     from pymatgen.io.cif import CifParser
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            problem = _cif_count_problem(text, limits)
+            if problem is not None:
+                return Candidate(source, error=problem, material_id=ident)
             structures = CifParser.from_str(text, occupancy_tolerance=1.0).parse_structures(
                 primitive=False, on_error="raise"
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on malformed text
             detail = "; ".join(str(w.message) for w in caught[:2])
             return Candidate(source, error=f"malformed CIF: {exc}" + (f" ({detail})" if detail else ""))
     if not structures:
         detail = "; ".join(str(w.message) for w in caught[:2])
         return Candidate(source, error=f"malformed CIF: no structure could be built{': ' + detail if detail else ''}")
     try:
-        return Candidate(source, crystal=Crystal.from_pymatgen(structures[0], material_id=ident))
+        return _checked(source, Crystal.from_pymatgen(structures[0], material_id=ident), limits)
     except CrystalError as exc:
         return Candidate(source, error=exc.problem)
 
 
-def _poscar_records(path: Path, text: str) -> Iterator[Candidate]:
+def _poscar_count(text: str) -> int | None:
+    """The atom count on a POSCAR's counts line (line 6, or 7 after a symbols line), if it reads as one."""
+    lines = text.splitlines()
+    for line in lines[5:7]:
+        fields = line.split()
+        if fields and all(f.isascii() and f.isdigit() for f in fields):
+            return sum(int(f) for f in fields)
+    return None
+
+
+def _poscar_records(path: Path, text: str, limits: StructureLimits) -> Iterator[Candidate]:
     from pymatgen.io.vasp import Poscar
 
+    ident = path.stem if path.suffix else path.name
+    problem = limits.count_problem(_poscar_count(text) or 0)
+    if problem is not None:
+        yield Candidate(str(path), error=problem, material_id=ident)
+        return
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # pymatgen warns about each odd line; the record says why
             structure = Poscar.from_str(text).structure
-        yield Candidate(
-            str(path), crystal=Crystal.from_pymatgen(structure, material_id=path.stem if path.suffix else path.name)
-        )
+        yield _checked(str(path), Crystal.from_pymatgen(structure, material_id=ident), limits)
     except CrystalError as exc:
         yield Candidate(str(path), error=exc.problem)
     except Exception as exc:  # noqa: BLE001
         yield Candidate(str(path), error=f"malformed POSCAR: {exc}")
 
 
-def _extxyz_records(path: Path, text: str) -> Iterator[Candidate]:
-    """One record per frame: a bad frame is an error record, the other frames still parse."""
+def _extxyz_records(path: Path, text: str, limits: StructureLimits) -> Iterator[Candidate]:
+    """One record per frame (``io.extxyz``): a bad frame is an error record, the other frames still parse."""
     from ase.io import read
 
-    frames = _extxyz_frames(text)
+    frames = split_frames(text, count_problem=limits.count_problem)
     if not frames:
         yield Candidate(str(path), error="malformed extxyz: no frame found (first line must be the atom count)")
         return
-    for i, (frame, problem) in enumerate(frames):
+    for i, frame in enumerate(frames):
         source = f"{path}:{i}"
-        # the id as written in the comment line: ASE reads values such as "3961_0" as numbers
-        # (int("3961_0") == 39610), so atoms.info is not used for it
-        ident = _extxyz_material_id(frame) or (path.stem if len(frames) == 1 else f"{path.stem}:{i}")
-        if problem is not None:
-            yield Candidate(source, error=f"malformed extxyz frame {i}: {problem}", material_id=ident)
+        ident = frame.material_id or (path.stem if len(frames) == 1 else f"{path.stem}:{i}")
+        where = f"malformed extxyz frame {i} (line {frame.line})"
+        if frame.problem is not None:
+            yield Candidate(source, error=f"{where}: {frame.problem}", material_id=ident)
             continue
         try:
             # an integer index reads one frame: an Atoms, never the list ASE's annotation allows
-            atoms = cast("Atoms", read(io.StringIO(frame), index=0, format="extxyz"))
-        except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed text
-            yield Candidate(source, error=f"malformed extxyz frame {i}: {exc}", material_id=ident)
-            continue
-        try:
-            yield Candidate(source, crystal=Crystal.from_ase(atoms, material_id=ident), material_id=ident)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                atoms = cast("Atoms", read(io.StringIO(frame.text), index=0, format="extxyz"))
+            yield _checked(source, Crystal.from_ase(atoms, material_id=ident), limits, ident)
         except CrystalError as exc:
             yield Candidate(source, error=exc.problem, material_id=ident)
-
-
-def _extxyz_frames(text: str) -> list[tuple[str, str | None]]:
-    """Cut extxyz text into frames by their atom-count lines: ``(frame text, problem or None)``."""
-    lines = text.splitlines()
-    frames: list[tuple[str, str | None]] = []
-    i = 0
-    while i < len(lines):
-        if not lines[i].strip():
-            i += 1
-            continue
-        try:
-            count = int(lines[i].split()[0])
-        except (ValueError, IndexError):
-            frames.append(("\n".join(lines[i:]), f"line {i + 1}: expected an atom count, got {lines[i][:40]!r}"))
-            break
-        end = i + 2 + count
-        if count < 0 or end > len(lines):
-            frames.append(("\n".join(lines[i:]), f"frame at line {i + 1} is truncated ({count} atoms announced)"))
-            break
-        frames.append(("\n".join(lines[i:end]) + "\n", None))
-        i = end
-    return frames
-
-
-def _extxyz_material_id(frame: str) -> str | None:
-    """The ``material_id=...`` value of a frame's comment line, if any."""
-    lines = frame.splitlines()
-    if len(lines) < 2:
-        return None
-    m = re.search(r'material_id=(?:"([^"]*)"|(\S+))', lines[1])
-    return None if m is None else (m.group(1) or m.group(2))
+        except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed text
+            yield Candidate(source, error=f"{where}: {exc}", material_id=ident)
 
 
 def read_structures(path: str | Path, *, fmt: str | None = None, skip_bad: bool = False) -> list[Crystal]:
@@ -299,6 +321,10 @@ def write_structures(
         raise ValueError(f"{target}: nothing to write (no crystals)")
     if symmetrize and kind != "cif":
         raise ValueError("symmetrize=True is only meaningful for CIF output")
+    if symmetrize and not (0 < symprec < math.inf and 0 <= angle_tolerance < math.inf):  # spglib loops on symprec<0
+        raise ValueError(
+            f"symprec must be a finite number above 0, got {symprec}; angle_tolerance >= 0, got {angle_tolerance}"
+        )
     if kind == "npz":
         CrystalArrays.from_crystals(items).save(target)
         return target
@@ -345,11 +371,16 @@ def crystal_to_cif(
     from pymatgen.io.cif import CifWriter
 
     structure = crystal.to_pymatgen()
-    writer = (
-        CifWriter(structure, symprec=symprec, angle_tolerance=angle_tolerance) if symmetrize else CifWriter(structure)
-    )
-    text = str(writer)
     name = crystal.material_id or f"{crystal.formula}_{index}"
+    try:
+        writer = (
+            CifWriter(structure, symprec=symprec, angle_tolerance=angle_tolerance)
+            if symmetrize
+            else CifWriter(structure)
+        )
+    except Exception as exc:  # noqa: BLE001 - spglib and pymatgen fail in many ways on odd cells
+        raise CrystalError(f"cannot symmetrize at symprec={symprec} Å: {exc}", source=name) from None
+    text = str(writer)
     safe = "".join(ch if ch.isalnum() or ch in "-_.:" else "_" for ch in name)
     lines = text.splitlines()
     if lines and lines[0].startswith("data_"):

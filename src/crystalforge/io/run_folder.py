@@ -4,10 +4,13 @@ Layout of ``<out>/``:
 
 - ``run.json``: the run's settings (model, sampler, seed, chunk size); resuming with others fails.
 - ``chunks/chunk_<k>.extxyz``: chunk ``k`` of the jobs, written atomically (empty file: every
-  structure of the chunk failed).
-- ``failures.csv``: ``name,reason`` for each generated structure that is not a crystal.
-- ``samples.extxyz``: every written structure in job order; ``cif/`` (P1) and
-  ``cif_symmetrized/`` one CIF per structure.
+  structure of the chunk failed); then ``chunks/chunk_<k>.json``, its ``ChunkRecord`` (which jobs it
+  was made for, what it holds, what failed). The record is written last: a chunk without one (a
+  kill between the two writes) is sampled again, with the same seed, so nothing is lost or doubled.
+- ``failures.csv``: ``name,reason`` for each generated structure that is not a crystal, gathered
+  from the chunk records at the end (absent when nothing failed).
+- ``cif/`` (P1) and ``cif_symmetrized/``: one CIF per structure; then ``samples.extxyz``, every
+  written structure in job order, last: once it is there, so is everything else.
 
 ``RunFolder.candidates()`` reads a finished folder as the candidate table (structures, then one
 failed candidate per ``failures.csv`` row), so evaluation counts failures as invalid samples.
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crystalforge.core.candidate import Candidate
-from crystalforge.io.atomic import atomic_write
+from crystalforge.io.atomic import atomic_write, remove_temporaries
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.extxyz"
@@ -32,6 +35,20 @@ CIF_DIR = "cif"
 SYMMETRIZED_CIF_DIR = "cif_symmetrized"
 
 JSONValue = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """What one chunk file holds: the digest of the jobs it was made for, the names written, the failures.
+
+    The runner reuses a chunk only when its record's ``jobs`` digest is that of the chunk's jobs now,
+    whatever the structures hold (a family may choose its own atom counts), and the file holds
+    ``written``.
+    """
+
+    jobs: str
+    written: tuple[str, ...]
+    failures: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,10 @@ class RunFolder:
         """The file of chunk ``k``."""
         return self.chunk_dir / f"chunk_{k:05d}.extxyz"
 
+    def chunk_record_path(self, k: int) -> Path:
+        """The record of chunk ``k`` (written after its file)."""
+        return self.chunk_dir / f"chunk_{k:05d}.json"
+
     def has_chunks(self) -> bool:
         """True once any chunk has been written."""
         return any(self.chunk_dir.glob("chunk_*.extxyz"))
@@ -78,6 +99,31 @@ class RunFolder:
     def is_generation_folder(self) -> bool:
         """True for a folder written by a generation run (it holds ``run.json``)."""
         return self.run_file.is_file()
+
+    def remove_temporaries(self) -> int:
+        """Clear what writers killed mid-write left behind (before resuming); return how many files."""
+        folders = (self.root, self.chunk_dir, self.root / CIF_DIR, self.root / SYMMETRIZED_CIF_DIR)
+        return sum(remove_temporaries(f) for f in folders if f.is_dir())
+
+    # ---- chunk records -----------------------------------------------------------------------
+    def write_chunk_record(self, k: int, record: ChunkRecord) -> None:
+        """Write chunk ``k``'s record (atomically; after the chunk file: the record marks it finished)."""
+        data = {"jobs": record.jobs, "written": list(record.written), "failures": [list(f) for f in record.failures]}
+        with atomic_write(self.chunk_record_path(k)) as fh:
+            json.dump(data, fh, indent=1)
+
+    def chunk_record(self, k: int) -> ChunkRecord | None:
+        """Chunk ``k``'s record (None when there is none, or it cannot be read: the chunk is sampled again)."""
+        path = self.chunk_record_path(k)
+        try:
+            data = json.loads(path.read_text())
+            return ChunkRecord(
+                str(data["jobs"]),
+                tuple(str(n) for n in data["written"]),
+                tuple((str(name), str(reason)) for name, reason in data["failures"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):  # missing, or not a record: not finished
+            return None
 
     # ---- settings ----------------------------------------------------------------------------
     def record_settings(self, settings: Mapping[str, JSONValue], *, resuming: bool) -> None:
@@ -112,28 +158,41 @@ class RunFolder:
 
     # ---- failures ----------------------------------------------------------------------------
     def failures(self) -> list[Candidate]:
-        """One failed candidate per ``failures.csv`` row (source ``failures.csv: <name>``)."""
+        """One failed candidate per ``failures.csv`` row (source ``failures.csv: <name>``).
+
+        A damaged file gives error candidates instead: one naming the file when it cannot be
+        decoded, one naming the line for a row without a reason; the other rows are kept.
+        """
         if not self.failures_file.exists():
             return []
-        with self.failures_file.open(newline="") as handle:
-            rows = [row for row in list(csv.reader(handle))[1:] if row]
-        return [
-            Candidate.failure(f"{FAILURES_FILE}: {row[0]}", f"generation failed: {row[1]}", material_id=row[0])
-            for row in rows
-        ]
+        try:
+            with self.failures_file.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.reader(handle))[1:]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            return [Candidate(str(self.failures_file), error=f"unreadable ({type(exc).__name__}: {exc})")]
+        out = []
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) < 2:
+                out.append(
+                    Candidate(f"{self.failures_file}:{line}", error="row without a reason (expected name,reason)")
+                )
+                continue
+            out.append(
+                Candidate.failure(f"{FAILURES_FILE}: {row[0]}", f"generation failed: {row[1]}", material_id=row[0])
+            )
+        return out
 
-    def failed_names(self) -> set[str]:
-        """Job names listed in ``failures.csv``."""
-        return {c.ident for c in self.failures()}
+    def write_failures(self, failed: Sequence[tuple[str, str]]) -> None:
+        """Write ``failures.csv`` with these ``(name, reason)`` rows, atomically (none: no file).
 
-    def append_failures(self, failed: Sequence[tuple[str, str]]) -> None:
-        """Add ``(name, reason)`` rows (the csv module quotes reasons with commas)."""
+        The csv module quotes reasons with commas.
+        """
         if not failed:
+            self.failures_file.unlink(missing_ok=True)
             return
-        new = not self.failures_file.exists()
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self.failures_file.open("a", newline="") as handle:
+        with atomic_write(self.failures_file, newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
-            if new:
-                writer.writerow(["name", "reason"])
+            writer.writerow(["name", "reason"])
             writer.writerows(failed)

@@ -38,7 +38,8 @@ values. Encoding a decoded crystal again gives the same text (the format is idem
 ``sg`` line is recomputed from the rounded structure and can differ for a structure whose
 symmetry is borderline at ``symprec``.
 
-Files of this format (``.txt``, ``.cftxt``) hold one block per crystal separated by a blank line;
+Files of this format (``.txt``, ``.cftxt``) hold one block per crystal separated by blank lines
+(``split_blocks``; a line of spaces is blank too);
 ``crystalforge.io.files`` reads and writes them like any other structure format. The tokenizer
 over this text lives in ``crystalforge.representations.tokens``.
 """
@@ -64,7 +65,7 @@ LENGTH_KEYS = ("a", "b", "c")
 ANGLE_KEYS = ("alpha", "beta", "gamma")
 LATTICE_KEYS = LENGTH_KEYS + ANGLE_KEYS
 
-_HEADER_ITEM = re.compile(r"([A-Z][a-z]?)(\d+)")
+_HEADER_ITEM = re.compile(r"([A-Z][a-z]?)([0-9]{1,9})")  # a count of 10 digits is no crystal
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -151,15 +152,17 @@ class CrystalText:
         return int(dataset.number)
 
     # ---- decoding -------------------------------------------------------------------------
-    def decode(self, encoded: str, *, source: str | None = None) -> Crystal:
+    def decode(self, encoded: str, *, source: str | None = None, first_line: int = 1) -> Crystal:
         """Read a crystal from its text; malformed text raises ``CrystalError`` naming the line and the problem.
 
         Args:
             encoded: Text in the line format.
             source: Where the text came from, used in error messages and as ``material_id``.
+            first_line: The number of the text's first line in error messages (a block of a file
+                names the file's line).
 
         """
-        lines = [(i + 1, line.split()) for i, line in enumerate(encoded.splitlines()) if line.strip()]
+        lines = [(i, line.split()) for i, line in enumerate(encoded.splitlines(), start=first_line) if line.strip()]
         if not lines:
             raise _error(None, "empty text: no header, lattice or sites", source)
         last_line = lines[-1][0]
@@ -209,6 +212,21 @@ class CrystalText:
         if counts != composition:
             raise _error(header_no, f"header composition {composition} does not match the sites {counts}", source)
         return Crystal(np.array(atomic_numbers), np.array(frac_coords), lattice, material_id=source)
+
+
+def split_blocks(text: str) -> list[tuple[int, str]]:
+    """The blocks of a file of this format (runs of non-blank lines): ``(first line number, block text)``."""
+    blocks: list[tuple[int, list[str]]] = []
+    after_blank = True
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            after_blank = True
+        elif after_blank:
+            blocks.append((number, [line]))
+            after_blank = False
+        else:
+            blocks[-1][1].append(line)
+    return [(first, "\n".join(lines)) for first, lines in blocks]
 
 
 def _error(line_no: int | None, problem: str, source: str | None) -> CrystalError:

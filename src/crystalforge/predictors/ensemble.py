@@ -9,13 +9,20 @@ interval coverages to check it on the test split.
 
 A checkpoint is one ``torch.save`` dict: ``format``, ``config`` (plain data), member weights,
 ``calibration`` and a free-form ``record`` (training data, command, metrics); written atomically.
+
+``predict_batches`` is per structure where it matters: a structure over a resource limit
+(``core.limits``) is refused before the graph is built, a batch whose forward pass raises is
+retried one structure at a time, and a NaN or infinite prediction stays in its own row; each such
+structure gets NaN and a reason in ``Prediction.failures`` (logged with its id), the others keep
+their values.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from crystalforge.core.batch import CrystalBatch
+from crystalforge.core.limits import StructureLimits
 from crystalforge.io.atomic import atomic_write
 from crystalforge.predictors.gnn import PropertyGNN, PropertyGNNConfig
 
@@ -31,14 +39,20 @@ __all__ = ["CHECKPOINT_FORMAT", "Prediction", "PredictorEnsemble", "calibration_
 
 CHECKPOINT_FORMAT = "crystalforge-predictor-1"
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Prediction:
-    """Per-crystal predictions: ``mean`` and ``std`` ``[B, P]`` in the properties' units."""
+    """Per-crystal predictions: ``mean`` and ``std`` ``[B, P]`` in the properties' units.
+
+    ``failures`` maps the row of each crystal without a prediction (NaN row) to the reason.
+    """
 
     properties: tuple[str, ...]
     mean: Tensor
     std: Tensor
+    failures: Mapping[int, str] = field(default_factory=dict)
 
     def column(self, name: str) -> tuple[Tensor, Tensor]:
         """``(mean [B], std [B])`` of one property; unknown names are refused with the known ones."""
@@ -100,22 +114,67 @@ class PredictorEnsemble(nn.Module):
         variance = torch.stack(variances).mean(0) + spread
         return mean, torch.sqrt(variance) * self.calibration
 
-    def predict_batches(self, batches: Iterable[CrystalBatch]) -> Prediction:
+    def predict_batches(self, batches: Iterable[CrystalBatch], *, limits: StructureLimits | None = None) -> Prediction:
         """Predictions for every crystal of ``batches``, in order (no gradients).
 
         A noise-aware (time-conditioned) ensemble reads clean structures at ``t = 1``, the data
-        end of the generator's path it was trained along.
+        end of the generator's path it was trained along. A crystal over ``limits`` (None:
+        ``StructureLimits.from_env()``), one whose forward pass raises or one with a non-finite
+        prediction gets a NaN row and its reason in ``failures``; the other rows are unaffected.
         """
-        means, stds = [], []
+        limits = limits or StructureLimits.from_env()
+        means: list[Tensor] = []
+        stds: list[Tensor] = []
+        failures: dict[int, str] = {}
+        offset = 0
         with torch.no_grad():
             for batch in batches:
-                t = batch.lattice.new_ones(batch.num_crystals) if self.time_conditioned else None
-                m, s = self(batch, t)
+                m, s, why = self._predict_guarded(batch, limits)
+                failures.update({offset + k: reason for k, reason in why.items()})
+                offset += batch.num_crystals
                 means.append(m)
                 stds.append(s)
         if not means:
             raise ValueError("no structures to predict")
-        return Prediction(self.properties, torch.cat(means), torch.cat(stds))
+        return Prediction(self.properties, torch.cat(means), torch.cat(stds), failures)
+
+    def _predict_guarded(self, batch: CrystalBatch, limits: StructureLimits) -> tuple[Tensor, Tensor, dict[int, str]]:
+        """``(mean, std)`` ``[B, P]`` of one batch with NaN rows for failures, and ``{row: reason}``."""
+        b, p = batch.num_crystals, len(self.properties)
+        dtype = self.calibration.dtype
+        mean = torch.full((b, p), math.nan, dtype=dtype, device=batch.device)
+        std = mean.clone()
+        crystals, bad = batch.split_checked()
+        why = {k: f"invalid crystal: {error}" for k, error in bad}
+        for k, crystal in enumerate(crystals):
+            problem = None if crystal is None else limits.problem(crystal)
+            if problem is not None:
+                why[k] = f"over limit: {problem}"
+        todo = [k for k in range(b) if k not in why]
+        groups = [todo] if todo else []
+        while groups:
+            rows = groups.pop()
+            part = batch.index_select(rows)
+            try:
+                t = part.lattice.new_ones(len(rows)) if self.time_conditioned else None
+                m, s = self(part, t)
+            except Exception as exc:  # noqa: BLE001 - find the structure that raised, keep the others
+                if len(rows) > 1:
+                    groups.extend([[k] for k in rows])
+                else:
+                    why[rows[0]] = f"prediction failed: {type(exc).__name__}: {exc}"
+                continue
+            finite = torch.isfinite(m).all(dim=1) & torch.isfinite(s).all(dim=1)
+            index = torch.as_tensor(rows, device=mean.device)
+            mean[index] = torch.where(finite[:, None], m.to(dtype), mean[index])
+            std[index] = torch.where(finite[:, None], s.to(dtype), std[index])
+            why.update(
+                {k: "non-finite prediction (NaN or inf)" for k, ok in zip(rows, finite.tolist(), strict=True) if not ok}
+            )
+        ids = batch.material_ids or (None,) * b
+        for k, reason in sorted(why.items()):
+            logger.warning("%s: no prediction: %s", ids[k] or f"crystal {k} of the batch", reason)
+        return mean, std, why
 
     def calibrate(self, mean: Tensor, std: Tensor, target: Tensor, *, method: str = "area") -> Tensor:
         """Fit ``calibration`` (one std factor per property) on ``target [B, P]`` (NaN targets ignored).

@@ -30,6 +30,7 @@ from torch import Tensor
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.neighbors import searchable
+from crystalforge.predictors.batch_predict import predict_crystals
 from crystalforge.predictors.ensemble import PredictorEnsemble, torch_save_atomic
 from crystalforge.predictors.gnn import MAX_LOG_VAR, MIN_LOG_VAR, PropertyGNN, PropertyGNNConfig
 
@@ -177,7 +178,7 @@ def _train_member(
     start = 0
     state_path = work_dir / f"member-{k}.last.pt" if work_dir else None
     if state_path is not None and state_path.is_file():
-        saved = torch.load(state_path, weights_only=False)
+        saved = torch.load(state_path, weights_only=True)
         if saved.get("config") != config.to_dict() or saved.get("settings") != asdict(settings):
             raise ValueError(
                 f"{state_path}: this work folder holds a run with other settings; use a new folder or delete it"
@@ -273,19 +274,6 @@ def fit_ensemble(
         "noise_aware": corrupt is not None,
     }
     return ensemble.eval()
-
-
-def predict_crystals(
-    ensemble: PredictorEnsemble, crystals: Sequence[Crystal], *, batch_size: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """Clean-structure predictions ``(mean, std)`` ``[n, P]`` as float64 arrays (a noise-aware one at t = 1)."""
-    dtype = next(ensemble.parameters()).dtype
-    batches = (
-        CrystalBatch.collate(list(crystals[i : i + batch_size]), dtype=dtype)
-        for i in range(0, len(crystals), batch_size)
-    )
-    prediction = ensemble.predict_batches(batches)
-    return prediction.mean.double().numpy(), prediction.std.double().numpy()
 
 
 # ---- fine-tuning on new labels (active learning) ---------------------------------------------------

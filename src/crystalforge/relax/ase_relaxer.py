@@ -8,14 +8,15 @@ gradient) is below ``fmax`` or ``max_steps`` steps were taken. Defaults are CHGN
 ``fmax=0.05`` and no practical step limit; pass those settings to reproduce it.
 
 Nothing here raises for a bad structure: calculator errors, non-finite values, explosions and
-timeouts become ``RelaxResult.failure`` reasons, and a cell too thin for a neighbour search (a
-degenerate generated lattice) is refused as invalid input before the calculator sees it. Hitting
+timeouts become ``RelaxResult.failure`` reasons; a structure over a resource limit
+(``core.limits``) is refused as ``over limit`` and a cell too thin for a neighbour search (a
+degenerate generated lattice) as invalid input, both before the calculator sees them. Hitting
 ``max_steps`` is not a failure; the final structure and energy are returned with ``converged=False``.
 
 Model-specific factories live elsewhere (``relax.chgnet_mlip``); the registry of relaxer names is
 ``relax.registry``. This module imports with numpy alone (ase is imported when a structure is relaxed).
 
-(About 410 lines: one relaxer, its step and final checks and its worker plumbing are one unit.)
+(About 450 lines: one relaxer, its step and final checks and its worker plumbing are one unit.)
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import torch
 
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
+from crystalforge.core.limits import StructureLimits
 from crystalforge.core.neighbors import MAX_IMAGES, image_counts
 from crystalforge.execution import Executor, ExecutorConfig, make_executor
-from crystalforge.relax.interfaces import RelaxResult, relaxation_rmsd
+from crystalforge.relax.interfaces import RelaxResult, limit_failure, relaxation_rmsd
 
 if TYPE_CHECKING:  # pragma: no cover
     import ase
@@ -94,6 +96,8 @@ class ASERelaxer:
         min_distance: explosion if two atoms end up closer than this (Å).
         min_energy_per_atom: explosion if the energy per atom falls below this (eV/atom).
         extra_settings: further JSON-ready settings to record (model version, device, ...).
+        limits: what one structure may cost (None: ``StructureLimits.from_env()``); a structure
+            over it fails as ``over limit`` before the calculator runs.
 
     """
 
@@ -115,6 +119,7 @@ class ASERelaxer:
         min_distance: float = MIN_DISTANCE,
         min_energy_per_atom: float = MIN_ENERGY_PER_ATOM,
         extra_settings: Mapping[str, Any] | None = None,
+        limits: StructureLimits | None = None,
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
@@ -145,6 +150,7 @@ class ASERelaxer:
         self.min_distance = float(min_distance)
         self.min_energy_per_atom = float(min_energy_per_atom)
         self.extra_settings = dict(extra_settings or {})
+        self.limits = limits
         self._calculator: Calculator | None = None
         self._executor: Executor | None = None
 
@@ -214,6 +220,9 @@ class ASERelaxer:
         thin = _too_thin(crystal)
         if thin is not None:  # an MLIP's neighbour search would not return (or exhaust memory) on it
             return fail(f"invalid input: {thin}")
+        refused = limit_failure(crystal, self.limits)
+        if refused is not None:
+            return refused
         atoms.calc = calc
         n = len(atoms)
         try:
@@ -367,6 +376,7 @@ class ASERelaxer:
             "min_distance": self.min_distance,
             "min_energy_per_atom": self.min_energy_per_atom,
             "extra_settings": self.extra_settings,
+            "limits": self.limits,
         }
 
     def _relax_parallel(self, items: list[Crystal]) -> list[RelaxResult]:

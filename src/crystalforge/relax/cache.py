@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 EXECUTION_SETTINGS = frozenset({"timeout_s", "workers", "torch_threads", "batch_size"})
 """Settings that change how a run executes but not its results; left out of cache keys."""
 
-UNCACHED_FAILURES = frozenset({"timeout"})
-"""Failure kinds that depend on the machine, not the structure: retried on the next run."""
+UNCACHED_FAILURES = frozenset({"timeout", "over limit"})
+"""Failure kinds that depend on the machine or its settings, not the structure: retried on the next run."""
 
 _DECIMALS = 8
 
@@ -118,7 +118,7 @@ class CachedRelaxer:
     Structures are relaxed in chunks of ``chunk_size`` and each chunk is appended to the cache
     file as soon as it is done, so an interrupted run resumes where it stopped. Duplicate
     structures within one call are computed once. Results of failure kinds in
-    ``UNCACHED_FAILURES`` (timeouts) are returned but not stored.
+    ``UNCACHED_FAILURES`` (timeouts, resource limits) are returned but not stored.
 
     Args:
         relaxer: the wrapped relaxer.

@@ -29,7 +29,7 @@ from crystalforge.relax.ase_relaxer import (
     ASERelaxer,
     _is_parallel,
 )
-from crystalforge.relax.interfaces import RelaxResult
+from crystalforge.relax.interfaces import RelaxResult, limit_failure
 
 if TYPE_CHECKING:  # pragma: no cover
     from ase.calculators.calculator import Calculator
@@ -253,14 +253,19 @@ class CHGNetStaticRelaxer:
         return chgnet_static_energies(items, batch_size=self.batch_size, model=self._model)
 
     def relax(self, crystals: Sequence[Crystal]) -> list[RelaxResult]:
-        """Static results, one per input, in order."""
+        """Static results, one per input, in order (a structure over a ``core.limits`` limit: ``over limit``)."""
         items = list(crystals)
+        refused = [limit_failure(c) for c in items]
         start = time.perf_counter()
-        values = self.energies(items)
+        values = np.full(len(items), np.nan)
+        todo = [k for k, r in enumerate(refused) if r is None]
+        values[todo] = self.energies([items[k] for k in todo])
         per = (time.perf_counter() - start) / max(1, len(items))
         out = []
-        for crystal, e in zip(items, values.tolist(), strict=True):
-            if not math.isfinite(e):
+        for crystal, e, rejected in zip(items, values.tolist(), refused, strict=True):
+            if rejected is not None:
+                out.append(rejected)
+            elif not math.isfinite(e):
                 out.append(
                     RelaxResult.failed(
                         "calculator error: CHGNet could not evaluate the structure",

@@ -20,6 +20,7 @@ import numpy as np
 
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
+from crystalforge.core.limits import StructureLimits
 from crystalforge.core.periodic import frac_to_cart, pbc_diff
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "RelaxResult",
     "Relaxer",
     "failure_kind",
+    "limit_failure",
     "relax_candidates",
     "relaxation_rmsd",
 ]
@@ -35,7 +37,7 @@ __all__ = [
 RELAX_STAGE = "relax"
 """The stage name under which a ``RelaxResult`` is attached to a ``Candidate``."""
 
-FAILURE_KINDS = ("calculator error", "non-finite", "explosion", "timeout", "invalid input")
+FAILURE_KINDS = ("calculator error", "non-finite", "explosion", "timeout", "invalid input", "over limit")
 """Categories of ``RelaxResult.failure``; the reason string starts with one of them and a colon.
 
 - ``calculator error``: the calculator raised (message included).
@@ -44,6 +46,8 @@ FAILURE_KINDS = ("calculator error", "non-finite", "explosion", "timeout", "inva
   than the allowed distance, or the energy per atom fell below the physical floor.
 - ``timeout``: the per-structure wall-time budget ran out (checked between optimiser steps).
 - ``invalid input``: the structure could not be handed to the calculator at all.
+- ``over limit``: the structure is over a resource limit (``core.limits``) and was refused
+  before any work (raise the limit, e.g. ``CRYSTALFORGE_MAX_ATOMS``, to relax it).
 
 A relaxation that stops at ``max_steps`` without meeting ``fmax`` is *not* a failure: it keeps
 its final structure and energy with ``converged=False`` (see ``docs/metrics.md``).
@@ -56,6 +60,15 @@ def failure_kind(failure: str | None) -> str | None:
         return None
     head = failure.split(":", 1)[0].strip()
     return head if head in FAILURE_KINDS else "calculator error"
+
+
+def limit_failure(crystal: Crystal, limits: StructureLimits | None = None) -> RelaxResult | None:
+    """A failed result ``over limit: <problem>`` when ``crystal`` is over ``limits``, else None.
+
+    ``limits`` None: ``StructureLimits.from_env()``.
+    """
+    why = (limits or StructureLimits.from_env()).problem(crystal)
+    return None if why is None else RelaxResult.failed(f"over limit: {why}", material_id=crystal.material_id)
 
 
 @dataclass(frozen=True, eq=False)

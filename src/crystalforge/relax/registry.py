@@ -22,6 +22,9 @@ __all__ = ["RELAXERS", "RegisteredRelaxer", "get_relaxer", "make_relaxer"]
 RegisteredRelaxer = ASERelaxer | CHGNetStaticRelaxer
 """What the registered factories build: ``Relaxer``s that also ``close()`` their workers."""
 
+CACHE_CHUNK = 16
+"""Structures per cache write for parallel or batched relaxers (enough to keep workers busy)."""
+
 RELAXERS: dict[str, Callable[..., RegisteredRelaxer]] = {
     "chgnet": chgnet_relaxer,
     "chgnet-static": chgnet_static_relaxer,
@@ -68,4 +71,6 @@ def make_relaxer(
     relaxer = get_relaxer(name, workers=workers)
     if cache_file is None:
         return relaxer
-    return CachedRelaxer(relaxer, Path(cache_file))
+    # a serial ASE relaxer gains nothing from larger calls: each structure is saved as it finishes
+    serial = isinstance(relaxer, ASERelaxer) and not ExecutorConfig.of(workers).parallel
+    return CachedRelaxer(relaxer, Path(cache_file), chunk_size=1 if serial else CACHE_CHUNK)

@@ -19,9 +19,9 @@ from typing import Any
 from crystalforge.core.crystal import Crystal
 from crystalforge.data.samples import read_samples
 from crystalforge.io.atomic import atomic_write
+from crystalforge.predictors.batch_predict import predict_all
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.shipped import load_predictor
-from crystalforge.predictors.training import predict_crystals
 
 __all__ = ["predict_properties", "write_table"]
 
@@ -46,19 +46,21 @@ def predict_properties(
     if not records:
         raise ValueError(f"{structures}: no structures found")
     readable = [r.crystal for r in records if r.crystal is not None]
-    mean, std = predict_crystals(model, readable, batch_size=batch_size) if readable else (None, None)
+    prediction = predict_all(model, readable, batch_size=batch_size) if readable else None
     rows: list[Row] = []
     k = 0
     for record in records:
         row: Row = {"id": record.material_id or record.source, "source": record.source}
         for name in names:
             row[name] = row[f"{name}_std"] = math.nan
-        if record.crystal is not None and mean is not None and std is not None:
+        error = record.error or ""
+        if record.crystal is not None and prediction is not None:
             for name in names:
-                j = model.properties.index(name)
-                row[name], row[f"{name}_std"] = float(mean[k, j]), float(std[k, j])
+                mean, std = prediction.column(name)
+                row[name], row[f"{name}_std"] = float(mean[k]), float(std[k])
+            error = prediction.failures.get(k, "")
             k += 1
-        row["error"] = record.error or ""
+        row["error"] = error
         rows.append(row)
     if out is not None:
         write_table(rows, Path(out))

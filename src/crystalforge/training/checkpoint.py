@@ -1,11 +1,17 @@
 """Checkpoints as plain data: format version, config, dataset statistics, weights, metrics.
 
 No pickled classes and no module paths: ``torch.load(weights_only=True)`` reads them, so modules
-can move and a checkpoint from an untrusted source cannot run code.
+can move and a checkpoint from an untrusted source cannot run code. ``read_torch_file`` is the one
+reader (model files here, Lightning's resume checkpoint in ``training.resume``): a file that is
+empty, truncated, not a PyTorch archive, or whose pickle names anything but tensors and plain
+containers (``os.system``, a class) is refused with a one-line ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,9 @@ import torch
 from crystalforge.io.atomic import atomic_write
 
 FORMAT_VERSION = 1
+
+_GLOBAL = re.compile(r"GLOBAL (\S+)")
+"""How torch's weights-only unpickler names a refused import (``Trying to load unsupported GLOBAL posix.system``)."""
 
 
 def save_checkpoint(
@@ -45,21 +54,53 @@ def save_checkpoint(
     return target
 
 
+def one_line(message: object, limit: int = 240) -> str:
+    """``str(message)`` (an exception's message) on one line, whitespace runs collapsed, cut to ``limit``."""
+    text = " ".join(str(message).split()) or "no message"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_torch_file(path: str | Path, *, what: str = "checkpoint") -> object:
+    """The data of a ``torch.save`` file, loaded with ``weights_only=True``; one-line errors naming it.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an empty, truncated or
+    foreign one, or one whose pickle asks for a global (nothing in it is run).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such {what}")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{p}: an empty file, not a crystalforge {what}")
+    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; a cut one has lost its directory
+        raise ValueError(f"{p}: not a crystalforge {what} (not a PyTorch archive: truncated, or another kind of file)")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = _GLOBAL.search(str(exc))
+        held = f"asks for {named.group(1)}" if named else "holds more than tensors and plain data"
+        raise ValueError(f"{p}: refused, not a crystalforge {what}: its pickle {held} (nothing was run)") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged archives
+        raise ValueError(f"{p}: not a readable crystalforge {what} ({type(exc).__name__}: {one_line(exc)})") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint``; a clear error for anything else."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign files
-        raise ValueError(f"{p}: not a crystalforge checkpoint ({type(exc).__name__}: {exc})") from None
+    data = read_torch_file(p)
     if not isinstance(data, dict) or "format_version" not in data:
         raise ValueError(f"{p}: not a crystalforge checkpoint (no format_version)")
-    if data["format_version"] > FORMAT_VERSION:
-        raise ValueError(
-            f"{p}: checkpoint format {data['format_version']} is newer than this crystalforge reads ({FORMAT_VERSION})"
-        )
+    version = data["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{p}: not a crystalforge checkpoint (format_version {version!r} is not a number)")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{p}: checkpoint format {version} is newer than this crystalforge reads ({FORMAT_VERSION})")
+    weights = data.get("weights")
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise ValueError(f"{p}: damaged crystalforge checkpoint (its weights are not a table of named tensors)")
+    if not isinstance(data.get("config", {}), dict):
+        raise ValueError(f"{p}: damaged crystalforge checkpoint (its config is not a mapping)")
     return data
 
 

@@ -51,13 +51,16 @@ class TrainerConfig:
     schedule_epochs: int | None = None
     max_time_minutes: float | None = None
     accelerator: str = "auto"
-    devices: int = 1  # devices per node; more than one (or num_nodes > 1) trains with DDP
+    # processes: devices per node × num_nodes (data.batch_size is per process; the LR schedule counts
+    # optimiser steps of the global batch). More than one trains with DDP (docs/scale.md: SLURM, torchrun)
+    devices: int = 1
     num_nodes: int = 1
-    strategy: str = "auto"  # Lightning strategy name; "auto" picks DDP for several devices or nodes
+    strategy: str = "auto"  # Lightning strategy name; "auto" is "ddp" for several processes ("ddp_spawn" also works)
     precision: str = "32-true"
     seed: int = 0
     logger: Literal["csv", "tensorboard"] = "csv"
     check_val_every_n_epoch: int = 5
+    log_every_n_steps: int | None = None  # None: every min(50, steps per epoch) optimiser steps
     threads: int | None = None  # torch CPU threads (None: torch's default)
 
 

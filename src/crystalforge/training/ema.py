@@ -66,6 +66,16 @@ class EMA(Generic[M]):
         if callable(mover):
             mover(device)
 
+    def own_memory(self) -> None:
+        """Give the average storage of this process's own.
+
+        Processes started by ``spawn`` (Lightning's ``ddp_spawn``) receive every tensor in shared
+        memory; Lightning copies the trained module's, but the average is not a submodule, and
+        processes sharing it would each apply their update to the one copy.
+        """
+        if any(t.is_shared() for t in self.shadow.state_dict().values()):
+            self.shadow = copy.deepcopy(self.shadow)
+
     def state_dict(self) -> dict[str, Any]:
         """Weights of the average and the update count."""
         return {"num_updates": self.num_updates, "decay": self.decay, "weights": self.shadow.state_dict()}

@@ -18,7 +18,7 @@ from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.generative.interfaces import GenerativeModel, SamplerConfig
 from crystalforge.pretrained import list_models, model_path
 from crystalforge.registry import build_model
-from crystalforge.training.checkpoint import checkpoint_family, load_checkpoint
+from crystalforge.training.checkpoint import checkpoint_family, load_checkpoint, one_line
 from crystalforge.training.config import TrainConfig
 
 
@@ -36,13 +36,18 @@ def load_checkpoint_model(
 ) -> tuple[GenerativeModel, TrainConfig, DatasetStats | None]:
     """``(model, config, dataset_stats)`` from a ``model.pt`` written by ``train`` (any family)."""
     data = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    raw = dict(data["config"])
-    raw.setdefault("family", checkpoint_family(data))
-    config = from_dict(TrainConfig, raw)
-    stats_data = data.get("dataset_stats")
-    stats = None if stats_data is None else DatasetStats.from_dict(stats_data)
-    model = build_model(config.model, stats, family=config.family)
-    model.load_state_dict(data["weights"])
+    source = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
+    try:  # a damaged or tampered file names itself in one line (what the CLI prints)
+        raw = dict(data["config"])
+        raw.setdefault("family", checkpoint_family(data))
+        config = from_dict(TrainConfig, raw)
+        stats_data = data.get("dataset_stats")
+        stats = None if stats_data is None else DatasetStats.from_dict(stats_data)
+        model = build_model(config.model, stats, family=config.family)
+        model.load_state_dict(data["weights"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        problem = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise ValueError(f"{source}: cannot build its model ({type(exc).__name__}: {one_line(problem)})") from exc
     model.eval()
     bind = getattr(model, "bind_model_loader", None)
     if callable(bind):  # a model that hands part of its work to other models it names (loaded on its first use)

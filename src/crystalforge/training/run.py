@@ -4,21 +4,27 @@ The run folder holds ``config.yaml`` (the resolved config), Lightning's resume c
 ``last.ckpt`` (rerunning the same command resumes from it), CSV (or TensorBoard) logs and the
 exported ``model.pt`` (EMA weights, config, dataset statistics, final metrics) that
 ``crystalforge generate`` loads.
+
+Scaling is configuration: ``trainer.devices`` (per node), ``trainer.num_nodes`` and
+``trainer.strategy`` (``auto`` is DDP for more than one process). The batch size is per process,
+the LR schedule counts optimiser steps of the global batch (``optimizer_steps_per_epoch``), the
+data are sharded with one order for any number of processes (``training.distributed``), and only
+global rank 0 writes files (``training.run_files``). Resuming restores weights, optimiser,
+schedule, EMA and the epoch; the data order and every step's random draws are functions of the
+seed, the epoch and the step (``training.lightning``), so a resumed run repeats an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
+import signal
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
 import numpy as np
-import torch
 from torch import nn
 
 from crystalforge.config import dump_config, to_dict
@@ -114,21 +120,22 @@ def _train(config: TrainConfig, out: Path) -> Path:
     import lightning as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from crystalforge.data.augment import BatchAugment
-    from crystalforge.data.loader import make_loader
     from crystalforge.training.adapters import apply_freeze, init_weights, pretrained_names
-    from crystalforge.training.checkpoint import save_checkpoint
+    from crystalforge.training.distributed import CrystalDataModule
     from crystalforge.training.lightning import LitGenerative
+    from crystalforge.training.run_files import RunFiles, SafeCheckpointIO
 
     out.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)  # the same initial weights on every rank
     train_set, val_set, stats, resolved, model = prepare(config)
-    (out / "config.yaml").write_text(dump_config(resolved))
+    resume = out / "last.ckpt"
     new: tuple[str, ...] = ()
     module = cast(nn.Module, model)  # every trainable family is an nn.Module
     if config.init_from:
-        new = init_weights(module, config.init_from, load=not (out / "last.ckpt").exists())
+        new = init_weights(module, config.init_from, load=not resume.exists())
     frozen = apply_freeze(module, config.freeze, pretrained_names(module, new) if config.init_from else ())
     steps_per_epoch = optimizer_steps_per_epoch(len(train_set), config.data.batch_size, config.world_size)
     lit = LitGenerative(
@@ -139,21 +146,30 @@ def _train(config: TrainConfig, out: Path) -> Path:
         warmup_steps=config.optim.warmup_steps,
         total_steps=steps_per_epoch * (config.trainer.schedule_epochs or config.trainer.max_epochs),
         ema_decay=config.optim.ema_decay,
-    )
-    augment = BatchAugment() if config.data.augment else None
-    loader = make_loader(
-        train_set,
-        batch_size=config.data.batch_size,
-        shuffle=True,
         seed=config.trainer.seed,
-        # incomplete batches are dropped when each process has more than one batch (its share under DDP)
-        drop_last=math.ceil(len(train_set) / config.world_size) > config.data.batch_size,
-        num_workers=config.data.workers,
-        augment=augment,
+        augment=BatchAugment() if config.data.augment else None,
     )
-    val_loader = None
-    if val_set is not None and len(val_set) > 0:
-        val_loader = make_loader(val_set, batch_size=config.data.batch_size)
+    data = CrystalDataModule(
+        train_set,
+        val_set,
+        batch_size=config.data.batch_size,
+        seed=config.trainer.seed,
+        world_size=config.world_size,
+        workers=config.data.workers,
+    )
+    files = RunFiles(
+        out,
+        family=config.family,
+        config=to_dict(resolved),
+        config_text=dump_config(resolved),
+        stats=stats.to_dict(),
+        facts={
+            "train_structures": len(train_set),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "frozen_parameters": frozen,
+            "new_weights_over_init": len(new),
+        },
+    )
     log = (
         CSVLogger(str(out), name="logs") if config.trainer.logger == "csv" else TensorBoardLogger(str(out), name="logs")
     )
@@ -179,40 +195,23 @@ def _train(config: TrainConfig, out: Path) -> Path:
                 every_n_epochs=1,
                 save_on_train_epoch_end=True,
                 enable_version_counter=False,
-            )
+            ),
+            files,
         ],
+        plugins=[SafeCheckpointIO()],
+        use_distributed_sampler=False,  # CrystalDataModule shards (the same order for any number of processes)
         check_val_every_n_epoch=config.trainer.check_val_every_n_epoch,
+        limit_val_batches=None if data.val_set is not None else 0,
         enable_model_summary=False,
-        log_every_n_steps=max(1, min(50, steps_per_epoch)),
+        default_root_dir=str(out),  # anything Lightning writes of its own goes to the run folder, not the cwd
+        log_every_n_steps=config.trainer.log_every_n_steps or max(1, min(50, steps_per_epoch)),
         deterministic=False,
     )
-    resume = out / "last.ckpt"
-    start = time.perf_counter()
-    trainer.fit(lit, loader, val_loader, ckpt_path=str(resume) if resume.exists() else None)
-    wall = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-    metrics.update(
-        {
-            "epochs": int(trainer.current_epoch),
-            "global_steps": int(trainer.global_step),
-            "wall_s_this_run": round(wall, 1),
-            "train_structures": len(train_set),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "frozen_parameters": frozen,
-            "new_weights_over_init": len(new),
-        }
-    )
-    path = save_checkpoint(
-        out / "model.pt",
-        family=config.family,
-        config=to_dict(resolved),
-        weights=lit.export_weights(),
-        dataset_stats=stats.to_dict(),
-        metrics=metrics,
-    )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    logger.info("wrote %s (%s)", path, metrics)
-    return path
+    try:
+        trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+    except SIGTERMException:  # Lightning stops after the current step and exits with status 0: say it failed
+        raise SystemExit(128 + signal.SIGTERM) from None
+    return out / "model.pt"
 
 
 def _strategy(config: TrainConfig) -> str:

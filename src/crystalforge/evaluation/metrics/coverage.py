@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -321,15 +322,24 @@ class CoverageMetric:
 
     @staticmethod
     def _features(
-        ctx: EvaluationContext, crystals: Sequence[Crystal], label: str, cache: Path | None
+        ctx: EvaluationContext,
+        crystals: Sequence[Crystal],
+        label: str,
+        cache: Path | None,
+        aborted: dict[int, str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Both fingerprints; with ``aborted`` given, each crystal under the context's time limit."""
         out = []
         featurizers: tuple[FeaturizerLike | None, ...] = (ctx.struct_featurizer, ctx.comp_featurizer)
+        limit = None if aborted is None else ctx.time_limit_s
+        features = partial(
+            cached_features, cache_dir=cache, chunk_size=FEATURE_CHUNK, time_limit_s=limit, aborted=aborted
+        )
         for featurizer in featurizers:
             assert featurizer is not None
             bar = ctx.progress(None, f"{featurizer.name} fingerprints ({label})")
             try:
-                out.append(cached_features(featurizer, crystals, cache_dir=cache, chunk_size=FEATURE_CHUNK))
+                out.append(features(featurizer, crystals))
             finally:
                 bar.close()
         return out[0], out[1]
@@ -343,8 +353,10 @@ class CoverageMetric:
         idx, crystals = parsed(ctx)
         with ctx.timed("coverage.fingerprints_reference"):
             ref_struct, ref_comp = self._features(ctx, ctx.reference, str(ctx.reference_name), ctx.cache_dir)
+        stopped: dict[int, str] = {}  # samples over the time limit (the reference set is trusted)
         with ctx.timed("coverage.fingerprints_samples"):
-            gen_struct, gen_comp = self._features(ctx, crystals, "samples", ctx.sample_cache_dir)
+            gen_struct, gen_comp = self._features(ctx, crystals, "samples", ctx.sample_cache_dir, stopped)
+        ctx.note_aborted({idx[i]: why for i, why in stopped.items()})
         valid = valid_mask(ctx)[idx]
         struct_cut, comp_cut = ctx.coverage_cutoffs
         fps = (gen_struct, gen_comp, ref_struct, ref_comp)

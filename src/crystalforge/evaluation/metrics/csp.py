@@ -5,7 +5,8 @@ The rule follows the published protocols (``docs/metrics.md``, section "CSP matc
 ``get_rms_dist(prediction, reference)`` is not None; its RMSE is the first element (RMS
 displacement over ``(V/N)^(1/3)``). Match rate is over all references; RMSE is the mean over
 matched references of the best RMS among their first ``k`` predictions. An exception raised by
-pymatgen counts as no match (as both scripts do).
+pymatgen counts as no match (as both scripts do); so does a pair whose matching runs past the
+per-structure time limit (``get_rms_dist`` Niggli-reduces both cells), flagged ``aborted``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -25,6 +27,7 @@ from crystalforge.evaluation.metrics.structure_matcher import (
     CSP_LTOL,
     CSP_STOL,
     FITS_PER_TASK,
+    PYMATGEN_MODULES,
     MatcherSettings,
     check_workers,
     error_text,
@@ -34,6 +37,7 @@ from crystalforge.evaluation.metrics.structure_matcher import (
 )
 from crystalforge.evaluation.metrics.validity import reference_validity, valid_mask
 from crystalforge.execution import ExecutorConfig
+from crystalforge.execution.executor import StepAbortedError, map_with_time_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext
@@ -67,6 +71,7 @@ class PredictionMatch:
     matched: bool
     rms: float | None  # normalised RMS displacement when matched
     reason: str
+    aborted: bool = False  # matching was stopped (over the time limit): no match
 
 
 @dataclass(frozen=True)
@@ -117,17 +122,24 @@ class MatchResult:
         }
 
 
-def _rms_chunk(task: tuple[MatcherSettings, list[tuple[Crystal, Crystal]]]) -> list[tuple[float | None, str | None]]:
-    settings, pairs = task
-    matcher = settings.matcher()
-    out: list[tuple[float | None, str | None]] = []
-    for prediction, reference in pairs:
-        try:
-            result = matcher.get_rms_dist(prediction.to_pymatgen(), reference.to_pymatgen())
-            out.append((None if result is None else float(result[0]), None))
-        except Exception as exc:  # noqa: BLE001 - CDVAE / DiffCSP count an exception as no match
-            out.append((None, error_text(exc)))
-    return out
+MATCH_STEP = "structure matching"  # the step named in a CSP pair's time-out reason
+_Outcome = tuple[float | None, str | None, bool]  # (rms or None, error text or None, aborted) of one pair
+
+
+def _rms_pair(settings: MatcherSettings, pair: tuple[Crystal, Crystal]) -> _Outcome:
+    prediction, reference = pair
+    try:
+        result = settings.matcher().get_rms_dist(prediction.to_pymatgen(), reference.to_pymatgen())
+        return None if result is None else float(result[0]), None, False
+    except Exception as exc:  # noqa: BLE001 - CDVAE / DiffCSP count an exception as no match
+        return None, error_text(exc), False
+
+
+def _rms_chunk(task: tuple[MatcherSettings, list[tuple[Crystal, Crystal]], float | None]) -> list[_Outcome]:
+    settings, pairs, seconds = task
+    rms = partial(_rms_pair, settings)
+    found = map_with_time_limit(rms, pairs, seconds=seconds, step=MATCH_STEP, preload=PYMATGEN_MODULES)
+    return [(None, str(r), True) if isinstance(r, StepAbortedError) else r for r in found]
 
 
 def csp_match(
@@ -145,6 +157,7 @@ def csp_match(
     scale: bool = True,
     attempt_supercell: bool = False,
     workers: int | ExecutorConfig = 1,
+    time_limit_s: float | None = None,
 ) -> MatchResult:
     """CSP match rate and RMSE of predicted structures against their references (best of ``k``).
 
@@ -167,6 +180,8 @@ def csp_match(
         scale: scale both cells to the same volume before matching.
         attempt_supercell: try supercells when primitive site counts differ.
         workers: processes for the pymatgen calls (1: in this process), or an executor config.
+        time_limit_s: seconds one pair's matching may take (None: no limit); a pair over it is
+            no match, ``aborted``, with reason ``matcher error: timed out after N s in structure matching``.
 
     Returns:
         The summary, one row per reference and per prediction considered, and the protocol.
@@ -201,7 +216,7 @@ def csp_match(
                 raise ValueError(f"pred_valid[{mid!r}] has {got} flags for {len(preds)} predictions")
 
     # Decide what can be decided without pymatgen; collect the pairs that need it.
-    rows: list[list[Any]] = []  # [material_id, index, rms, reason]; rms/reason filled later for pairs
+    rows: list[list[Any]] = []  # [material_id, index, rms, reason, aborted]; filled later for pairs
     pairs: list[tuple[int, Crystal, Crystal]] = []
     for r_idx, reference in enumerate(references):
         mid = str(reference.material_id)
@@ -221,19 +236,20 @@ def csp_match(
             else:
                 reason = ""
                 pairs.append((len(rows), pred, reference))
-            rows.append([mid, p_idx, None, reason])
+            rows.append([mid, p_idx, None, reason, False])
 
     n_workers = check_workers(workers).workers
     size = max(1, min(FITS_PER_TASK // 4, math.ceil(len(pairs) / max(1, 4 * n_workers))))
-    tasks = [(settings, [(p, r) for _, p, r in pairs[i : i + size]]) for i in range(0, len(pairs), size)]
+    tasks = [(settings, [(p, r) for _, p, r in pairs[i : i + size]], time_limit_s) for i in range(0, len(pairs), size)]
     outcomes = [o for chunk in parallel_map(_rms_chunk, tasks, workers) for o in chunk]
-    for (row_idx, _, _), (rms, error) in zip(pairs, outcomes, strict=True):
+    for (row_idx, _, _), (rms, error, aborted) in zip(pairs, outcomes, strict=True):
         rows[row_idx][2] = rms
         rows[row_idx][3] = f"matcher error: {error}" if error else ("no match" if rms is None else "match")
+        rows[row_idx][4] = aborted
 
     prediction_rows = tuple(
-        PredictionMatch(material_id=m, index=i, matched=reason == "match", rms=rms, reason=reason)
-        for m, i, rms, reason in rows
+        PredictionMatch(material_id=m, index=i, matched=reason == "match", rms=rms, reason=reason, aborted=stopped)
+        for m, i, rms, reason, stopped in rows
     )
     by_ref: dict[str, list[PredictionMatch]] = {}
     for p in prediction_rows:
@@ -318,6 +334,7 @@ class CSPMatchMetric:
             pred_valid=pred_valid,
             ref_valid=ref_valid,
             workers=ctx.workers,
+            time_limit_s=ctx.time_limit_s,
         )
         ref_ok = {c.material_id: bool(v) for c, v in zip(ctx.reference, ref_valid, strict=True)}
         first = [p for p in result.predictions if p.index == 0 and p.matched and ref_ok[p.material_id]]
@@ -339,6 +356,8 @@ class CSPMatchMetric:
                 continue  # a reference without predictions: reported in details, no sample row
             i = groups[p.material_id][p.index]
             matched[i], rms[i], reason[i] = p.matched, p.rms, p.reason
+            if p.aborted:
+                ctx.note_aborted({i: p.reason})
         for idx in groups.values():
             for i in idx[k:]:
                 reason[i] = f"beyond k={k}"

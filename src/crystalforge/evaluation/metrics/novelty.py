@@ -61,11 +61,11 @@ class TrainingSet(StructureSet):
     structures need are converted to pymatgen and reduced, and the reductions are kept.
     """
 
-    def __init__(self, crystals: Sequence[Crystal]) -> None:
+    def __init__(self, crystals: Sequence[Crystal], *, time_limit_s: float | None = None) -> None:
         missing = [i for i, c in enumerate(crystals) if c is None]
         if missing:
             raise ValueError(f"training structures {missing[:5]} are None")
-        super().__init__(crystals)
+        super().__init__(crystals, time_limit_s=time_limit_s)
         self.ids: tuple[str, ...] = tuple(
             str(c.material_id) if c is not None and c.material_id is not None else str(i)
             for i, c in enumerate(self.crystals)
@@ -122,6 +122,7 @@ def novelty(
     scale: bool = True,
     attempt_supercell: bool = False,
     workers: int | ExecutorConfig = 1,
+    time_limit_s: float | None = None,
 ) -> NoveltyResult:
     """Novelty of generated structures against a training set (MatterGen's rule).
 
@@ -140,6 +141,8 @@ def novelty(
         scale: scale both cells to the same volume before matching.
         attempt_supercell: try supercells when primitive site counts differ.
         workers: processes for the pymatgen calls (1: in this process), or an executor config.
+        time_limit_s: seconds one cell reduction may take (None: no limit; a ``StructureSet`` or
+            ``TrainingSet`` keeps its own); a structure over it is novel, with the time-out in its reason.
 
     Returns:
         The novel rate (percent of all entries), per-structure flags and the matched training id.
@@ -147,8 +150,13 @@ def novelty(
     """
     check_workers(workers)
     settings = MatcherSettings(ltol, stol, angle_tol, primitive_cell, scale, attempt_supercell)
-    generated = crystals if isinstance(crystals, StructureSet) else StructureSet(crystals)
-    train = reference_train if isinstance(reference_train, TrainingSet) else TrainingSet(reference_train)
+    limit = time_limit_s
+    generated = crystals if isinstance(crystals, StructureSet) else StructureSet(crystals, time_limit_s=limit)
+    train = (
+        reference_train
+        if isinstance(reference_train, TrainingSet)
+        else TrainingSet(reference_train, time_limit_s=limit)
+    )
     by_sites = settings.site_count_prefilter
     # Generated structures whose formula occurs in the training set, grouped by formula.
     by_key = {key: members for key, members in generated.groups.items() if key in train.groups}
@@ -221,7 +229,9 @@ def novelty_result(ctx: EvaluationContext) -> NoveltyResult:
     if ctx.train is None:
         raise ValueError("no training set given")
     train = ctx.train
-    return ctx.memo("novelty", lambda: novelty(structure_set(ctx), train, workers=ctx.workers))
+    return ctx.memo(
+        "novelty", lambda: novelty(structure_set(ctx), train, workers=ctx.workers, time_limit_s=ctx.time_limit_s)
+    )
 
 
 class NoveltyMetric:
@@ -236,6 +246,7 @@ class NoveltyMetric:
     def __call__(self, ctx: EvaluationContext) -> MetricResult:
         """Over all input records (unreadable ones are never novel)."""
         result = novelty_result(ctx)
+        ctx.note_aborted(structure_set(ctx).aborted)
         return MetricResult(
             summary={"novel_rate": result.novel_rate},
             columns={

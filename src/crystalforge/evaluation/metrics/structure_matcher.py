@@ -9,6 +9,11 @@ changes no verdict. ``parallel_map`` hands the pymatgen work to a ``crystalforge
 executor; results never depend on the number of workers. ``structure_set(ctx)`` is the
 ``StructureSet`` of an evaluation's samples, kept in its ``EvaluationContext``;
 ``PerStructureResult`` and ``matching_protocol`` are the parts uniqueness and novelty report alike.
+
+Cell reduction runs under a per-structure time limit (``StructureSet(time_limit_s=...)``): pymatgen's
+Niggli reduction of an extremely skewed cell can spend minutes in a C neighbour search, so a
+structure over the limit gets the error ``timed out after N s in Niggli reduction`` (it then
+matches nothing), is listed in ``StructureSet.aborted`` and the metric goes on.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
@@ -25,6 +30,7 @@ import numpy as np
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.versions import distribution_version
 from crystalforge.execution import ExecutorConfig, make_executor
+from crystalforge.execution.executor import StepAbortedError, map_with_time_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from _typeshed import DataclassInstance
@@ -40,6 +46,7 @@ __all__ = [
     "FIT_ANGLE_TOL",
     "FIT_LTOL",
     "FIT_STOL",
+    "PYMATGEN_MODULES",
     "FormulaKey",
     "MatcherSettings",
     "PerStructureResult",
@@ -59,6 +66,12 @@ FIT_LTOL, FIT_STOL, FIT_ANGLE_TOL = 0.2, 0.3, 5.0
 
 FITS_PER_TASK = 256
 """Rough number of pymatgen calls sent to a worker at once."""
+
+REDUCTION_STEP = "Niggli reduction"
+"""The step name in a time-out reason of ``reduce_cell``."""
+
+PYMATGEN_MODULES = ("pymatgen.analysis.structure_matcher", "pymatgen.optimization.neighbors")
+"""What reduction and matching import lazily: loaded before a time-limited child is forked."""
 
 FormulaKey = tuple[tuple[int, int], ...]
 """Reduced composition ``((Z, count), ...)`` in increasing Z."""
@@ -167,18 +180,22 @@ def reduce_cell(crystal: Crystal, primitive_cell: bool) -> ReducedCell | str:
         return error_text(exc)
 
 
-def _reduce_chunk(task: tuple[bool, list[Crystal]]) -> list[ReducedCell | str]:
-    primitive_cell, crystals = task
-    return [reduce_cell(c, primitive_cell) for c in crystals]
+def _reduce_chunk(task: tuple[bool, list[Crystal], float | None]) -> list[ReducedCell | str | StepAbortedError]:
+    primitive_cell, crystals, seconds = task
+    reduce = partial(reduce_cell, primitive_cell=primitive_cell)
+    return map_with_time_limit(reduce, crystals, seconds=seconds, step=REDUCTION_STEP, preload=PYMATGEN_MODULES)
 
 
 def reduce_many(
-    crystals: Sequence[Crystal], primitive_cell: bool, workers: int | ExecutorConfig
-) -> list[ReducedCell | str]:
-    """``reduce_cell`` of every crystal, in order, chunked over the executor."""
+    crystals: Sequence[Crystal],
+    primitive_cell: bool,
+    workers: int | ExecutorConfig,
+    time_limit_s: float | None = None,
+) -> list[ReducedCell | str | StepAbortedError]:
+    """``reduce_cell`` of every crystal, in order, chunked over the executor; ``StepAbortedError`` past the limit."""
     n_workers = check_workers(workers).workers
     size = max(1, min(64, math.ceil(len(crystals) / max(1, 4 * n_workers))))
-    tasks = [(primitive_cell, list(crystals[i : i + size])) for i in range(0, len(crystals), size)]
+    tasks = [(primitive_cell, list(crystals[i : i + size]), time_limit_s) for i in range(0, len(crystals), size)]
     return [r for chunk in parallel_map(_reduce_chunk, tasks, workers) for r in chunk]
 
 
@@ -239,11 +256,15 @@ class StructureSet:
 
     Build it once and pass it to every ``uniqueness`` / ``novelty`` call on the same structures:
     only the structures a metric needs are converted to pymatgen and reduced, and the reductions
-    are kept for the next metric. None entries (no structure) belong to no group.
+    are kept for the next metric. None entries (no structure) belong to no group. A reduction that
+    runs past ``time_limit_s`` seconds (None: no limit) is stopped; ``aborted`` maps the index of
+    such a structure to the reason.
     """
 
-    def __init__(self, crystals: Sequence[Crystal | None]) -> None:
+    def __init__(self, crystals: Sequence[Crystal | None], *, time_limit_s: float | None = None) -> None:
         self.crystals: tuple[Crystal | None, ...] = tuple(crystals)
+        self.time_limit_s = time_limit_s
+        self.aborted: dict[int, str] = {}
         self.groups: dict[FormulaKey, list[int]] = {}
         for i, c in enumerate(self.crystals):
             if c is not None:
@@ -267,8 +288,11 @@ class StructureSet:
         if any(c is None for c in crystals):
             raise ValueError("a None entry has no cell to reduce")
         if missing:
-            found = reduce_many([c for c in crystals if c is not None], primitive_cell, workers)
-            cache.update(zip(missing, found, strict=True))
+            found = reduce_many([c for c in crystals if c is not None], primitive_cell, workers, self.time_limit_s)
+            for i, result in zip(missing, found, strict=True):
+                if isinstance(result, StepAbortedError):
+                    self.aborted[i] = str(result)
+                cache[i] = str(result) if isinstance(result, StepAbortedError) else result
         return {i: cache[i] for i in indices}
 
     def prepare(self, *, primitive_cell: bool = True, workers: int | ExecutorConfig = 1) -> StructureSet:
@@ -328,4 +352,4 @@ class PerStructureResult:
 
 def structure_set(ctx: EvaluationContext) -> StructureSet:
     """The context's samples grouped by reduced formula, each cell reduced at most once (kept in ``ctx``)."""
-    return ctx.memo("structure_set", lambda: StructureSet(ctx.crystals))
+    return ctx.memo("structure_set", lambda: StructureSet(ctx.crystals, time_limit_s=ctx.time_limit_s))

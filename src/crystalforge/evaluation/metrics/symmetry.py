@@ -10,7 +10,8 @@ groups of its training data with ``symprec=0.01`` (pymatgen, then pyxtal at ``to
 tolerances with any number: the symmetric rate of generated crystals depends strongly on them.
 
 A crystal spglib cannot analyse (overlapping atoms at ``symprec``, a degenerate cell) gets number
-None and a reason; it is left out of the rate and counted in ``n_failed``. Nothing is raised.
+None and a reason; it is left out of the rate and counted in ``n_failed``. Nothing is raised. So
+does a crystal whose analysis runs past the per-structure time limit (``aborted``).
 ``SymmetryMetric`` is the suite adapter; ``workers`` may be an ``ExecutorConfig``.
 """
 
@@ -22,6 +23,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +32,7 @@ from crystalforge.core.crystal import Crystal
 from crystalforge.core.space_groups import CRYSTAL_SYSTEMS, crystal_system
 from crystalforge.evaluation.metrics.base import MetricResult, parsed, table_columns
 from crystalforge.execution import ExecutorConfig, make_executor
+from crystalforge.execution.executor import StepAbortedError, map_with_time_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext
@@ -52,6 +55,7 @@ DEFAULT_ANGLE_TOLERANCE = 5.0
 """spglib angle tolerance (degrees); MatterGen's choice and pymatgen's default."""
 
 _MIN_PER_WORKER = 256
+SYMMETRY_STEP = "spglib symmetry analysis"  # the step named in a time-out reason
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class SpaceGroupResult:
     symbol: str | None  # Hermann–Mauguin short symbol, e.g. "Fm-3m"
     crystal_system: str | None
     reason: str  # "ok" or why no space group was found
+    aborted: bool = False  # the analysis was stopped (over the time limit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,10 +158,12 @@ def _cell(crystal: Crystal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _analyse_many(
-    task: tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], float, float],
+    task: tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], float, float, float | None],
 ) -> list[SpaceGroupResult]:
-    cells, symprec, angle_tolerance = task
-    return [_analyse(cell, symprec, angle_tolerance) for cell in cells]
+    cells, symprec, angle_tolerance, seconds = task
+    analyse = partial(_analyse, symprec=symprec, angle_tolerance=angle_tolerance)
+    found = map_with_time_limit(analyse, cells, seconds=seconds, step=SYMMETRY_STEP, preload=("spglib",))
+    return [SpaceGroupResult(None, None, None, str(r), True) if isinstance(r, StepAbortedError) else r for r in found]
 
 
 def space_group(
@@ -183,6 +190,7 @@ def symmetry_report(
     symprec: float = DEFAULT_SYMPREC,
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
     workers: int | ExecutorConfig = 1,
+    time_limit_s: float | None = None,
 ) -> SymmetryReport:
     """Space groups of many crystals, their distribution and the symmetric rate (percent of analysed > P1).
 
@@ -191,6 +199,7 @@ def symmetry_report(
         symprec: Distance tolerance in Å.
         angle_tolerance: Angle tolerance in degrees (-1 lets spglib choose).
         workers: Processes to spread the crystals over (1 = in this process), or an executor config.
+        time_limit_s: Seconds one crystal's analysis may take (None: no limit).
 
     Returns:
         The report with one ``SpaceGroupResult`` per crystal and the protocol block.
@@ -201,10 +210,10 @@ def symmetry_report(
     cells = [_cell(c) for c in crystals]
     n_workers = min(config.workers, max(1, len(cells) // _MIN_PER_WORKER))
     if n_workers == 1:
-        results = _analyse_many((cells, symprec, angle_tolerance))
+        results = _analyse_many((cells, symprec, angle_tolerance, time_limit_s))
     else:
         size = math.ceil(len(cells) / (4 * n_workers))
-        tasks = [(cells[s : s + size], symprec, angle_tolerance) for s in range(0, len(cells), size)]
+        tasks = [(cells[s : s + size], symprec, angle_tolerance, time_limit_s) for s in range(0, len(cells), size)]
         local = config.ray is None
         with make_executor(dataclasses.replace(config, workers=n_workers) if local else config) as executor:
             results = [r for chunk in executor.map(_analyse_many, tasks) for r in chunk]
@@ -250,7 +259,8 @@ class SymmetryMetric:
     def __call__(self, ctx: EvaluationContext) -> MetricResult:
         """``symmetric_rate`` over the samples spglib could analyse."""
         idx, crystals = parsed(ctx)
-        report = symmetry_report(crystals, workers=ctx.workers)
+        report = symmetry_report(crystals, workers=ctx.workers, time_limit_s=ctx.time_limit_s)
+        ctx.note_aborted({i: r.reason for i, r in zip(idx, report.crystals, strict=True) if r.aborted})
         details = {k: v for k, v in report.summary().items() if k not in ("symmetric_rate", "protocol")}
         return MetricResult(
             summary={"symmetric_rate": report.symmetric_rate},

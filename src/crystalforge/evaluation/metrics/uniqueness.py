@@ -98,6 +98,7 @@ def uniqueness(
     scale: bool = True,
     attempt_supercell: bool = False,
     workers: int | ExecutorConfig = 1,
+    time_limit_s: float | None = None,
 ) -> UniquenessResult:
     """Uniqueness of generated structures (MatterGen's greedy rule within each reduced formula).
 
@@ -114,6 +115,8 @@ def uniqueness(
         scale: scale both cells to the same volume before matching.
         attempt_supercell: try supercells when primitive site counts differ.
         workers: processes for the pymatgen calls (1: in this process), or an executor config.
+        time_limit_s: seconds one cell reduction may take (None: no limit; a ``StructureSet``
+            keeps its own); a structure over it is unique, with the time-out in its reason.
 
     Returns:
         The unique rate (percent of all entries), per-structure flags and representatives.
@@ -121,7 +124,7 @@ def uniqueness(
     """
     check_workers(workers)
     settings = MatcherSettings(ltol, stol, angle_tol, primitive_cell, scale, attempt_supercell)
-    structures = crystals if isinstance(crystals, StructureSet) else StructureSet(crystals)
+    structures = crystals if isinstance(crystals, StructureSet) else StructureSet(crystals, time_limit_s=time_limit_s)
     # Only formulas shared by several structures need pymatgen.
     to_reduce = [i for members in structures.groups.values() if len(members) > 1 for i in members]
     errors: dict[int, str] = {}
@@ -180,6 +183,7 @@ class UniquenessMetric:
     def __call__(self, ctx: EvaluationContext) -> MetricResult:
         """Over all input records (unreadable ones are never unique)."""
         result = uniqueness_result(ctx)
+        ctx.note_aborted(structure_set(ctx).aborted)
         return MetricResult(
             summary={"unique_rate": result.unique_rate},
             columns={

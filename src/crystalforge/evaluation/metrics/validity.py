@@ -27,6 +27,7 @@ import numpy as np
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.elements import z_to_symbol
 from crystalforge.core.versions import distribution_version
+from crystalforge.evaluation.context import no_structure_reason
 from crystalforge.evaluation.metrics.base import MetricResult, pct, scatter
 from crystalforge.evaluation.metrics.closest_pairs import closest_pair_blocked, closest_pairs_batched, search_cell
 from crystalforge.evaluation.metrics.smact_rule import OxidationStateList, reduced_formula, smact_verdict
@@ -348,7 +349,7 @@ class ValidityMetric:
         reason = scatter(ctx, idx, [c.reason for c in report.crystals], None)
         for i, s in enumerate(ctx.samples):
             if s.crystal is None:
-                reason[i] = f"unreadable: {s.error}"
+                reason[i] = no_structure_reason(s.error or "")
         valid = valid_mask(ctx).tolist()
         return MetricResult(
             summary={"validity_struct": pct(struct), "validity_comp": pct(comp), "validity": pct(valid)},
