@@ -68,6 +68,14 @@ def test_add_is_idempotent_on_the_key(tmp_path):
     assert first[1] in store and "r009-000000" not in store
 
 
+def test_pending_can_stop_at_a_round(tmp_path):
+    store = CandidateStore(tmp_path / "c.db")
+    first, second, third = (store.add(_batch(3), round=r)[:2] for r in range(3))  # the last one: no structure
+    assert store.pending("filter", upto_round=0) == first
+    assert store.pending("filter", upto_round=1) == first + second
+    assert store.pending("filter") == store.pending("filter", upto_round=2) == first + second + third
+
+
 def test_stage_results_pending_and_funnel(tmp_path):
     store = CandidateStore(tmp_path / "c.db")
     keys = store.add(_batch(5), round=0)  # 4 structures, 1 failure

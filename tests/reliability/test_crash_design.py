@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import random
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from crystalforge.design.store import CandidateStore
-from tests.reliability.test_crash_generate import run_cli, snapshot, stop_when, temporaries
+from tests.reliability.test_crash_generate import Stop, run_cli, snapshot, stop_when, temporaries
 
 DESIGN = ["design", "--model", "perov_5-dng", "--predictor", "perov_5-properties", "--target", "dir_gap=0..3",
           "--budget", "8", "--batch-size", "4", "--oversample", "2", "--steps", "10", "--relax-budget", "2",
@@ -38,15 +39,29 @@ def results(run: Path) -> dict[str, object]:
     }
 
 
+def stored_keys(run: Path) -> list[str]:
+    """The store's keys after a stop (none without a store), each candidate once."""
+    path = run / "candidates.db"
+    keys = CandidateStore(path).keys if path.exists() else []
+    assert len(keys) == len(set(keys)), "a candidate was stored twice"
+    return keys
+
+
 def check_store(run: Path) -> list[str]:
     """The store's keys after a kill: whole batches, each candidate once."""
-    path = run / "candidates.db"
-    if not path.exists():
-        return []
-    keys = CandidateStore(path).keys
-    assert len(keys) == len(set(keys)), "a candidate was stored twice"
+    keys = stored_keys(run)
     assert keys in ([], BATCHES[0], BATCHES[0] + BATCHES[1]), f"not whole batches: {keys}"
     return keys
+
+
+def stop_design(args: list[str], ready: Callable[[], bool], delay: float, sig: int) -> Stop:
+    """``stop_when``, then check how the run ended: killed, or Ctrl-C with exit 130 and one line."""
+    stop = stop_when(args, ready, delay, sig=sig)
+    expected_code = 130 if sig == signal.SIGINT else -signal.SIGKILL
+    assert stop.returncode == expected_code, f"the run ended before the signal ({stop.returncode}): {stop.stderr}"
+    if sig == signal.SIGINT:  # Ctrl-C: one line, no traceback
+        assert stop.stderr.strip() == "interrupted: finished work is kept; rerun the same command to resume"
+    return stop
 
 
 def test_three_kill_9_and_a_ctrl_c_then_resume_give_the_unbroken_run(tmp_path):
@@ -68,11 +83,7 @@ def test_three_kill_9_and_a_ctrl_c_then_resume_give_the_unbroken_run(tmp_path):
     ]
     stored: list[str] = []
     for i, (ready, longest, sig) in enumerate(points):
-        stop = stop_when(args, ready, rng.uniform(0, longest), sig=sig)
-        expected_code = 130 if sig == signal.SIGINT else -signal.SIGKILL
-        assert stop.returncode == expected_code, f"the run ended before the signal ({stop.returncode}): {stop.stderr}"
-        if sig == signal.SIGINT:  # Ctrl-C: one line, no traceback
-            assert stop.stderr.strip() == "interrupted: finished work is kept; rerun the same command to resume"
+        stop = stop_design(args, ready, rng.uniform(0, longest), sig)
         keys = check_store(out)
         table = CandidateStore(out / "candidates.db").table() if keys else []
         done = {stage: sum(1 for r in table if r.get(stage) is not None) for stage in ("filter", "screen", "relax")}

@@ -179,3 +179,23 @@ def test_cli_time_limit_flag_reaches_the_metrics(tmp_path: Path) -> None:
     table = (out / "per_structure.csv").read_text()
     assert "timed out after 1 s in Niggli reduction" in table
     assert table.count("timed out") == 1
+
+
+def test_design_dedupe_keeps_to_the_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crystalforge.design.spec import DesignSpec
+    from crystalforge.design.stages import DesignContext, dedupe, filter_candidates
+    from crystalforge.design.store import CandidateStore
+
+    monkeypatch.setenv(TIME_LIMIT_ENV, "1")
+    po, si = TINY["po_sc_1"], TINY["si_fcc_2"]
+    store = CandidateStore(tmp_path / "candidates.db")
+    batch = [po, skewed_po(), si, po.replace(material_id="po_again")]
+    keys = store.add([Candidate.of(c, f"gen/{i}") for i, c in enumerate(batch)], round=0)
+    ctx = DesignContext(DesignSpec(out=str(tmp_path), train="none", comp_valid=False), store, tmp_path)
+    filter_candidates(ctx)
+    start = time.perf_counter()
+    assert dedupe(ctx) == 4
+    assert time.perf_counter() - start < 8, "the limit did not stop the reduction"  # unlimited: 10-15 s
+    rows = {r["cid"]: r for r in store.table()}
+    assert rows[keys[1]]["dedupe"] == "done" and rows[keys[1]]["dedupe_duplicate_of"] == ""  # over the limit: kept
+    assert rows[keys[3]]["dedupe"] == "rejected" and rows[keys[3]]["dedupe_duplicate_of"] == keys[0]

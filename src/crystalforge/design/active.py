@@ -225,6 +225,7 @@ def run_rounds(
     fine: dict[int, dict[str, object] | None] = {}
     records: list[dict[str, object]] = []
     for r in range(len(sizes)):
+        ctx.upto_round = r  # a resumed run may hold later rounds' batches already: not this round's work
         if ctx.spec.active_learning:
             use_surrogate(ctx, r)
         timed("generate", partial(generation, [b for b in batches if b.round == r]))
@@ -237,6 +238,7 @@ def run_rounds(
             fine[r] = fine_tune_round(ctx, r, ctx.store.table())
         records = round_records(ctx, sizes, fine)
         save(records)
+    ctx.upto_round = None
     return records
 
 

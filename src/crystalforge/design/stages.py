@@ -25,6 +25,7 @@ import torch
 
 from crystalforge.core.crystal import Crystal
 from crystalforge.design.spec import DesignSpec
+from crystalforge.evaluation.context import time_limit_from_env
 from crystalforge.evaluation.hull import ReferenceHull
 from crystalforge.evaluation.metrics.closest_pairs import closest_pair_blocked, search_cell
 from crystalforge.evaluation.metrics.novelty import TrainingSet, novelty
@@ -75,6 +76,9 @@ class DesignContext:
     screener: PredictorEnsemble | None = field(default=None, repr=False)
     """The screen's surrogate when it is not the predictor (a fine-tuned one, ``design.active``)."""
     screener_name: str | None = None
+    upto_round: int | None = None
+    """Stages see only rounds ``<= upto_round`` (None: all): set by ``design.active`` so that a resumed run's
+    stored later batches are not screened with an earlier round's surrogate."""
 
     @property
     def predictor(self) -> PredictorEnsemble:
@@ -105,7 +109,7 @@ class DesignContext:
         from crystalforge.data.resolve import resolve_train
 
         crystals, self.train_name = resolve_train(name, None, None, self.workers)
-        return None if crystals is None else TrainingSet(crystals)
+        return None if crystals is None else TrainingSet(crystals, time_limit_s=time_limit_from_env())
 
     @property
     def hull(self) -> ReferenceHull:
@@ -164,7 +168,7 @@ def min_distance(crystal: Crystal, cutoff: float = DISTANCE_CUTOFF) -> float:
 def filter_candidates(ctx: DesignContext) -> int:
     """Structure validity (volume, ``min_distance``), SMACT composition validity, allowed elements."""
     spec, store = ctx.spec, ctx.store
-    keys = store.pending("filter")
+    keys = store.pending("filter", upto_round=ctx.upto_round)
     allowed = {e.strip() for e in spec.element_list.split(",")} if spec.element_list else None
     bar = stage_bar(ctx, len(keys), "filter")
     try:
@@ -197,30 +201,32 @@ def filter_candidates(ctx: DesignContext) -> int:
 def dedupe(ctx: DesignContext) -> int:
     """Duplicates of earlier candidates (structure matching) and matches of the training set (novelty).
 
+    A cell reduction gets at most ``$CRYSTALFORGE_TIME_LIMIT_S`` (as ``evaluate``); over it: first of its kind.
     Candidates are compared with every earlier first-of-its-kind candidate (all rounds, as generated)
     and with each other in store order; the first of a kind stays, later ones are ``rejected`` with
     ``dedupe_duplicate_of``. A first-of-its-kind candidate that fits a training structure gets
     ``dedupe_novel = False`` and ``dedupe_match`` (and is rejected when ``novel_only``).
     """
     store, spec = ctx.store, ctx.spec
-    keys = store.pending("dedupe", after=["filter"])
+    keys = store.pending("dedupe", after=["filter"], upto_round=ctx.upto_round)
     if not keys:
         return 0
     table = store.table()
     reps = [str(r["cid"]) for r in table if r.get("dedupe") is not None and r.get("dedupe_duplicate_of") == ""]
     rep_crystals = initial_crystals(store, reps)
-    train = ctx.training_set
+    train, limit = ctx.training_set, time_limit_from_env()
     bar = stage_bar(ctx, len(keys), "dedupe")
     try:
         for chunk in _chunks(keys, CHUNK):
             crystals = _crystals(store, chunk)
-            found = uniqueness([*rep_crystals, *crystals], workers=ctx.workers).structures[len(reps) :]
+            found = uniqueness([*rep_crystals, *crystals], workers=ctx.workers, time_limit_s=limit).structures
+            found = found[len(reps) :]
             names = [*reps, *chunk]
             firsts = [i for i, s in enumerate(found) if s.unique]
             verdict = {}
             if train is not None and firsts:
-                novel = novelty([crystals[i] for i in firsts], train, workers=ctx.workers).structures
-                verdict = dict(zip(firsts, novel, strict=True))
+                novel = novelty([crystals[i] for i in firsts], train, workers=ctx.workers, time_limit_s=limit)
+                verdict = dict(zip(firsts, novel.structures, strict=True))
             for i, (key, result) in enumerate(zip(chunk, found, strict=True)):
                 if not result.unique:
                     rep = names[result.representative] if result.representative is not None else ""
@@ -274,7 +280,7 @@ def screen(ctx: DesignContext) -> int:
     predictor, or the fine-tuned surrogate of active learning (``ctx.screener``).
     """
     store = ctx.store
-    keys = store.pending("screen", after=["filter", "dedupe"])
+    keys = store.pending("screen", after=["filter", "dedupe"], upto_round=ctx.upto_round)
     windows = screen_windows(ctx) if keys else []
     model, name = ctx.screener or ctx.predictor, ctx.screener_name or ctx.spec.predictor
     bar = stage_bar(ctx, len(keys), "screen")
@@ -297,7 +303,7 @@ def screen(ctx: DesignContext) -> int:
 def predict(ctx: DesignContext) -> int:
     """The predictor on the relaxed structures: ``predict_<prop>_mean/std`` and ``predict_in_window``."""
     store = ctx.store
-    keys = store.pending("predict", after=["hull"])
+    keys = store.pending("predict", after=["hull"], upto_round=ctx.upto_round)
     windows = ctx.spec.windows
     bar = stage_bar(ctx, len(keys), "predict")
     try:
@@ -374,7 +380,7 @@ def relax(ctx: DesignContext, select: Callable[[Sequence[Mapping[str, object]]],
 def hull(ctx: DesignContext) -> int:
     """Energy above the reference hull of each relaxed candidate (``rejected`` when it cannot be computed)."""
     store, spec = ctx.store, ctx.spec
-    keys = store.pending("hull", after=["relax"])
+    keys = store.pending("hull", after=["relax"], upto_round=ctx.upto_round)
     bar = stage_bar(ctx, len(keys), "hull")
     try:
         for chunk in _chunks(keys, CHUNK):

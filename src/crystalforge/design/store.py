@@ -194,8 +194,11 @@ class CandidateStore:
         self.record(stage, key, {"error": error}, status="failed")
 
     # ---- reading ------------------------------------------------------------------------------
-    def pending(self, stage: str, *, after: Sequence[str] = ()) -> list[str]:
-        """Keys of candidates with a structure, no ``stage`` result yet, and ``done`` in every stage of ``after``."""
+    def pending(self, stage: str, *, after: Sequence[str] = (), upto_round: int | None = None) -> list[str]:
+        """Keys of candidates with a structure, no ``stage`` result yet, and ``done`` in every stage of ``after``.
+
+        ``upto_round``: only candidates of generation rounds ``<= upto_round`` (None: every round).
+        """
         for name in (stage, *after):
             _check_stage(name, f"{self.path}: pending({stage!r})")
         with self._reading("its records"):
@@ -203,6 +206,7 @@ class CandidateStore:
                 str(row.cid)
                 for row in self._db.select(include_data=False)
                 if row.natoms
+                and (upto_round is None or int(row.round) <= upto_round)
                 and stage not in row.key_value_pairs
                 and all(row.key_value_pairs.get(s) == "done" for s in after)
             ]
