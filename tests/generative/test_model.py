@@ -142,3 +142,28 @@ def test_time_power_draws_training_times_towards_the_data():
     assert means[1.0] == pytest.approx(0.5, abs=0.02) and means[3.0] == pytest.approx(0.75, abs=0.02)
     with pytest.raises(ValueError, match="time_power"):
         build_model(ModelConfig(time_power=0.0, backbone=TINY), stats)
+
+
+def test_the_last_step_opens_up_flat_cells_and_nothing_else():
+    from crystalforge.core.lattice import volume_fraction
+
+    model, crystals = _model("flow", "dng")
+    template = template_from_num_atoms([c.num_atoms for c in crystals] * 4)
+
+    def run(floor: float) -> CrystalBatch:
+        return sample(
+            model,
+            template,
+            SamplerConfig(steps=3, min_volume_fraction=floor),
+            generator=torch.Generator().manual_seed(2),
+        )
+
+    raw, floored = run(0.0), run(0.95)
+    before = volume_fraction(raw.lattice)
+    assert bool((before < 0.95).any()) and bool((before >= 0.95).any())  # an untrained model: both kinds
+    assert bool((volume_fraction(floored.lattice) >= 0.95 - 1e-6).all())
+    kept = before >= 0.95
+    assert torch.equal(floored.lattice[kept], raw.lattice[kept])
+    assert torch.equal(floored.frac_coords, raw.frac_coords) and torch.equal(floored.atomic_numbers, raw.atomic_numbers)
+    with pytest.raises(ValueError, match="min_volume_fraction"):
+        SamplerConfig(min_volume_fraction=1.0)

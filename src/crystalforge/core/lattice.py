@@ -10,6 +10,7 @@ lattices through ``metric_tensor`` or parameters, never raw matrices.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from crystalforge.core.array_ops import Array, ops
 
@@ -175,3 +176,59 @@ def code_to_lattice(code: Array, num_atoms: Array) -> Array:
         xp.stack([c * cb, c * ry, c * rz], -1),
     ]
     return xp.stack(rows, -2)
+
+
+# ---- flat cells ----------------------------------------------------------------------------------
+MIN_VOLUME_FRACTION = 0.5
+"""Default floor of ``V / (a·b·c)`` for generated cells (``raise_flat_cells``). A Niggli-reduced cell
+has at least 1/√2 ≈ 0.707 (the lowest in mp_20, carbon_24 and perov_5's training splits is 0.707),
+so the floor never touches a cell shaped like the data."""
+
+
+def volume_fraction(lattice: Array) -> Array:
+    """``|det L| / (a·b·c)`` ``[...]``: 1 for orthogonal axes, 0 for a flat cell (NaN without lengths)."""
+    lengths = ops(lattice).norm(lattice)
+    fraction: Array = abs(volume(lattice)) / (lengths[..., 0] * lengths[..., 1] * lengths[..., 2])
+    return fraction
+
+
+def raise_flat_cells(lattice: torch.Tensor, min_fraction: float = MIN_VOLUME_FRACTION) -> torch.Tensor:
+    """``lattice [B, 3, 3]`` with every cell flatter than ``min_fraction`` opened up to it.
+
+    A cell with ``V / (a·b·c) < min_fraction`` keeps its lengths and has its three angle cosines
+    scaled by the largest common factor in [0, 1] (bisection to 2⁻⁴⁰; factor 0 makes the axes
+    orthogonal) at which the fraction reaches the floor plus 1e-6 relative (so it stays above in
+    float32); it is rebuilt in the standard orientation, so fractional coordinates keep their
+    meaning. Every other cell, and one with NaN or zero lengths, is returned bit for bit (and
+    ``lattice`` itself, the same object, when no cell is flat).
+    """
+    fraction = volume_fraction(lattice)
+    flat = fraction < min_fraction  # NaN compares False: left to the caller's checks
+    if not bool(flat.any()):
+        return lattice
+    lengths, cos = _lengths_and_cosines(lattice[flat].double())
+    target = (min_fraction * (1.0 + 1e-6)) ** 2  # a hair above: the cell stays above the floor in float32
+
+    def gram_fraction(c: torch.Tensor) -> torch.Tensor:  # (V / abc)² of lengths with cosines c
+        return 1.0 - (c**2).sum(-1) + 2.0 * c.prod(-1)
+
+    lo = torch.zeros_like(cos[..., 0])
+    hi = torch.ones_like(lo)
+    for _ in range(40):  # invariant: lo reaches the floor, hi does not
+        mid = (lo + hi) / 2
+        ok = gram_fraction(mid[..., None] * cos) >= target
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    ca, cb, cg = (lo[..., None] * cos).unbind(-1)
+    a, b, c = lengths.unbind(-1)
+    sg = torch.sqrt(1.0 - cg**2)
+    ry = (ca - cb * cg) / sg
+    rz = torch.sqrt(torch.clamp(1.0 - cb**2 - ry**2, min=0.0))
+    zero = torch.zeros_like(a)
+    rows = [
+        torch.stack([a, zero, zero], -1),
+        torch.stack([b * cg, b * sg, zero], -1),
+        torch.stack([c * cb, c * ry, c * rz], -1),
+    ]
+    out = lattice.clone()
+    out[flat] = torch.stack(rows, -2).to(lattice.dtype)
+    return out

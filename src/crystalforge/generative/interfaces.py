@@ -134,6 +134,9 @@ class SamplerConfig:
     # refinement (SDEdit / FlowLLM): > 0 starts from the template's own structure put on the path at
     # this time instead of from the prior, and integrates the rest of the way to 1
     start_time: float = 0.0
+    # the final cells flatter than this V/(a·b·c) are opened up to it (core.lattice.raise_flat_cells;
+    # the data's reduced cells have ≥ 0.707); 0 leaves the sampled cells as they are
+    min_volume_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if isinstance(self.anti_annealing, Mapping):
@@ -144,6 +147,8 @@ class SamplerConfig:
             raise ValueError(f"start_time must be in [0, 1), got {self.start_time}")
         if self.corrector_steps < 0:
             raise ValueError(f"corrector_steps must be >= 0, got {self.corrector_steps}")
+        if not 0.0 <= self.min_volume_fraction < 1.0:
+            raise ValueError(f"min_volume_fraction must be in [0, 1), got {self.min_volume_fraction}")
 
 
 PredictFn = Callable[[CrystalBatch, Tensor], FieldOutputs]
