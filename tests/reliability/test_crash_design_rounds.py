@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from crystalforge.training.checkpoint import read_torch_file
+from crystalforge.io.torch_files import read_torch_file
 from tests.reliability.test_crash_design import results as design_results
 from tests.reliability.test_crash_design import stop_design, stored_keys
 from tests.reliability.test_crash_generate import run_cli, temporaries

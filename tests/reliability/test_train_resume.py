@@ -25,9 +25,9 @@ import torch
 from crystalforge.cli.main import main
 from crystalforge.config import load_config
 from crystalforge.io.files import write_structures
+from crystalforge.io.torch_files import read_torch_file
 from crystalforge.testing import tiny_crystals
 from crystalforge.training import lightning
-from crystalforge.training.checkpoint import read_torch_file
 from crystalforge.training.config import TrainConfig
 from crystalforge.training.run import train
 

@@ -177,3 +177,24 @@ def test_the_loader_itself_refuses_before_running(tmp_path):
     with pytest.raises(ValueError, match="refused"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "hostile", "missing"])
+def test_a_bad_predictor_file_is_one_line_naming_it(damage, tmp_path, capsys):
+    from crystalforge.predictors.ensemble import PredictorEnsemble
+
+    bad, marker = tmp_path / "predictor.pt", tmp_path / "ran"
+    if damage == "truncated":
+        bad.write_bytes((PACKAGE / "pretrained" / "mp_20-properties.pt").read_bytes()[:2000])
+    elif damage == "hostile":
+        torch.save({"format": 1, "members": RunsACommand(marker)}, bad)
+    with pytest.raises((ValueError, FileNotFoundError)) as caught:
+        PredictorEnsemble.load(bad)
+    message = str(caught.value)
+    assert message.startswith(f"{bad}: ") and "\n" not in message, message
+    assert not marker.exists()  # the hostile pickle never ran
+    data = tiny_crystals()[1]
+    write_structures([data], tmp_path / "one.cif")
+    assert main(["predict", str(tmp_path / "one.cif"), "--predictor", str(bad), "--out", str(tmp_path / "p.csv")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0], lines

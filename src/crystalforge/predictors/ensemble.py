@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.limits import StructureLimits
 from crystalforge.io.atomic import atomic_write
+from crystalforge.io.torch_files import read_torch_file
 from crystalforge.predictors.gnn import PropertyGNN, PropertyGNNConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "Prediction", "PredictorEnsemble", "calibration_report", "torch_save_atomic"]
@@ -219,14 +220,13 @@ class PredictorEnsemble(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> PredictorEnsemble:
-        """Read a checkpoint written by ``save``; a file of another kind is refused by name."""
+        """Read a checkpoint written by ``save`` onto ``map_location``; another kind of file is refused in one line.
+
+        The file is read with ``io.torch_files.read_torch_file`` (weights only; a missing, truncated,
+        foreign or hostile file is one error naming it).
+        """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such predictor checkpoint")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # a truncated or foreign file
-            raise ValueError(f"{path}: not a readable predictor checkpoint ({exc})") from exc
+        payload = read_torch_file(path, what="predictor checkpoint")
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a crystalforge predictor checkpoint (expected format {CHECKPOINT_FORMAT})")
         config = PropertyGNNConfig.from_dict(payload["config"])
@@ -237,7 +237,7 @@ class PredictorEnsemble(nn.Module):
             members.append(member)
         ensemble = cls(members, record=payload.get("record"))
         ensemble.calibration.copy_(payload["calibration"])
-        return ensemble.eval()
+        return ensemble.eval().to(map_location)
 
 
 def _miscalibration_area(z: Tensor) -> Tensor:

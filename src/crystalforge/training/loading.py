@@ -16,9 +16,10 @@ from typing import Any, NamedTuple
 from crystalforge.config import from_dict
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.generative.interfaces import GenerativeModel, SamplerConfig
+from crystalforge.io.torch_files import one_line
 from crystalforge.pretrained import list_models, model_path
 from crystalforge.registry import build_model
-from crystalforge.training.checkpoint import checkpoint_family, load_checkpoint, one_line
+from crystalforge.training.checkpoint import checkpoint_family, load_checkpoint
 from crystalforge.training.config import TrainConfig
 
 

@@ -28,7 +28,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from crystalforge.io.atomic import atomic_write, remove_temporaries
-from crystalforge.training.checkpoint import read_torch_file, save_checkpoint
+from crystalforge.io.torch_files import read_torch_file
+from crystalforge.training.checkpoint import save_checkpoint
 from crystalforge.training.distributed import max_rank_difference
 from crystalforge.training.lightning import LitGenerative
 
