@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import warnings
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -128,6 +129,13 @@ def _train(config: TrainConfig, out: Path) -> Path:
     from crystalforge.training.lightning import LitGenerative
     from crystalforge.training.run_files import RunFiles, SafeCheckpointIO
 
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # its lines once, through our logging (-v)
+        lightning_log = logging.getLogger(name)
+        lightning_log.handlers.clear()
+        lightning_log.propagate, lightning_log.level = True, logging.NOTSET
+    # Lightning's own noise: the run folder holds our files by design; a deprecation inside Lightning
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)  # the same initial weights on every rank
     train_set, val_set, stats, resolved, model = prepare(config)
