@@ -48,7 +48,8 @@ def _row(name: str, steps: int, n: int, batch: int = 256) -> dict[str, object]:
         template = jobs_template(part, model_dtype(model))
         raw = sample(model, template, SamplePlan(config), generator=torch.Generator().manual_seed(k))
         floored = raw.replace(lattice=raise_flat_cells(raw.lattice))
-        moved = ~(raw.lattice == floored.lattice).flatten(1).all(1)
+        same = (raw.lattice == floored.lattice) | (raw.lattice.isnan() & floored.lattice.isnan())
+        moved = ~same.flatten(1).all(1)
         for column, batch_out in (("raw", raw), ("floor", floored)):
             tally = counts[column]
             tally["fraction_below_0.5"] += int((volume_fraction(batch_out.lattice) < 0.5).sum())

@@ -71,3 +71,12 @@ def test_a_float32_cell_stays_above_the_floor_and_a_second_pass_changes_nothing(
     once = raise_flat_cells(flat)
     assert float(volume_fraction(once)[0]) >= MIN_VOLUME_FRACTION
     assert torch.equal(raise_flat_cells(once), once)
+
+
+def test_a_left_handed_flat_cell_stays_left_handed_with_the_same_metric_as_a_right_handed_one():
+    right = _cell([4.0, 5.0, 6.0], [119.5, 120.0, 120.4])
+    left = right * torch.tensor([1.0, 1.0, -1.0], dtype=right.dtype)  # a mirror: det < 0
+    assert float(torch.linalg.det(left)) < 0
+    opened_right, opened_left = raise_flat_cells(right[None])[0], raise_flat_cells(left[None])[0]
+    assert float(torch.linalg.det(opened_left)) < 0 < float(torch.linalg.det(opened_right))
+    torch.testing.assert_close(opened_left @ opened_left.T, opened_right @ opened_right.T)

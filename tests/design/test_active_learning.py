@@ -203,3 +203,24 @@ def test_bad_yaml_cli_and_a_predictor_without_stability_are_refused(tmp_path, ca
         run_design(DesignSpec(**{**LEARN, "predictor": "perov_5-properties", "targets": (), "out": str(out)}),
                    generate=generate, relax_with=FakeRelaxer())  # fmt: skip
     assert generate.batches == [] and not (out / "design.json").exists()  # refused before any work
+
+
+def test_a_round_stored_before_a_stop_is_screened_by_its_own_surrogate_on_resume(tmp_path, monkeypatch):
+    out, real, calls = tmp_path / "run", active.filter_candidates, []
+
+    def stop_in_the_second_round(ctx):  # round 1's batch is stored, then the run stops before its filter
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped")
+        return real(ctx)
+
+    monkeypatch.setattr(active, "filter_candidates", stop_in_the_second_round)
+    with pytest.raises(RuntimeError, match="stopped"):
+        _design(out, rounds=2, budget=16, relax_budget=4)
+    stored = _rows(out)
+    assert {r["round"] for r in stored} == {0, 1} and all(r.get("screen") is None for r in stored if r["round"] == 1)
+    assert (out / "surrogate" / "round_000.pt").is_file()
+    monkeypatch.setattr(active, "filter_candidates", real)
+    _design(out, rounds=2, budget=16, relax_budget=4)
+    screened = {r["round"]: r["screen_surrogate"] for r in _rows(out) if r.get("screen") == "done"}
+    assert screened == {0: "mp_20-properties", 1: "surrogate/round_000.pt"}

@@ -167,3 +167,16 @@ def test_the_last_step_opens_up_flat_cells_and_nothing_else():
     assert torch.equal(floored.frac_coords, raw.frac_coords) and torch.equal(floored.atomic_numbers, raw.atomic_numbers)
     with pytest.raises(ValueError, match="min_volume_fraction"):
         SamplerConfig(min_volume_fraction=1.0)
+
+
+def test_a_fixed_flat_lattice_is_kept_as_the_user_gave_it():
+    from crystalforge.core.lattice import volume_fraction
+    from crystalforge.generative.interfaces import SamplePlan
+    from crystalforge.sampling.constraints import FixedLattice
+
+    model, _ = _model("flow", "dng")
+    fixed = FixedLattice.from_params([4.0, 5.0, 6.0], [90.0, 160.0, 90.0])  # monoclinic, V/abc = sin 160° = 0.34
+    template = template_from_num_atoms([2, 3])
+    plan = SamplePlan(SamplerConfig(steps=3), constraints=(fixed,))
+    out = sample(model, template, plan, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(volume_fraction(out.lattice), torch.tensor(0.342, dtype=out.lattice.dtype), atol=1e-3)

@@ -120,6 +120,17 @@ CASES: dict[str, tuple[Callable[[Path, Path], None], str]] = {
 }
 
 
+def _tiny_run_config(good_model: Path, folder: Path) -> Path:
+    """A one-epoch training config on the fixture's tiny structures."""
+    config = folder / "run.yaml"
+    config.write_text(
+        "model: {backbone: {hidden: 16, layers: 1, fourier_frequencies: 2, time_dim: 8}}\n"
+        f"data: {{dataset: {good_model.parent / 'tiny.extxyz'}, val_split: null, batch_size: 2}}\n"
+        "trainer: {max_epochs: 1, accelerator: cpu, threads: 1}\n"
+    )
+    return config
+
+
 def test_the_untampered_file_loads(good_model):
     assert load_model(good_model).config.family == "joint"
 
@@ -141,12 +152,7 @@ def test_generate_refuses_a_bad_model_file_in_one_line(case, good_model, tmp_pat
 
 def test_a_damaged_resume_checkpoint_is_named(good_model, tmp_path, capsys):
     pytest.importorskip("lightning")
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        "model: {backbone: {hidden: 16, layers: 1, fourier_frequencies: 2, time_dim: 8}}\n"
-        f"data: {{dataset: {good_model.parent / 'tiny.extxyz'}, val_split: null, batch_size: 2}}\n"
-        "trainer: {max_epochs: 1, accelerator: cpu, threads: 1}\n"
-    )
+    config = _tiny_run_config(good_model, tmp_path)
     run = tmp_path / "run"
     run.mkdir()
     (run / "last.ckpt").write_bytes(good_model.read_bytes()[:1000])
@@ -198,3 +204,28 @@ def test_a_bad_predictor_file_is_one_line_naming_it(damage, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "one.cif"), "--predictor", str(bad), "--out", str(tmp_path / "p.csv")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0], lines
+
+
+def test_training_prints_lightnings_lines_once_and_only_with_verbose(good_model, tmp_path, capfd):
+    pytest.importorskip("lightning")
+    import logging
+
+    config = _tiny_run_config(good_model, tmp_path)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        for handler in handlers:  # let the CLI's logging set-up take effect, as in a fresh process
+            root.removeHandler(handler)
+        assert main(["-v", "train", str(config), "--out", str(tmp_path / "verbose")]) == 0
+        err = capfd.readouterr().err
+        assert err.count("GPU available") == 1, err
+        root.setLevel(logging.WARNING)
+        assert main(["train", str(config), "--out", str(tmp_path / "quiet")]) == 0
+        err = capfd.readouterr().err
+        assert "GPU available" not in err and "exists and is not empty" not in err, err
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)

@@ -198,9 +198,10 @@ def raise_flat_cells(lattice: torch.Tensor, min_fraction: float = MIN_VOLUME_FRA
     A cell with ``V / (a·b·c) < min_fraction`` keeps its lengths and has its three angle cosines
     scaled by the largest common factor in [0, 1] (bisection to 2⁻⁴⁰; factor 0 makes the axes
     orthogonal) at which the fraction reaches the floor plus 1e-6 relative (so it stays above in
-    float32); it is rebuilt in the standard orientation, so fractional coordinates keep their
-    meaning. Every other cell, and one with NaN or zero lengths, is returned bit for bit (and
-    ``lattice`` itself, the same object, when no cell is flat).
+    float32); it is rebuilt in the standard orientation (mirrored when it was left-handed), so
+    fractional coordinates keep their meaning and the crystal its handedness. Every other cell,
+    and one with NaN or zero lengths, is returned bit for bit (``lattice`` itself, the same
+    object, when no cell is flat).
     """
     fraction = volume_fraction(lattice)
     flat = fraction < min_fraction  # NaN compares False: left to the caller's checks
@@ -229,6 +230,9 @@ def raise_flat_cells(lattice: torch.Tensor, min_fraction: float = MIN_VOLUME_FRA
         torch.stack([b * cg, b * sg, zero], -1),
         torch.stack([c * cb, c * ry, c * rz], -1),
     ]
+    opened = torch.stack(rows, -2)
+    left = volume(lattice[flat].double()) < 0  # keep a left-handed cell left-handed (a mirror keeps the metric)
+    opened[left] = opened[left] * torch.tensor([-1.0, 1.0, 1.0], dtype=opened.dtype)
     out = lattice.clone()
-    out[flat] = torch.stack(rows, -2).to(lattice.dtype)
+    out[flat] = opened.to(lattice.dtype)
     return out

@@ -224,21 +224,23 @@ def run_rounds(
     shares = relax_shares(sizes, ctx.spec.relax_count)
     fine: dict[int, dict[str, object] | None] = {}
     records: list[dict[str, object]] = []
-    for r in range(len(sizes)):
-        ctx.upto_round = r  # a resumed run may hold later rounds' batches already: not this round's work
-        if ctx.spec.active_learning:
-            use_surrogate(ctx, r)
-        timed("generate", partial(generation, [b for b in batches if b.round == r]))
-        for name, stage in (("filter", filter_candidates), ("dedupe", dedupe), ("screen", screen)):
-            timed(name, partial(stage, ctx))
-        timed("relax", partial(relax, ctx, partial(round_selection, index=r, count=shares[r])))
-        timed("hull", partial(hull, ctx))
-        timed("predict", partial(predict, ctx))
-        if ctx.spec.active_learning:
-            fine[r] = fine_tune_round(ctx, r, ctx.store.table())
-        records = round_records(ctx, sizes, fine)
-        save(records)
-    ctx.upto_round = None
+    try:
+        for r in range(len(sizes)):
+            ctx.upto_round = r  # a resumed run may hold later rounds' batches already: not this round's work
+            if ctx.spec.active_learning:
+                use_surrogate(ctx, r)
+            timed("generate", partial(generation, [b for b in batches if b.round == r]))
+            for name, stage in (("filter", filter_candidates), ("dedupe", dedupe), ("screen", screen)):
+                timed(name, partial(stage, ctx))
+            timed("relax", partial(relax, ctx, partial(round_selection, index=r, count=shares[r])))
+            timed("hull", partial(hull, ctx))
+            timed("predict", partial(predict, ctx))
+            if ctx.spec.active_learning:
+                fine[r] = fine_tune_round(ctx, r, ctx.store.table())
+            records = round_records(ctx, sizes, fine)
+            save(records)
+    finally:
+        ctx.upto_round = None
     return records
 
 

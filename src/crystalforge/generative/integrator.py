@@ -8,8 +8,9 @@ flows, the reverse-diffusion predictor for diffusions); when a process has a cor
 ``heun=True`` uses Heun's second-order rule for the fields whose process ``predicts_velocity`` (two
 backbone calls per step). Constraints rewrite the state after every step. The state is one
 ``CrystalBatch`` throughout; the loop yields ``SampleStep``s so callers decide about trajectories
-and progress bars. After the last step, a cell flatter than ``min_volume_fraction`` (V/(a·b·c))
-is opened up to it (``core.lattice.raise_flat_cells``): a sampler never hands out a collapsed cell.
+and progress bars. At the last step, a cell flatter than ``min_volume_fraction`` (V/(a·b·c)) is
+opened up to it (``core.lattice.raise_flat_cells``) before the constraints run, so a process
+model never hands out a flat cell unless a constraint imposes one (a user's ``FixedLattice``).
 
 Each step runs under ``torch.no_grad`` (and only the step: grad mode is restored before every
 ``yield``); a guidance with ``requires_grad`` is called with autograd enabled.
@@ -124,12 +125,12 @@ def integrate(
                 state = _heun(model, predict, state, outputs, t, dt, generator, config.anti_annealing)
             else:
                 state = model.step(state, outputs, t, dt, anti_annealing=config.anti_annealing, generator=generator)
-            for c in plan.constraints:
-                state = c.apply(state, grid[i + 1].expand(b), context)
-            if i == config.steps - 1 and config.min_volume_fraction > 0:
+            if i == config.steps - 1 and config.min_volume_fraction > 0:  # before the constraints: theirs is final
                 opened = raise_flat_cells(state.lattice, config.min_volume_fraction)
                 if opened is not state.lattice:  # a cell was flat (replacing drops the stale lattice latent)
                     state = state.replace(lattice=opened)
+            for c in plan.constraints:
+                state = c.apply(state, grid[i + 1].expand(b), context)
         yield SampleStep(index=i, t=float(grid[i + 1]), state=state)
 
 

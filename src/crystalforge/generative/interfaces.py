@@ -134,8 +134,10 @@ class SamplerConfig:
     # refinement (SDEdit / FlowLLM): > 0 starts from the template's own structure put on the path at
     # this time instead of from the prior, and integrates the rest of the way to 1
     start_time: float = 0.0
-    # the final cells flatter than this V/(a·b·c) are opened up to it (core.lattice.raise_flat_cells;
-    # the data's reduced cells have ≥ 0.707); 0 leaves the sampled cells as they are
+    # process models (flow, diffusion, CDVAE's decoder: generative.integrator) open final cells flatter
+    # than this V/(a·b·c) up to it (core.lattice.raise_flat_cells; the data's reduced cells have
+    # ≥ 0.707); 0 leaves the sampled cells as they are; the other families' cells do not come from
+    # the integrator and ignore it
     min_volume_fraction: float = 0.5
 
     def __post_init__(self) -> None:

@@ -74,10 +74,15 @@ def train(config: TrainConfig, out_dir: str | Path) -> Path:
     """Train (or resume) and export ``<out_dir>/model.pt``; returns its path.
 
     Raises ``MissingDependencyError`` (naming the ``train`` extra) before any work when Lightning
-    is not installed.
+    is not installed. Lightning's loggers are routed to the process's logging (their own handlers
+    removed), so the CLI prints each of their lines once, with ``-v``.
     """
     require("lightning", "training (crystalforge train)")
-    with torch_threads(config.trainer.threads):
+    with torch_threads(config.trainer.threads), warnings.catch_warnings():
+        # Lightning's own noise, for this call only: the run folder holds our files by design; a
+        # deprecation inside Lightning
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
         return _train(config, Path(out_dir))
 
 
@@ -133,9 +138,6 @@ def _train(config: TrainConfig, out: Path) -> Path:
         lightning_log = logging.getLogger(name)
         lightning_log.handlers.clear()
         lightning_log.propagate, lightning_log.level = True, logging.NOTSET
-    # Lightning's own noise: the run folder holds our files by design; a deprecation inside Lightning
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)  # the same initial weights on every rank
     train_set, val_set, stats, resolved, model = prepare(config)
