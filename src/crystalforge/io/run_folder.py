@@ -135,6 +135,12 @@ class RunFolder:
             except (OSError, json.JSONDecodeError) as exc:
                 raise ValueError(f"{self.run_file}: unreadable run record ({exc}); use a new output folder") from None
             if before != record:
+                added = _added_keys(before, record)
+                if added and _without(record, added) == before:  # only keys this version added
+                    raise ValueError(
+                        f"{self.root} was made by an earlier crystalforge (its run record has no "
+                        f"{', '.join(added)}): its chunks cannot be mixed with this version's; use a new --out"
+                    )
                 diff = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
                 shown = "; ".join(f"{k}: {before.get(k)!r} before, {record.get(k)!r} now" for k in diff)
                 raise ValueError(
@@ -196,3 +202,25 @@ class RunFolder:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["name", "reason"])
             writer.writerows(failed)
+
+
+def _added_keys(before: object, now: object, prefix: str = "") -> list[str]:
+    """Dotted names of the keys ``now`` has and ``before`` lacks (nested dicts included)."""
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return []
+    out = [f"{prefix}{k}" for k in now if k not in before]
+    for k in now:
+        if k in before:
+            out += _added_keys(before[k], now[k], f"{prefix}{k}.")
+    return out
+
+
+def _without(record: object, dotted: list[str]) -> object:
+    """``record`` with the dotted keys removed (a copy)."""
+    if not isinstance(record, dict):
+        return record
+    nested: dict[str, list[str]] = {}
+    for name in dotted:
+        head, _, rest = name.partition(".")
+        nested.setdefault(head, []).append(rest)
+    return {k: _without(v, nested.get(k, [])) for k, v in record.items() if "" not in nested.get(k, [])}
