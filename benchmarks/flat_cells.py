@@ -1,6 +1,7 @@
 """Collapsed cells from the shipped samplers, with and without the final cell floor, from one sampling pass.
 
     python benchmarks/flat_cells.py --runs mp_20-dng:5:2000 mp_20-dng-diffusion:1000:400 [--json OUT.json]
+    python benchmarks/flat_cells.py --data mp_20_reduced perov_5 carbon_24_reduced
 
 Each ``MODEL:STEPS:N`` row samples N de novo crystals exactly as ``crystalforge generate --model MODEL
 --steps STEPS -n N --seed 0`` does (the same jobs, chunks of 256, chunk k seeded with k), with the
@@ -24,7 +25,7 @@ import time
 from dataclasses import replace
 
 import torch
-from _common import machine
+from _common import data_root, machine
 
 
 def _row(name: str, steps: int, n: int, batch: int = 256) -> dict[str, object]:
@@ -69,13 +70,29 @@ def _row(name: str, steps: int, n: int, batch: int = 256) -> dict[str, object]:
     }  # fmt: skip
 
 
+def _data_floor(names: list[str]) -> dict[str, float]:
+    """Per training split: the smallest V/(a·b·c) of its cells (the floor must stay below it)."""
+    from crystalforge import api
+    from crystalforge.core.lattice import volume_fraction
+
+    return {
+        name: round(
+            min(float(volume_fraction(c.lattice)) for c in api.load_dataset(name, "train", root=data_root())), 4
+        )
+        for name in names
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", required=True, help="MODEL:STEPS:N rows")
+    parser.add_argument("--runs", nargs="*", default=[], help="MODEL:STEPS:N rows")
+    parser.add_argument("--data", nargs="*", default=[], help="training splits whose smallest V/(abc) to print")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.data:
+        print(json.dumps({"smallest_volume_fraction_in_train": _data_floor(args.data)}), flush=True)
     rows = []
     for text in args.runs:
         name, steps, n = text.rsplit(":", 2)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from crystalforge.core.lattice import (
@@ -34,12 +34,12 @@ def test_a_flat_cell_reaches_the_floor_and_keeps_its_lengths(lengths, angles, fl
     try:
         lattice = _cell(lengths, angles)[None]
     except ValueError:  # not a cell at all
-        return
+        assume(False)
     out = raise_flat_cells(lattice, floor)
     before, after = float(volume_fraction(lattice)[0]), float(volume_fraction(out)[0])
     if before >= floor:
         assert torch.equal(out, lattice)  # untouched, bit for bit
-        return
+        assume(False)  # counted as a rejection: the examples that count are the flat ones
     assert floor <= after <= floor * (1 + 2e-6)  # the smallest change that reaches the floor
     np.testing.assert_allclose(lattice_to_params(out[0].numpy())[0], lengths, rtol=1e-12)
     assert torch.linalg.det(out[0]) > 0

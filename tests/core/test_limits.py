@@ -62,4 +62,4 @@ def test_flat_cell_is_rejected_even_with_room_per_atom() -> None:
 def test_count_problem_matches_problem() -> None:
     limits = StructureLimits(max_atoms=4)
     assert limits.count_problem(4) is None
-    assert limits.count_problem(5) == limits.problem(_cubic(5, 10.0))
+    assert limits.count_problem(5) == limits.problem(_cubic(5, 10.0)) is not None

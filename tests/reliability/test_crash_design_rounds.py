@@ -114,6 +114,7 @@ def test_kills_and_a_ctrl_c_across_rounds_and_fine_tunes_resume_to_the_unbroken_
     assert sorted(saved) == ["round_000.pt", "round_001.pt"]  # the last stop came after both fine-tunes
     done = run_cli(args)
     assert done.returncode == 0, done.stderr
+    assert {p.name: p.stat().st_ino for p in surrogate.glob("*.pt")} == saved  # the rerun refitted neither
     assert not temporaries(out)
     got = results(out)
     for key in expected:

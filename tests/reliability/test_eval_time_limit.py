@@ -154,6 +154,13 @@ def test_a_hanging_fingerprint_gets_a_nan_row_and_is_not_cached(tmp_path: Path) 
     assert not list(tmp_path.glob("*.npy"))  # a later run (a higher limit) tries Po again
 
 
+def test_a_chunk_where_every_crystal_hangs_gets_nan_rows_of_the_featurizers_width(tmp_path: Path) -> None:
+    aborted: dict[int, str] = {}
+    features = cached_features(_SlowOnPo(), [TINY["po_sc_1"]], cache_dir=tmp_path, time_limit_s=0.5, aborted=aborted)
+    assert aborted == {0: "timed out after 0.5 s in slow_on_po fingerprint"}
+    assert features.shape == (1, 2) and np.isnan(features).all()
+
+
 def test_the_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(TIME_LIMIT_ENV, raising=False)
     assert time_limit_from_env() == DEFAULT_TIME_LIMIT_S == 60.0

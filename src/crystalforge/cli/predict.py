@@ -39,20 +39,15 @@ def run(args: argparse.Namespace) -> int:
 
     rows = api.predict_properties(args.structures, predictor=args.predictor, properties=args.props, out=args.out)
     names = [k for k in rows[0] if k not in ("id", "source", "error") and not k.endswith("_std")]
-    bad = sum(1 for r in rows if r["error"])
-    # a structure the predictor refused or could not predict (over a limit, NaN) has NaN values and no error
-    unpredicted = [str(r["id"]) for r in rows if not r["error"] and any(math.isnan(r[n]) for n in names)]
-    if unpredicted:
-        shown = ", ".join(unpredicted[:5]) + (" ..." if len(unpredicted) > 5 else "")
-        print(f"warning: {len(unpredicted)} structure(s) without a finite prediction: {shown}", file=sys.stderr)
+    bad = sum(1 for r in rows if r["error"])  # no structure, or refused / not finite (the reason in "error")
     if args.out:
-        print(f"wrote {len(rows)} predictions to {args.out} ({bad} records without a structure)")
+        print(f"wrote {len(rows)} predictions to {args.out} ({bad} without a prediction)")
     else:
         print("id\t" + "\t".join(f"{n} (± std)" for n in names))
         for r in rows:
             cells = ["—" if math.isnan(r[n]) else f"{r[n]:.4g} ± {r[n + '_std']:.2g}" for n in names]
             print(f"{r['id']}\t" + "\t".join(cells) + (f"\t{r['error']}" if r["error"] else ""))
-    if bad + len(unpredicted) == len(rows):
+    if bad == len(rows):
         print(f"error: none of the {len(rows)} records got a prediction", file=sys.stderr)
         return 1
     return 0

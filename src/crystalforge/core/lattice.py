@@ -219,18 +219,9 @@ def raise_flat_cells(lattice: torch.Tensor, min_fraction: float = MIN_VOLUME_FRA
         mid = (lo + hi) / 2
         ok = gram_fraction(mid[..., None] * cos) >= target
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    ca, cb, cg = (lo[..., None] * cos).unbind(-1)
-    a, b, c = lengths.unbind(-1)
-    sg = torch.sqrt(1.0 - cg**2)
-    ry = (ca - cb * cg) / sg
-    rz = torch.sqrt(torch.clamp(1.0 - cb**2 - ry**2, min=0.0))
-    zero = torch.zeros_like(a)
-    rows = [
-        torch.stack([a, zero, zero], -1),
-        torch.stack([b * cg, b * sg, zero], -1),
-        torch.stack([c * cb, c * ry, c * rz], -1),
-    ]
-    opened = torch.stack(rows, -2)
+    # rebuilt through the lattice code (lengths with N = 1, angle codes φ = −artanh(cos θ))
+    code = torch.cat([lengths.log(), -torch.atanh(lo[..., None] * cos)], -1)
+    opened = code_to_lattice(code, torch.ones_like(lo))
     left = volume(lattice[flat].double()) < 0  # keep a left-handed cell left-handed (a mirror keeps the metric)
     opened[left] = opened[left] * torch.tensor([-1.0, 1.0, 1.0], dtype=opened.dtype)
     out = lattice.clone()

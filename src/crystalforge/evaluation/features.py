@@ -211,7 +211,7 @@ def _limited(
         rows = [r for chunk in executor.map(_one_by_one, tasks) for r in chunk]
     width = next((len(r) for r in rows if not isinstance(r, StepAbortedError)), None)
     if width is None:  # every crystal was stopped: the width of an empty call
-        width = np.asarray(featurizer.featurize([])).reshape(0, -1).shape[1]
+        width = np.asarray(featurizer.featurize([])).shape[-1]
     out = np.full((len(crystals), width), np.nan)
     for i, row in enumerate(rows):
         if isinstance(row, StepAbortedError):

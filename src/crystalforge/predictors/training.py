@@ -30,6 +30,7 @@ from torch import Tensor
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.neighbors import searchable
+from crystalforge.io.torch_files import read_torch_file
 from crystalforge.predictors.batch_predict import predict_crystals
 from crystalforge.predictors.ensemble import PredictorEnsemble, torch_save_atomic
 from crystalforge.predictors.gnn import MAX_LOG_VAR, MIN_LOG_VAR, PropertyGNN, PropertyGNNConfig
@@ -178,7 +179,9 @@ def _train_member(
     start = 0
     state_path = work_dir / f"member-{k}.last.pt" if work_dir else None
     if state_path is not None and state_path.is_file():
-        saved = torch.load(state_path, weights_only=True)
+        saved = read_torch_file(state_path, what="predictor training state")
+        if not isinstance(saved, dict):
+            raise ValueError(f"{state_path}: not a predictor training state")
         if saved.get("config") != config.to_dict() or saved.get("settings") != asdict(settings):
             raise ValueError(
                 f"{state_path}: this work folder holds a run with other settings; use a new folder or delete it"
