@@ -162,6 +162,38 @@ def test_kill_9_loses_at_most_the_item_in_flight(tmp_path):
     assert store.pending("relax") == ["r000-000003"] and store.funnel(["relax"]) == {"relax": 3}
 
 
+def test_a_kill_9_inside_a_write_does_not_block_the_resumed_run(tmp_path):
+    """A kill inside ASE's write (where its lock file, if used, is held) leaves nothing for the next open to wait on."""
+    path = tmp_path / "c.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        import numpy as np
+        import ase.db.sqlite
+        from crystalforge.core.candidate import Candidate
+        from crystalforge.core.crystal import Crystal
+        from crystalforge.design.store import CandidateStore
+
+        crystal = Crystal([14], [[0, 0, 0]], np.eye(3) * 3.0)
+        store = CandidateStore({str(path)!r})
+        keys = store.add([Candidate.of(crystal)] * 2, round=0)
+        def dying_write(self, *args, **kwargs):  # inside Database.update's locked section
+            os.kill(os.getpid(), signal.SIGKILL)
+        ase.db.sqlite.SQLite3Database._write = dying_write
+        store.record("relax", keys[0], {{"energy_per_atom": -1.0}}, crystal=crystal)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=REPO)
+    assert result.returncode == -9, result.stderr
+    resumed = subprocess.run(  # without the fix this waited forever for ASE's stale lock file
+        [sys.executable, "-c", f"from crystalforge.design.store import CandidateStore as S; s = S({str(path)!r}); "
+         f"s.record('relax', 'r000-000000', {{'energy_per_atom': -2.0}}); print(s.pending('relax'))"],
+        capture_output=True, text=True, check=False, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == "['r000-000001']"
+
+
 def test_bad_input_is_named(tmp_path):
     not_a_db = tmp_path / "junk.db"
     not_a_db.write_text("hello")

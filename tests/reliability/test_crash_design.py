@@ -55,8 +55,21 @@ def check_store(run: Path) -> list[str]:
 
 
 def stop_design(args: list[str], ready: Callable[[], bool], delay: float, sig: int) -> Stop:
-    """``stop_when``, then check how the run ended: killed, or Ctrl-C with exit 130 and one line."""
-    stop = stop_when(args, ready, delay, sig=sig)
+    """``stop_when``, then check how the run ended: killed, or Ctrl-C with exit 130 and one line.
+
+    A point reached before this run began waits also for this run's first ``design.json`` (written
+    atomically after every stage: a new file).
+    """
+    meta = Path(args[args.index("--out") + 1]) / "design.json"
+    before = meta.stat().st_ino if meta.exists() else None
+
+    def started() -> bool:
+        try:
+            return meta.stat().st_ino != before
+        except FileNotFoundError:
+            return False
+
+    stop = stop_when(args, ready, delay, sig=sig, started=started)
     expected_code = 130 if sig == signal.SIGINT else -signal.SIGKILL
     assert stop.returncode == expected_code, f"the run ended before the signal ({stop.returncode}): {stop.stderr}"
     if sig == signal.SIGINT:  # Ctrl-C: one line, no traceback

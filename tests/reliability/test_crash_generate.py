@@ -11,6 +11,7 @@ helpers here are shared by the other crash tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -37,8 +39,12 @@ def child_env() -> dict[str, str]:
 
 
 def cli(args: Sequence[str]) -> list[str]:
-    """The command line of ``crystalforge ARGS`` as the tests run it."""
-    return [sys.executable, "-m", "crystalforge.cli.main", *args]
+    """The command line of ``crystalforge ARGS`` as the tests run it.
+
+    ``-X faulthandler``: a run that a test gives up on is sent SIGABRT, and its stderr then shows
+    where every thread was (``stop_when``).
+    """
+    return [sys.executable, "-X", "faulthandler", "-m", "crystalforge.cli.main", *args]
 
 
 def run_cli(args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -58,22 +64,33 @@ class Stop:
 
 
 def stop_when(
-    args: Sequence[str], ready: Callable[[], bool], delay: float, sig: int = signal.SIGKILL, timeout: float = 120
+    args: Sequence[str],
+    ready: Callable[[], bool],
+    delay: float,
+    sig: int = signal.SIGKILL,
+    timeout: float = 120,
+    started: Callable[[], bool] | None = None,
 ) -> Stop:
     """Start ``crystalforge ARGS``, wait until ``ready()``, then ``delay`` seconds, then send ``sig``.
+
+    A stop point that holds already at launch (a resumed run whose earlier run got past it) is not
+    a point of this run: with ``started`` given, the wait then also lasts until ``started()`` (a
+    file this run writes), so that a Ctrl-C does not land in the interpreter's start-up, where
+    imports may turn it into any error or swallow it.
 
     ``SIGKILL`` goes to the main process only (as ``kill -9 PID``); ``SIGINT`` to its process group,
     as Ctrl-C in a terminal sends it. Output goes to files, so a child process that outlives the
     main one cannot hold the test up; any such child is ended afterwards.
     """
     with tempfile.TemporaryFile("w+") as err:
+        wait_for_start = started is not None and ready()
         proc = subprocess.Popen(cli(args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)  # fmt: skip
         try:
             deadline = time.monotonic() + timeout
-            while not ready() and proc.poll() is None:
+            while not (ready() and (started is None or not wait_for_start or started())) and proc.poll() is None:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{args[0]}: the stop point never came")
+                    raise TimeoutError(f"{args[0]}: the stop point never came in {timeout:g} s; {_stuck(proc, err)}")
                 time.sleep(0.005)
             time.sleep(delay)
             if proc.poll() is None:
@@ -91,6 +108,17 @@ def stop_when(
             proc.wait()
         err.seek(0)
         return Stop(proc.returncode, err.read(), delay, outlived)
+
+
+def _stuck(proc: subprocess.Popen[bytes], err: IO[str]) -> str:
+    """Where a run that never reached its stop point is: SIGABRT makes faulthandler print its threads' stacks."""
+    proc.send_signal(signal.SIGABRT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=20)
+    err.seek(0)
+    text = err.read().split("\nExtension modules:")[0]  # the C modules' list says nothing of where it was
+    head, _, stacks = text.partition("Fatal Python error: Aborted")
+    return f"its stderr:\n{head[-2000:]}\nwhere it was:{stacks[-6000:]}"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

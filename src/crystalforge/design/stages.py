@@ -137,7 +137,7 @@ def initial_crystals(store: CandidateStore, keys: Sequence[str]) -> list[Crystal
 
     wanted = set(keys)
     found: dict[str, Crystal] = {}
-    for row in ase.db.connect(str(store.path), type="db").select():
+    for row in ase.db.connect(str(store.path), type="db", use_lock_file=False).select():
         if row.get("cid") in wanted and row.natoms:
             initial = row.data.get("initial")
             if initial is not None:

@@ -81,7 +81,10 @@ class CandidateStore:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         if fresh:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = ase.db.connect(str(self.path), type="db", append=True)
+        # No ASE lock file: it is made with O_EXCL and waited for without a time limit, so a kill -9
+        # inside a write left it behind and the resumed run waited forever. SQLite's own locks,
+        # which the kernel drops with the process, already serialise writers.
+        self._db = ase.db.connect(str(self.path), type="db", append=True, use_lock_file=False)
         try:
             meta = self._db.metadata  # reading first creates the tables (a write before would be forgotten)
             if fresh or (not meta and self._db.count() == 0):  # also: killed between the tables and this
