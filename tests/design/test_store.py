@@ -129,9 +129,9 @@ def test_reopening_after_a_crash_resumes(tmp_path):
     assert resumed.pending("filter") == keys[1:3] and resumed.add(_batch(4), round=0) == keys and len(resumed) == 4
 
 
-def test_kill_9_loses_at_most_the_item_in_flight(tmp_path):
-    path = tmp_path / "c.db"
-    script = textwrap.dedent(
+def _killed_store_script(path: Path) -> str:
+    """The start of a script that opens the store at ``path`` in a process the test then kills (one Si crystal)."""
+    return textwrap.dedent(
         f"""
         import os, signal
         import numpy as np
@@ -141,9 +141,17 @@ def test_kill_9_loses_at_most_the_item_in_flight(tmp_path):
 
         crystal = Crystal([14], [[0, 0, 0]], np.eye(3) * 3.0)
         store = CandidateStore({str(path)!r})
+        """
+    )
+
+
+def test_kill_9_loses_at_most_the_item_in_flight(tmp_path):
+    path = tmp_path / "c.db"
+    script = _killed_store_script(path) + textwrap.dedent(
+        """
         keys = store.add([Candidate.of(crystal)] * 4, round=0)
         for key in keys[:3]:
-            store.record("relax", key, {{"energy_per_atom": -1.0}})
+            store.record("relax", key, {"energy_per_atom": -1.0})
         calls = []
         def dying_to_ase(self):
             calls.append(1)
@@ -165,22 +173,14 @@ def test_kill_9_loses_at_most_the_item_in_flight(tmp_path):
 def test_a_kill_9_inside_a_write_does_not_block_the_resumed_run(tmp_path):
     """A kill inside ASE's write (where its lock file, if used, is held) leaves nothing for the next open to wait on."""
     path = tmp_path / "c.db"
-    script = textwrap.dedent(
-        f"""
-        import os, signal
-        import numpy as np
+    script = _killed_store_script(path) + textwrap.dedent(
+        """
         import ase.db.sqlite
-        from crystalforge.core.candidate import Candidate
-        from crystalforge.core.crystal import Crystal
-        from crystalforge.design.store import CandidateStore
-
-        crystal = Crystal([14], [[0, 0, 0]], np.eye(3) * 3.0)
-        store = CandidateStore({str(path)!r})
         keys = store.add([Candidate.of(crystal)] * 2, round=0)
         def dying_write(self, *args, **kwargs):  # inside Database.update's locked section
             os.kill(os.getpid(), signal.SIGKILL)
         ase.db.sqlite.SQLite3Database._write = dying_write
-        store.record("relax", keys[0], {{"energy_per_atom": -1.0}}, crystal=crystal)
+        store.record("relax", keys[0], {"energy_per_atom": -1.0}, crystal=crystal)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=REPO)
