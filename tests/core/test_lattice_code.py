@@ -93,10 +93,13 @@ def test_dataset_stats_carry_lattice_code_moments_and_old_dicts_still_load():
     codes = np.stack([lattice_to_code(c.lattice, c.num_atoms) for c in xs])
     np.testing.assert_allclose(stats.lattice_code_mean, codes.mean(0), atol=1e-12)
     np.testing.assert_allclose(stats.lattice_code_std, codes.std(0), atol=1e-12)
+    np.testing.assert_array_equal(stats.lattice_code_min, codes.min(0))
+    np.testing.assert_array_equal(stats.lattice_code_max, codes.max(0))
     assert DatasetStats.from_dict(stats.to_dict()) == stats
     old = {k: v for k, v in stats.to_dict().items() if not k.startswith("lattice_code")}
     legacy = DatasetStats.from_dict(old)
     assert legacy.lattice_code_mean is None and legacy.lattice_code_std is None
+    assert legacy.lattice_code_min is None and legacy.lattice_code_max is None
     mean, std = legacy.lattice_code_moments()
     assert len(mean) == 6 and len(std) == 6 and all(math.isfinite(x) for x in mean + std)
     assert stats.lattice_code_moments() == (stats.lattice_code_mean, stats.lattice_code_std)

@@ -148,6 +148,35 @@ def test_lattice_ddpm_last_step_returns_the_predicted_data():
     torch.testing.assert_close(out, ddpm.data_from_noise(x, eps, t, batch))
 
 
+def test_lattice_ddpm_keeps_the_predicted_data_in_the_data_range():
+    """With the data's code range in the stats, no step leaves it widened by ``data_margin``; without, ±clip only."""
+    stats = compute_dataset_stats(tiny_crystals())
+    batch = make_batch([1, 2, 3, 4])
+    x = torch.randn(4, 6, generator=gen(0), dtype=F64)
+    eps = 40.0 * torch.randn(4, 6, generator=gen(1), dtype=F64)  # a wild noise prediction
+    t = torch.full((4,), 0.98, dtype=F64)
+    ddpm = LatticeDDPM(stats)
+    low, high = ddpm.standardizer.bounds(x, 0.5)  # type: ignore[misc]
+    out = ddpm.step(x, eps, t, 0.02, batch, generator=gen(2))  # the last step returns x̂_data itself
+    assert bool(((out >= low) & (out <= high)).all())
+    assert bool(((out == low) | (out == high)).any())  # the prediction was outside: it was clipped
+    code = ddpm.standardizer.mean + ddpm.standardizer.std * out  # back to the raw code: inside the data's range
+    assert bool((code >= torch.tensor(stats.lattice_code_min, dtype=F64) - 0.5 * ddpm.standardizer.std - 1e-9).all())
+    inside, t5 = ddpm.encode(tiny_batch()), torch.full((5,), 0.98, dtype=F64)  # predictions of the data stay
+    zero = torch.zeros_like(inside)
+    torch.testing.assert_close(ddpm.step(inside, zero, t5, 0.02, tiny_batch()),
+                               ddpm.data_from_noise(inside, zero, t5, tiny_batch()), rtol=0, atol=0)  # fmt: skip
+    legacy = stats.to_dict()
+    legacy.pop("lattice_code_min"), legacy.pop("lattice_code_max")
+    old = LatticeDDPM(type(stats).from_dict(legacy))
+    assert old.standardizer.bounds(x, 0.5) is None
+    unbounded = LatticeDDPM(stats, data_margin=None).step(x, eps, t, 0.02, batch, generator=gen(2))
+    torch.testing.assert_close(old.step(x, eps, t, 0.02, batch, generator=gen(2)), unbounded)
+    torch.testing.assert_close(unbounded, ddpm.data_from_noise(x, eps, t, batch).clamp(-10, 10))
+    with pytest.raises(ValueError, match="data_margin"):
+        LatticeDDPM(stats, data_margin=-1.0)
+
+
 # ---- AbsorbingD3PM ---------------------------------------------------------------------------------
 VOCAB = TypeVocabulary((1, 8, 14, 26))
 

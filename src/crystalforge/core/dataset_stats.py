@@ -21,7 +21,8 @@ class DatasetStats:
     counts structures containing z. ``lattice_code_mean``/``lattice_code_std`` are the moments of
     ``core.lattice.lattice_to_code`` (size-free log-lengths and angle codes) used to standardise the
     lattice for generative processes; statistics saved before they existed load with ``None`` and
-    ``lattice_code_moments`` then estimates them from the other moments.
+    ``lattice_code_moments`` then estimates them from the other moments. ``lattice_code_min``/
+    ``lattice_code_max`` bound the code over the data (None when saved before they existed).
     """
 
     num_structures: int
@@ -39,6 +40,8 @@ class DatasetStats:
     num_elements_hist: tuple[int, ...]  # [k + 1] structures with k distinct elements
     lattice_code_mean: tuple[float, ...] | None = None  # [6] mean of core.lattice.lattice_to_code
     lattice_code_std: tuple[float, ...] | None = None  # [6] its standard deviation (population)
+    lattice_code_min: tuple[float, ...] | None = None  # [6] smallest value of each code entry
+    lattice_code_max: tuple[float, ...] | None = None  # [6] largest value of each code entry
     # {property: (mean, std, count)} of every numeric property over the crystals that have it
     property_moments: dict[str, tuple[float, float, int]] | None = None
     # {property: [101] percentiles 0, 1, ..., 100} of every numeric property (None: saved before they existed)

@@ -52,6 +52,8 @@ def compute_dataset_stats(crystals: CrystalArrays | Iterable[Crystal]) -> Datase
         num_elements_hist=tuple(int(c) for c in np.bincount(distinct)),
         lattice_code_mean=tuple(float(x) for x in code.mean(0)),
         lattice_code_std=tuple(float(x) for x in code.std(0)),
+        lattice_code_min=tuple(float(x) for x in code.min(0)),
+        lattice_code_max=tuple(float(x) for x in code.max(0)),
         property_moments={k: (float(v.mean()), float(v.std()), len(v)) for k, v in properties.items()},
         property_quantiles={
             k: tuple(float(q) for q in np.percentile(v, np.arange(101))) for k, v in properties.items()

@@ -142,7 +142,9 @@ class LatticeStandardizer:
 
     ``mean``/``std`` come from ``DatasetStats.lattice_code_moments()`` (data-informed prior) or
     default to 0/1. ``std`` is floored at ``min_std`` so a dataset where a code entry never varies
-    (all-cubic Perov-5 has every angle at 90°) does not divide by zero.
+    (all-cubic Perov-5 has every angle at 90°) does not divide by zero. ``low``/``high``: the
+    data's range of the code (``DatasetStats.lattice_code_min``/``max``; None when unknown),
+    given back standardised by ``bounds``.
     """
 
     def __init__(
@@ -151,11 +153,19 @@ class LatticeStandardizer:
         std: Sequence[float] = (1.0,) * LATTICE_CODE_DIM,
         *,
         min_std: float = 1e-3,
+        low: Sequence[float] | None = None,
+        high: Sequence[float] | None = None,
     ) -> None:
         if len(mean) != LATTICE_CODE_DIM or len(std) != LATTICE_CODE_DIM:
             raise ValueError(f"mean and std need {LATTICE_CODE_DIM} entries, got {len(mean)} and {len(std)}")
+        if (low is None) != (high is None) or (low is not None and len(low) != LATTICE_CODE_DIM):
+            raise ValueError(f"low and high need {LATTICE_CODE_DIM} entries each, or both None")
         self.mean = torch.tensor(list(mean), dtype=torch.float64)
         self.std = torch.tensor(list(std), dtype=torch.float64).clamp(min=min_std)
+        self.range: tuple[Tensor, Tensor] | None = None
+        if low is not None and high is not None:
+            self.range = ((torch.tensor(list(low), dtype=torch.float64) - self.mean) / self.std,
+                          (torch.tensor(list(high), dtype=torch.float64) - self.mean) / self.std)  # fmt: skip
         self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     @classmethod
@@ -164,7 +174,14 @@ class LatticeStandardizer:
         if stats is None:
             return cls(min_std=min_std)
         mean, std = stats.lattice_code_moments()
-        return cls(mean, std, min_std=min_std)
+        return cls(mean, std, min_std=min_std, low=stats.lattice_code_min, high=stats.lattice_code_max)
+
+    def bounds(self, like: Tensor, margin: float) -> tuple[Tensor, Tensor] | None:
+        """The data's code range, standardised and widened by ``margin`` on each side (None: unknown)."""
+        if self.range is None:
+            return None
+        low, high = self.range
+        return (low - margin).to(like.device, like.dtype), (high + margin).to(like.device, like.dtype)
 
     def _moments(self, like: Tensor) -> tuple[Tensor, Tensor]:
         key = (like.device, like.dtype)

@@ -179,7 +179,12 @@ class LatticeDDPM(LatticeCodeProcessBase):
     (no noise on the last step, which returns ``x̂_data``). ``clip_denoised`` (default 10, i.e. ten
     dataset standard deviations; None to disable) bounds ``x̂_data`` as DDPM's ``clip_denoised``
     does for images: with few, large steps an imperfect ``ε̂`` is amplified by ``1/sqrt(ᾱ)`` and
-    could otherwise overflow the lattice lengths (DiffCSP does not clip). DiffCSP diffuses the lattice
+    could otherwise overflow the lattice lengths (DiffCSP does not clip). With ``data_margin`` (default
+    0.5) and statistics that carry the code's range over the training data (models trained since
+    ``DatasetStats.lattice_code_min`` exists), ``x̂_data`` is also kept per entry within that range
+    widened by ``data_margin`` standard deviations, as DDPM keeps images in their pixel range: ten
+    standard deviations let all three lengths shrink together to a collapsed cell (mp_20: 0.01 Å³
+    per atom), the data's range does not. DiffCSP diffuses the lattice
     matrix itself; we diffuse the rotation-free code under the same kind of backbone head, so the
     sample is a valid right-handed cell by construction and no rotation is learned.
     """
@@ -194,6 +199,7 @@ class LatticeDDPM(LatticeCodeProcessBase):
         beta_max: float = 20.0,
         min_alpha_bar: float = 1e-5,
         clip_denoised: float | None = 10.0,
+        data_margin: float | None = 0.5,
         min_std: float = 1e-3,
     ) -> None:
         if schedule not in ("cosine", "linear"):
@@ -205,6 +211,9 @@ class LatticeDDPM(LatticeCodeProcessBase):
         self.beta_max = beta_max
         self.min_alpha_bar = min_alpha_bar
         self.clip_denoised = clip_denoised
+        if data_margin is not None and not data_margin >= 0:
+            raise ValueError(f"data_margin must be >= 0 or None, got {data_margin}")
+        self.data_margin = data_margin
 
     def alpha_bar(self, t: Tensor) -> Tensor:
         """``ᾱ`` at time ``t`` (``t = 1`` data: 1; ``t = 0`` prior: ≈ 0)."""
@@ -254,6 +263,9 @@ class LatticeDDPM(LatticeCodeProcessBase):
         x_data = self.data_from_noise(x_t, prediction, t, batch)
         if self.clip_denoised is not None:
             x_data = x_data.clamp(-self.clip_denoised, self.clip_denoised)
+        bounds = None if self.data_margin is None else self.standardizer.bounds(x_data, self.data_margin)
+        if bounds is not None:
+            x_data = torch.maximum(torch.minimum(x_data, bounds[1]), bounds[0])
         mean = a_next.sqrt() * beta / (1.0 - a) * x_data + alpha.sqrt() * (1.0 - a_next) / (1.0 - a) * x_t
         var = (beta * (1.0 - a_next) / (1.0 - a)).clamp(min=0)
         z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
