@@ -52,7 +52,8 @@ def check_reader(path: Path, sample: Sample) -> Outcome:
 
     Structure files go through ``io.files.iter_records``; CSVs and folders (a generation run's
     included) through ``data.samples.read_samples``, what ``evaluate`` and ``predict`` read with.
-    A ``CrystalError`` naming ``path`` before any record (nothing to skip to) is a clean error.
+    A ``CrystalError`` naming ``path`` before any record (nothing to skip to) is a clean error, and
+    ``lost`` when the sample holds a good record.
     """
     from crystalforge.data.samples import read_samples
     from crystalforge.io.files import iter_records
@@ -60,6 +61,8 @@ def check_reader(path: Path, sample: Sample) -> Outcome:
     try:
         records = read_samples(path) if path.is_dir() or path.suffix == ".csv" else list(iter_records(path))
     except CrystalError as exc:  # nothing to skip to (an unreadable CSV, a folder without structures): named
+        if sample.intact:  # ...unless a good record was there: refusing the whole file lost it
+            return Outcome("lost", f"records {list(sample.intact)} not read: the whole file was refused ({exc})"[:400])
         return Outcome("clean" if str(path) in str(exc) else "unnamed", str(exc)[:300])
     except Exception:  # noqa: BLE001 - any escape is the finding
         return _crash()
