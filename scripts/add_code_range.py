@@ -36,7 +36,11 @@ def with_code_range(payload: dict[str, object]) -> dict[str, object]:
         raise ValueError(f"the model was trained on the first {data['limit']} structures only; refusing to guess them")
     crystals = load_dataset(data["dataset"], data["train_split"], data.get("root"))
     fresh = compute_dataset_stats(list(crystals))
+    if config.get("init_from"):
+        raise ValueError("a fine-tuned model keeps its base model's lattice frame: give the base its range instead")
     for key in ("lattice_code_mean", "lattice_code_std"):
+        if stored.get(key) is None:
+            raise ValueError(f"its statistics have no {key} (saved before it existed): retrain or use a newer file")
         if not np.allclose(np.asarray(stored[key]), np.asarray(getattr(fresh, key)), rtol=0, atol=1e-9):
             raise ValueError(f"{data['dataset']}/{data['train_split']} here gives another {key} than the model's")
     stats = dict(stored)

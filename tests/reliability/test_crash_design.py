@@ -61,13 +61,19 @@ def stop_design(args: list[str], ready: Callable[[], bool], delay: float, sig: i
     atomically after every stage: a new file).
     """
     meta = Path(args[args.index("--out") + 1]) / "design.json"
-    before = meta.stat().st_ino if meta.exists() else None
+
+    def identity() -> tuple[int, int] | None:  # inode and mtime: an atomic rewrite may reuse the old inode
+        try:
+            st = meta.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    before = identity()
 
     def started() -> bool:
-        try:
-            return meta.stat().st_ino != before
-        except FileNotFoundError:
-            return False
+        now = identity()
+        return now is not None and now != before
 
     stop = stop_when(args, ready, delay, sig=sig, started=started)
     expected_code = 130 if sig == signal.SIGINT else -signal.SIGKILL

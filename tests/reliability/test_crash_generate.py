@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -85,7 +86,7 @@ def stop_when(
     with tempfile.TemporaryFile("w+") as err:
         wait_for_start = started is not None and ready()
         proc = subprocess.Popen(cli(args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True, preexec_fn=_no_core_file)  # fmt: skip
         try:
             deadline = time.monotonic() + timeout
             while not (ready() and (started is None or not wait_for_start or started())) and proc.poll() is None:
@@ -108,6 +109,11 @@ def stop_when(
             proc.wait()
         err.seek(0)
         return Stop(proc.returncode, err.read(), delay, outlived)
+
+
+def _no_core_file() -> None:
+    """In the child before exec: the SIGABRT of ``_stuck`` must not leave a core file in the repository."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _stuck(proc: subprocess.Popen[bytes], err: IO[str]) -> str:

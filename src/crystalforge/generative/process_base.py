@@ -158,8 +158,13 @@ class LatticeStandardizer:
     ) -> None:
         if len(mean) != LATTICE_CODE_DIM or len(std) != LATTICE_CODE_DIM:
             raise ValueError(f"mean and std need {LATTICE_CODE_DIM} entries, got {len(mean)} and {len(std)}")
-        if (low is None) != (high is None) or (low is not None and len(low) != LATTICE_CODE_DIM):
-            raise ValueError(f"low and high need {LATTICE_CODE_DIM} entries each, or both None")
+        if (low is None) != (high is None):
+            raise ValueError("low and high are given together or not at all")
+        if low is not None and high is not None:
+            if len(low) != LATTICE_CODE_DIM or len(high) != LATTICE_CODE_DIM:
+                raise ValueError(f"low and high need {LATTICE_CODE_DIM} entries, got {len(low)} and {len(high)}")
+            if any(a > b for a, b in zip(low, high, strict=True)):
+                raise ValueError(f"low {list(low)} exceeds high {list(high)}")
         self.mean = torch.tensor(list(mean), dtype=torch.float64)
         self.std = torch.tensor(list(std), dtype=torch.float64).clamp(min=min_std)
         self.range: tuple[Tensor, Tensor] | None = None

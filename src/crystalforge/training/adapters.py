@@ -118,16 +118,30 @@ def pretrained_names(model: nn.Module, new: Sequence[str]) -> list[str]:
 def inherit_base(init_from: str, stats: DatasetStats, model_config: C) -> tuple[DatasetStats, C]:
     """The fine-tuning data's statistics and model config, in the base checkpoint's frame.
 
-    The lattice statistics come from the base model's checkpoint; a config without ``elements``
-    takes the base model's vocabulary. Everything else (sizes, property moments) stays the new data's.
+    The lattice statistics come from the base model's checkpoint; the lattice code's range is the
+    union of the base's and the new data's (None when the base has none, as a model trained before
+    the range existed: a small fine-tuning set alone would narrow the diffusion sampler's clip). A
+    config without ``elements`` takes the base model's vocabulary. Everything else (sizes, property
+    moments) stays the new data's.
     """
     base = load_checkpoint(resolve_init(init_from))
     base_stats = base.get("dataset_stats")
     if isinstance(base_stats, Mapping):
         frame = DatasetStats.from_dict(dict(base_stats))
         stats = dataclasses.replace(stats, **{name: getattr(frame, name) for name in LATTICE_FRAME})
+        low, high = _union(frame, stats)
+        stats = dataclasses.replace(stats, lattice_code_min=low, lattice_code_max=high)
     base_model: Any = (base.get("config") or {}).get("model") or {}
     elements = base_model.get("elements") if isinstance(base_model, Mapping) else None
     if elements and dataclasses.is_dataclass(model_config) and not getattr(model_config, "elements", True):
         model_config = dataclasses.replace(model_config, elements=tuple(int(z) for z in elements))  # type: ignore[type-var]
     return stats, model_config
+
+
+def _union(base: DatasetStats, new: DatasetStats) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The lattice code's range over both datasets (None, None when either lacks it)."""
+    if None in (base.lattice_code_min, base.lattice_code_max, new.lattice_code_min, new.lattice_code_max):
+        return None, None
+    low = tuple(min(a, b) for a, b in zip(base.lattice_code_min or (), new.lattice_code_min or (), strict=True))
+    high = tuple(max(a, b) for a, b in zip(base.lattice_code_max or (), new.lattice_code_max or (), strict=True))
+    return low, high
