@@ -9,6 +9,7 @@ recomputes the statistics from the training split named in the file's own config
 fields. It refuses when the recomputed code mean or standard deviation differs from the stored
 one (1e-9): the split on this machine is then not the one the model was trained on. Everything
 else in the file (weights, config, metrics) is kept as it was; the output is written atomically.
+It also prints the smallest volume per atom the sampler's defaults then allow (``smallest_volumes``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import numpy as np
 import torch
 
 from crystalforge.api import load_dataset
+from crystalforge.core.dataset_stats import DatasetStats
+from crystalforge.core.lattice import MIN_VOLUME_FRACTION
 from crystalforge.data.stats import compute_dataset_stats
+from crystalforge.generative.diffusion import LatticeDDPM
 from crystalforge.io.atomic import atomic_write
 from crystalforge.io.torch_files import read_torch_file
 
@@ -69,7 +73,28 @@ def main(argv: list[str] | None = None) -> int:
     assert isinstance(stats, dict)
     low, high = np.round(stats["lattice_code_min"], 3), np.round(stats["lattice_code_max"], 3)
     print(f"{args.out}: code range {low} .. {high}")
+    plain, clipped = smallest_volumes(DatasetStats.from_dict(stats))
+    print(f"smallest volume per atom the sampler allows, with the flat-cell floor (V/abc >= {MIN_VOLUME_FRACTION}): "
+          f"{plain:.3g} A^3 with the +-10 SD clip alone, {clipped:.3g} A^3 with the data's range")  # fmt: skip
     return 0
+
+
+def smallest_volumes(stats: DatasetStats) -> tuple[float, float]:
+    """V/N of the smallest cell ``LatticeDDPM``'s defaults can return: its ±SD clip alone, and with the range.
+
+    ``V/N = (V / abc) · exp(Σ length codes)``; the flat-cell floor bounds the first factor by
+    ``MIN_VOLUME_FRACTION``, each clip bounds the three length codes from below.
+    """
+    ddpm = LatticeDDPM(stats)
+    mean, std = ddpm.standardizer.mean[:3], ddpm.standardizer.std[:3]
+    assert ddpm.clip_denoised is not None
+    assert ddpm.data_margin is not None
+    bounds = ddpm.standardizer.bounds(mean, ddpm.data_margin)
+    if bounds is None:
+        raise ValueError("the statistics carry no code range")
+    plain = float((mean - ddpm.clip_denoised * std).sum().exp())
+    clipped = float((mean + std * bounds[0][:3]).sum().exp())
+    return MIN_VOLUME_FRACTION * plain, MIN_VOLUME_FRACTION * clipped
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from crystalforge.cli.main import build_parser, main
 from crystalforge.design.active import relax_shares, round_selection, split_evenly
 from crystalforge.design.pipeline import run_design
 from crystalforge.design.spec import DesignSpec, SpecError, load_spec
-from crystalforge.design.stages import initial_crystals
 from crystalforge.design.store import CandidateStore
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.shipped import load_predictor
@@ -63,7 +62,7 @@ def test_each_round_saves_a_surrogate_and_the_next_round_screens_with_it(learned
     base = load_predictor("mp_20-properties")
     first = PredictorEnsemble.load(out / "surrogate" / "round_000.pt")
     later = [r for r in rows if r["round"] == 1 and r.get("screen") == "done"]
-    crystals = initial_crystals(CandidateStore(out / "candidates.db"), [str(r["cid"]) for r in later])
+    crystals = CandidateStore(out / "candidates.db").initial_crystals([str(r["cid"]) for r in later])
     screened = np.array([r["screen_e_above_hull_mean"] for r in later])
     np.testing.assert_allclose(screened, _e_hull_column(first, crystals), rtol=1e-5, atol=1e-6)
     assert np.abs(screened - _e_hull_column(base, crystals)).min() > 1e-3  # the fine-tune changed every one
@@ -87,7 +86,7 @@ def test_the_fine_tuned_surrogate_fits_the_collected_pairs_better(learned):
     store = CandidateStore(out / "candidates.db")
     pairs = [r for r in _rows(out) if isinstance(r.get("hull_e_above_hull"), float)]
     assert len(pairs) == 9
-    crystals = initial_crystals(store, [str(r["cid"]) for r in pairs])
+    crystals = store.initial_crystals([str(r["cid"]) for r in pairs])
     labels = np.array([r["hull_e_above_hull"] for r in pairs])
     base = load_predictor("mp_20-properties")
     tuned = PredictorEnsemble.load(out / "surrogate" / "round_002.pt")

@@ -84,12 +84,12 @@ def stop_when(
     main one cannot hold the test up; any such child is ended afterwards.
     """
     with tempfile.TemporaryFile("w+") as err:
-        wait_for_start = started is not None and ready()
+        first = started if started is not None and ready() else None  # the point held before launch
         proc = subprocess.Popen(cli(args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True, preexec_fn=_no_core_file)  # fmt: skip
         try:
             deadline = time.monotonic() + timeout
-            while not (ready() and (started is None or not wait_for_start or started())) and proc.poll() is None:
+            while not (ready() and (first is None or first())) and proc.poll() is None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{args[0]}: the stop point never came in {timeout:g} s; {_stuck(proc, err)}")
                 time.sleep(0.005)

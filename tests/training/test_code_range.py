@@ -76,3 +76,22 @@ def test_the_standardiser_refuses_a_range_that_does_not_fit():
         LatticeStandardizer(low=[0.0] * 6, high=[1.0] * 5)
     with pytest.raises(ValueError, match="exceeds"):
         LatticeStandardizer(low=[0.0] * 6, high=[1.0] * 5 + [-1.0])
+
+
+def test_no_sampled_cell_is_smaller_than_the_bound_the_script_prints():
+    from crystalforge.core.lattice import MIN_VOLUME_FRACTION, raise_flat_cells, volume
+    from crystalforge.generative.diffusion import LatticeDDPM
+    from tests.generative.conftest import make_batch
+
+    stats = compute_dataset_stats(tiny_crystals())
+    plain, clipped = _script().smallest_volumes(stats)
+    assert plain < clipped
+    ddpm, n = LatticeDDPM(stats), [1, 2, 3, 4] * 50
+    batch = make_batch(n)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(len(n), 6, generator=g, dtype=torch.float64)
+    eps = 40.0 * torch.randn(len(n), 6, generator=g, dtype=torch.float64)  # wild predictions, shrinking cells too
+    out = ddpm.step(x, eps, torch.full((len(n),), 0.98, dtype=torch.float64), 0.02, batch)  # the last step
+    cells = raise_flat_cells(ddpm.decode(out, batch), MIN_VOLUME_FRACTION)
+    per_atom = volume(cells).abs() / torch.tensor(n, dtype=torch.float64)
+    assert float(per_atom.min()) >= clipped * (1 - 1e-6)

@@ -41,7 +41,6 @@ from crystalforge.design.stages import (
     dedupe,
     filter_candidates,
     hull,
-    initial_crystals,
     predict,
     relax,
     relax_selection,
@@ -136,7 +135,7 @@ def fine_tune_round(ctx: DesignContext, index: int, table: Sequence[Row]) -> dic
         if not pairs:
             return None
         t0, base = time.perf_counter(), ctx.predictor
-        crystals = initial_crystals(ctx.store, [str(r["cid"]) for r in pairs])
+        crystals = ctx.store.initial_crystals([str(r["cid"]) for r in pairs])
         labels = np.full((len(pairs), len(base.properties)), np.nan)
         k = base.properties.index(STABILITY)
         labels[:, k] = [_number(r["hull_e_above_hull"]) for r in pairs]

@@ -131,23 +131,6 @@ def _crystals(store: CandidateStore, keys: Sequence[str]) -> list[Crystal]:
     return [c for c in crystals if c is not None]
 
 
-def initial_crystals(store: CandidateStore, keys: Sequence[str]) -> list[Crystal]:
-    """The as-generated structures of ``keys`` (``data["initial"]`` once a stage replaced one)."""
-    import ase.db
-
-    wanted = set(keys)
-    found: dict[str, Crystal] = {}
-    for row in ase.db.connect(str(store.path), type="db", use_lock_file=False).select():
-        if row.get("cid") in wanted and row.natoms:
-            initial = row.data.get("initial")
-            if initial is not None:
-                found[row.cid] = Crystal(initial["atomic_numbers"], initial["frac_coords"], initial["lattice"])
-            else:
-                atoms = row.toatoms()
-                found[row.cid] = Crystal(atoms.numbers, atoms.get_scaled_positions(wrap=False), atoms.cell.array)
-    return [found[k] for k in keys]
-
-
 def stage_bar(ctx: DesignContext, total: int, desc: str) -> ProgressBar:
     """A bar for a stage with work to do (nothing to show for a finished stage)."""
     return ctx.progress(total, desc) if total else null_progress(total, desc)
@@ -213,7 +196,7 @@ def dedupe(ctx: DesignContext) -> int:
         return 0
     table = store.table()
     reps = [str(r["cid"]) for r in table if r.get("dedupe") is not None and r.get("dedupe_duplicate_of") == ""]
-    rep_crystals = initial_crystals(store, reps)
+    rep_crystals = store.initial_crystals(reps)
     train, limit = ctx.training_set, time_limit_from_env()
     bar = stage_bar(ctx, len(keys), "dedupe")
     try:

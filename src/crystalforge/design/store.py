@@ -231,6 +231,20 @@ class CandidateStore:
             found = {str(row.cid): _candidate(row) for row in self._db.select() if row.cid in picked}
         return [found[key] for key in wanted]
 
+    def initial_crystals(self, keys: Sequence[str]) -> list[Crystal]:
+        """The as-generated structures of ``keys`` (``data["initial"]`` once a stage replaced one)."""
+        wanted = {self._row_id(key) for key in keys}
+        found: dict[str, Crystal] = {}
+        with self._reading("its records"):
+            for row in self._db.select():
+                if row.id in wanted and row.natoms:
+                    first = row.data.get("initial")
+                    found[str(row.cid)] = (
+                        Crystal(first["atomic_numbers"], first["frac_coords"], first["lattice"]) if first is not None
+                        else Crystal(row.numbers, row.toatoms().get_scaled_positions(wrap=False), row.cell)
+                    )  # fmt: skip
+        return [found[key] for key in keys]
+
     def table(self) -> list[dict[str, object]]:
         """One flat dict per candidate (the ``ase db`` columns plus ``data``'s values): the funnel's source."""
         with self._reading("its records"):

@@ -172,6 +172,7 @@ class LatticeStandardizer:
             self.range = ((torch.tensor(list(low), dtype=torch.float64) - self.mean) / self.std,
                           (torch.tensor(list(high), dtype=torch.float64) - self.mean) / self.std)  # fmt: skip
         self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._bounds: dict[tuple[torch.device, torch.dtype, float], tuple[Tensor, Tensor]] = {}
 
     @classmethod
     def from_stats(cls, stats: DatasetStats | None, *, min_std: float = 1e-3) -> LatticeStandardizer:
@@ -185,8 +186,11 @@ class LatticeStandardizer:
         """The data's code range, standardised and widened by ``margin`` on each side (None: unknown)."""
         if self.range is None:
             return None
-        low, high = self.range
-        return (low - margin).to(like.device, like.dtype), (high + margin).to(like.device, like.dtype)
+        key = (like.device, like.dtype, margin)
+        if key not in self._bounds:  # called every sampling step: one copy per device, dtype and margin
+            low, high = self.range
+            self._bounds[key] = (low - margin).to(like.device, like.dtype), (high + margin).to(like.device, like.dtype)
+        return self._bounds[key]
 
     def _moments(self, like: Tensor) -> tuple[Tensor, Tensor]:
         key = (like.device, like.dtype)

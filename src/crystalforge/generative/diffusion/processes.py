@@ -183,12 +183,13 @@ class LatticeDDPM(LatticeCodeProcessBase):
     0.5) and statistics that carry the code's range over the training data (models trained since
     ``DatasetStats.lattice_code_min`` exists), ``x̂_data`` is also kept per entry within that range
     widened by ``data_margin`` standard deviations, as DDPM keeps images in their pixel range: ten
-    standard deviations let all three lengths shrink together to a collapsed cell (mp_20: 0.01 Å³
-    per atom). The range bounds each length (per atom) from below, not the angles' joint shape:
-    a flat cell is still possible and is left to the integrator's final flat-cell floor
-    (``SamplerConfig.min_volume_fraction``, V/(a·b·c) >= 0.5); with both, an mp_20 cell keeps at
-    least 0.5·exp(Σ lower length bounds) = 0.78 Å³ per atom. DiffCSP diffuses the lattice
-    matrix itself; we diffuse the rotation-free code under the same kind of backbone head, so the
+    standard deviations let all three lengths shrink together to a collapsed cell (mp_20: 0.006 Å³
+    per atom even after the flat-cell floor). The range bounds each length (per atom) from below,
+    not the angles' joint shape: a flat cell is still possible and is left to the integrator's
+    final flat-cell floor (``SamplerConfig.min_volume_fraction``, V/(a·b·c) >= 0.5); with both, an
+    mp_20 cell keeps at least 0.5·exp(Σ lower length bounds) = 0.78 Å³ per atom (both printed by
+    ``scripts/add_code_range.py``). DiffCSP diffuses the lattice matrix itself; we diffuse the
+    rotation-free code under the same kind of backbone head, so the
     sample is a valid right-handed cell by construction and no rotation is learned.
     """
 
