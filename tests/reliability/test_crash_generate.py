@@ -42,10 +42,14 @@ def child_env() -> dict[str, str]:
 def cli(args: Sequence[str]) -> list[str]:
     """The command line of ``crystalforge ARGS`` as the tests run it.
 
-    ``-X faulthandler``: a run that a test gives up on is sent SIGABRT, and its stderr then shows
-    where every thread was (``stop_when``).
+    The code of the installed ``crystalforge`` script, given with ``-c`` (this interpreter, whatever
+    is on PATH). Not ``-m``: there CPython ends with SIGINT itself (status -2, not 130) when a
+    ``KeyboardInterrupt`` had passed through a library's ``PyRun_String`` call, even one the command
+    then caught. ``-X faulthandler``: a run that a test gives up on is sent SIGABRT, and its stderr
+    then shows where every thread was (``stop_when``).
     """
-    return [sys.executable, "-X", "faulthandler", "-m", "crystalforge.cli.main", *args]
+    script = "import sys; from crystalforge.cli.main import main; sys.exit(main())"
+    return [sys.executable, "-X", "faulthandler", "-c", script, *args]
 
 
 def run_cli(args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -1,8 +1,9 @@
 """``crystalforge generate``: sample crystals from a shipped or trained model.
 
-``guarded`` is how ``generate``, ``csp`` and ``design`` stop: Ctrl-C is a clean stop (exit 130, one
-line, no traceback) and a write the disk refuses (full, read-only, no permission) a one-line error
-naming the file or folder (exit 2). Either way what was finished stays on disk and the same command resumes.
+``guarded`` is how ``generate``, ``csp`` and ``design`` stop on a write the disk refuses (full,
+read-only, no permission): a one-line error naming the file or folder (exit 2). Ctrl-C, in every
+command, is ``cli.main``'s clean stop (exit 130, one line). Either way what was finished stays on
+disk and the same command resumes.
 """
 
 from __future__ import annotations
@@ -110,8 +111,6 @@ def condition(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-INTERRUPTED = 130
-"""Exit status after Ctrl-C (128 + SIGINT, as a shell reports it)."""
 CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 """``OSError`` numbers only a write gets: full disk or quota, read-only file system, file too large."""
 DENIED = frozenset({errno.EACCES, errno.EPERM})
@@ -119,15 +118,12 @@ DENIED = frozenset({errno.EACCES, errno.EPERM})
 
 
 def guarded(work: Callable[[], int]) -> int:
-    """``work()``; Ctrl-C → exit 130, a refused write or access → exit 2, each with one line on stderr.
+    """``work()``; a refused write or access → exit 2 with one line on stderr (Ctrl-C: ``cli.main``).
 
-    Every output is written atomically and in resumable steps, so both leave finished work intact.
+    Every output is written atomically and in resumable steps, so a stop leaves finished work intact.
     """
     try:
         return work()
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
-        return INTERRUPTED
     except OSError as exc:
         if exc.errno not in CANNOT_WRITE | DENIED:
             raise

@@ -86,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A clean error (bad input, a file that cannot be read or written, a missing optional package)
     prints one ``error:`` line and returns 2; Ctrl-C (at any point, start-up included) prints one
-    line and returns 130 (the commands keep finished work, so rerunning resumes).
+    line and returns 130 (the commands keep finished work, so rerunning resumes). A Ctrl-C that
+    library code swallowed is raised again at the command's next unit of work
+    (``execution.interrupt``), or gives 130 when the work had run to its end.
     """
     try:
         return _dispatch(build_parser().parse_args(argv))
@@ -102,7 +104,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     from crystalforge import api  # after parsing: --help and usage errors never import torch
 
     try:
-        return int(COMMANDS[args.command].run(args))
+        with api.catching_interrupts() as ctrl_c:
+            status = int(COMMANDS[args.command].run(args))
+        if ctrl_c.received:  # library code swallowed it and the work ran on: still a Ctrl-C
+            raise KeyboardInterrupt
+        return status
     except api.MissingDependencyError as exc:  # names the extra to install
         print(f"error: {exc}", file=sys.stderr)
         return 2

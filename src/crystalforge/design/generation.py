@@ -25,6 +25,7 @@ import numpy as np
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.design.spec import DesignSpec
+from crystalforge.execution import check_interrupted
 from crystalforge.io.run_folder import RunFolder
 from crystalforge.progress import ProgressBar
 from crystalforge.sampling.steering import Steering
@@ -106,6 +107,7 @@ def generate_batches(
     for batch in batches:
         if candidate_key(batch.round, batch.start) in store:
             continue
+        check_interrupted()
         folder = run / "generate" / batch.name
         made = list(generate(
             spec.model, n=batch.n, out=folder, num_atoms=spec.num_atoms, steps=spec.steps, steering=steering,

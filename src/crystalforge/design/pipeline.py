@@ -47,7 +47,7 @@ from crystalforge.design.stages import (
     screen,
     stage_bar,
 )
-from crystalforge.execution import ExecutorConfig
+from crystalforge.execution import ExecutorConfig, check_interrupted
 from crystalforge.io.atomic import atomic_write, remove_temporaries
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.shipped import load_predictor
@@ -236,6 +236,7 @@ def run_design(
     _write_meta(meta_path, meta)
 
     def timed(name: str, work: Callable[[], object]) -> None:
+        check_interrupted()
         t0 = time.perf_counter()
         work()
         entry = stages.setdefault(name, {"seconds": 0.0, "count": 0})

@@ -32,7 +32,7 @@ from crystalforge.evaluation.metrics.novelty import TrainingSet, novelty
 from crystalforge.evaluation.metrics.symmetry import space_group
 from crystalforge.evaluation.metrics.uniqueness import uniqueness
 from crystalforge.evaluation.metrics.validity import composition_validity, structure_validity_many
-from crystalforge.execution import ExecutorConfig
+from crystalforge.execution import ExecutorConfig, check_interrupted
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.training import predict_crystals
 from crystalforge.progress import ProgressBar, null_progress
@@ -122,6 +122,7 @@ class DesignContext:
 # ---- helpers ---------------------------------------------------------------------------------------
 def _chunks(keys: Sequence[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(keys), size):
+        check_interrupted()  # a Ctrl-C that library code swallowed stops the stage here
         yield list(keys[start : start + size])
 
 

@@ -29,6 +29,7 @@ from crystalforge.evaluation.metrics.targeting import TargetingMetric
 from crystalforge.evaluation.metrics.uniqueness import UniquenessMetric
 from crystalforge.evaluation.metrics.validity import ValidityMetric
 from crystalforge.evaluation.report import MetricReport
+from crystalforge.execution import check_interrupted
 
 __all__ = ["CSP_METRICS", "DNG_METRICS", "run_evaluation"]
 
@@ -71,6 +72,7 @@ def run_evaluation(ctx: EvaluationContext, metrics: Sequence[Metric] | None = No
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
     for metric in chosen:
+        check_interrupted()
         why = metric.missing(ctx)
         if why is not None:
             skipped[metric.name] = why

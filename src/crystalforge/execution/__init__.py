@@ -10,5 +10,9 @@ from crystalforge.execution.executor import (
     SerialExecutor,
     make_executor,
 )
+from crystalforge.execution.interrupt import catching_interrupts, check_interrupted
 
-__all__ = ["Executor", "ExecutorConfig", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
+__all__ = [
+    "Executor", "ExecutorConfig", "ProcessExecutor", "RayExecutor", "SerialExecutor", "catching_interrupts",
+    "check_interrupted", "make_executor",
+]  # fmt: skip

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
+from crystalforge.execution import check_interrupted
 from crystalforge.relax.interfaces import Relaxer, RelaxResult, failure_kind
 
 __all__ = ["EXECUTION_SETTINGS", "CachedRelaxer", "ResultCache", "structure_key"]
@@ -175,6 +176,7 @@ class CachedRelaxer:
         if self.progress is not None:
             self.progress(done, total)
         for start in range(0, len(pending), self.chunk_size):
+            check_interrupted()
             chunk = pending[start : start + self.chunk_size]
             results = self.relaxer.relax([items[index] for _, index in chunk])
             if len(results) != len(chunk):

@@ -46,7 +46,7 @@ from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 from crystalforge.core.limits import StructureLimits
-from crystalforge.execution import ExecutorConfig, make_executor
+from crystalforge.execution import ExecutorConfig, check_interrupted, make_executor
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan, SamplerConfig, model_dtype
 from crystalforge.io.atomic import atomic_write
 from crystalforge.io.files import read_structures, write_structures
@@ -169,6 +169,7 @@ def run_jobs(
         )
     with pool or nullcontext():
         for start in range(0, len(pending), config.workers):  # one wave: sampled, then written in order
+            check_interrupted()
             wave = pending[start : start + config.workers]
             tasks = [ChunkTask(parts[k], seed + k, plan, device) for k in wave]
             sampled = pool.map(_sample_in_worker, tasks) if pool else [_sample_chunk(model, t) for t in tasks]
