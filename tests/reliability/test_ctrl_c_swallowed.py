@@ -11,15 +11,9 @@ import signal
 from crystalforge.cli import main as cli_main
 from crystalforge.io.run_folder import RunFolder
 from crystalforge.sampling import runner
+from tests.execution.test_interrupt import swallowing_library
 
 LINE = "interrupted: finished work is kept; rerun the same command to resume"
-
-
-def swallowed_ctrl_c() -> None:
-    try:
-        signal.raise_signal(signal.SIGINT)
-    except BaseException:  # noqa: BLE001, S110 - the library's fault under test
-        pass
 
 
 def test_generate_stops_at_the_next_chunk_and_the_rerun_finishes(tmp_path, monkeypatch, capsys):
@@ -29,7 +23,7 @@ def test_generate_stops_at_the_next_chunk_and_the_rerun_finishes(tmp_path, monke
     def sampled_with_a_swallowed_ctrl_c(model, task):
         calls.append(task.seed)
         if len(calls) == 1:
-            swallowed_ctrl_c()  # the chunk itself finishes: the sampler swallowed it
+            swallowing_library()  # the chunk itself finishes: the sampler swallowed it
         return sample(model, task)
 
     monkeypatch.setattr(runner, "_sample_chunk", sampled_with_a_swallowed_ctrl_c)
@@ -49,9 +43,32 @@ def test_generate_stops_at_the_next_chunk_and_the_rerun_finishes(tmp_path, monke
 
 def test_work_that_ran_to_its_end_after_a_swallowed_ctrl_c_still_exits_130(monkeypatch, capsys):
     def swallows_then_finishes(args):
-        swallowed_ctrl_c()
+        swallowing_library()
         return 0
 
     monkeypatch.setattr(cli_main.COMMANDS["models"], "run", swallows_then_finishes)
     assert cli_main.main(["models"]) == 130
     assert capsys.readouterr().err.strip() == LINE
+
+
+def test_an_error_a_library_makes_of_a_ctrl_c_is_the_ctrl_c(monkeypatch, capsys):
+    """Seen here: a Ctrl-C in the import of matplotlib's C extension became ``ImportError: initialization failed``."""
+
+    def import_interrupted(args):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None
+
+    monkeypatch.setattr(cli_main.COMMANDS["models"], "run", import_interrupted)
+    assert cli_main.main(["models"]) == 130
+    assert capsys.readouterr().err.strip() == LINE
+
+
+def test_an_error_without_a_ctrl_c_is_still_that_error(monkeypatch, capsys):
+    def fails(args):
+        raise ValueError("a bad value")
+
+    monkeypatch.setattr(cli_main.COMMANDS["models"], "run", fails)
+    assert cli_main.main(["models"]) == 2
+    assert capsys.readouterr().err.strip() == "error: a bad value"

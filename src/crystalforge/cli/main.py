@@ -88,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     prints one ``error:`` line and returns 2; Ctrl-C (at any point, start-up included) prints one
     line and returns 130 (the commands keep finished work, so rerunning resumes). A Ctrl-C that
     library code swallowed is raised again at the command's next unit of work
-    (``execution.interrupt``), or gives 130 when the work had run to its end.
+    (``execution.interrupt``), or gives 130 when the work had run to its end; an error raised after
+    a Ctrl-C (a C extension's import turns it into ``ImportError: initialization failed``) is the
+    Ctrl-C.
     """
     try:
         return _dispatch(build_parser().parse_args(argv))
@@ -105,7 +107,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     try:
         with api.catching_interrupts() as ctrl_c:
-            status = int(COMMANDS[args.command].run(args))
+            try:
+                status = int(COMMANDS[args.command].run(args))
+            except Exception:
+                if ctrl_c.received:  # a library turned the Ctrl-C into its own error ("initialization failed")
+                    raise KeyboardInterrupt from None
+                raise
         if ctrl_c.received:  # library code swallowed it and the work ran on: still a Ctrl-C
             raise KeyboardInterrupt
         return status
