@@ -180,3 +180,16 @@ def test_cli_reports_a_taken_port(runs, server, capsys):
     port = server.server_address[1]
     assert serve_cli.run(_cli(["serve", str(runs[0]), "--port", str(port)])) == 2
     assert "cannot listen" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_the_servers_normal_end(runs, monkeypatch, capsys):
+    """``crystalforge serve`` stops on Ctrl-C with exit 0 (the CLI's recorder does not make it a 130)."""
+    import signal
+    from http.server import ThreadingHTTPServer
+
+    from crystalforge.cli.main import main
+
+    monkeypatch.setattr(ThreadingHTTPServer, "serve_forever", lambda self: signal.raise_signal(signal.SIGINT))
+    assert main(["serve", str(runs[0]), "--port", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "serving 1 run(s) at" in captured.out and captured.err == ""

@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 from crystalforge.design.report import asset, render_report
 from crystalforge.design.report_data import read_meta, read_run
 from crystalforge.design.store import CandidateStore, StoreError
+from crystalforge.execution import interrupt_handled
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ def serve_runs(
         if on_ready is not None:
             on_ready(server.url)
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # the server's normal end
+        interrupt_handled()
     finally:
         server.server_close()

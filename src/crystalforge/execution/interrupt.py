@@ -6,7 +6,8 @@ then go on to its end as if no one had pressed Ctrl-C. ``catching_interrupts()``
 handler that raises as Python's own does and also records the signal; ``check_interrupted()``,
 called between units of work (a sampled chunk, a design stage's chunk, a relaxation chunk), raises
 ``KeyboardInterrupt`` again for a recorded Ctrl-C; ``Interrupts.received`` tells the command's top
-that a Ctrl-C came even when the work ran to its end.
+that a Ctrl-C came even when the work ran to its end. Code for which a Ctrl-C is the normal end (a
+server) calls ``interrupt_handled()`` where it catches it.
 
 Outside ``catching_interrupts()`` (library use, a worker thread) nothing is recorded and
 ``check_interrupted()`` does nothing.
@@ -39,6 +40,12 @@ def check_interrupted() -> None:
     """
     if _current is not None and _current.received:
         raise KeyboardInterrupt("Ctrl-C received earlier in this run")
+
+
+def interrupt_handled() -> None:
+    """The code that caught the ``KeyboardInterrupt`` ends normally on it (a server's Ctrl-C): forget it."""
+    if _current is not None:
+        _current.received = False
 
 
 def _record_and_raise(signum: int, frame: FrameType | None) -> None:
