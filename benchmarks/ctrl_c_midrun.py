@@ -6,16 +6,19 @@ Starts the design of the crash test (``tests/reliability/test_crash_design.py``'
 output folder each time), waits for the run's first ``design.json`` (start-up is over: see
 ``benchmarks/ctrl_c_startup.py``), then a delay drawn uniformly from ``[0, --longest]`` seconds
 (seeded), sends SIGINT to its process group, and counts the exit statuses. Every other outcome is
-printed with its delay and stderr. ``--form c`` runs the installed script's code with ``-c`` (as the
-``crystalforge`` command does); ``--form m`` runs ``python -m crystalforge.cli.main``, where CPython
-itself ends with SIGINT (status -2) after a ``KeyboardInterrupt`` passed through a library's
-``PyRun_String`` call. A run that ends before its delay is counted as "finished first".
+printed with its delay and stderr. A run whose SIGINT came after all its work (``design.json`` has
+``finished``), while the interpreter was exiting, ends with exit 0 and is counted apart; a run that
+ends before its delay is counted as "finished first". ``--form c`` runs the installed script's code
+with ``-c`` (as the ``crystalforge`` command does); ``--form m`` runs ``python -m
+crystalforge.cli.main``, where CPython itself ends with SIGINT (status -2) after a
+``KeyboardInterrupt`` passed through a library's ``PyRun_String`` call.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import random
 import signal
@@ -32,6 +35,14 @@ from tests.reliability.test_crash_design import DESIGN  # noqa: E402  (the test'
 from tests.reliability.test_crash_generate import child_env, cli  # noqa: E402
 
 LINE = "interrupted: finished work is kept; rerun the same command to resume"
+
+
+def finished(run: Path) -> bool:
+    """Whether the design had written its last ``design.json`` (``finished`` set: all its work done)."""
+    try:
+        return json.loads((run / "design.json").read_text()).get("finished") is not None
+    except (OSError, ValueError):
+        return False
 
 
 def command(args: list[str], form: str) -> list[str]:
@@ -68,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
                 err.seek(0)
                 text = err.read().strip()
             clean = proc.returncode == 130 and text == LINE
-            outcomes["exit 130, one line" if clean else f"exit {proc.returncode}"] += 1
+            if clean:
+                outcomes["exit 130, one line"] += 1
+            elif proc.returncode == 0 and not text and finished(out):
+                outcomes["exit 0, the run had finished (signal during the interpreter's exit)"] += 1
+            else:
+                outcomes[f"exit {proc.returncode}"] += 1
             if not clean:
                 print(f"run {i}: SIGINT {delay:.3f} s after design.json: exit {proc.returncode}, "
                       f"stderr {text[-300:]!r}")  # fmt: skip

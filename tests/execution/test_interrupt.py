@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -57,3 +58,17 @@ def test_outside_the_main_thread_the_block_changes_nothing():
     thread.start()
     thread.join()
     assert seen == [before, False]
+
+
+def _ctrl_c_reaches_the_child(x: int) -> int:
+    """A Ctrl-C goes to the whole process group: here it reaches the time-limit child alone."""
+    os.kill(os.getpid(), signal.SIGINT)
+    return 2 * x
+
+
+def test_the_time_limit_child_leaves_ctrl_c_to_its_parent(capfd):
+    """No traceback from the child and no lost item: the parent, which owns Ctrl-C, ends the child."""
+    from crystalforge.execution.executor import map_with_time_limit
+
+    assert map_with_time_limit(_ctrl_c_reaches_the_child, [1, 2], seconds=60, step="test") == [2, 4]
+    assert "Traceback" not in capfd.readouterr().err

@@ -321,6 +321,7 @@ def _serve(conn: Any, parent_end: Any, fn: Callable[[Any], Any], items: Sequence
     parent killed, a full pipe would block the child forever instead of ending it (EPIPE).
     """
     parent_end.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends this child (no traceback here)
     for item in items[start:]:
         try:
             reply: tuple[bool, Any] = (True, fn(item))
