@@ -19,7 +19,7 @@ from crystalforge.design.report import write_report
 from crystalforge.design.serve import check_run, serve_runs
 from crystalforge.evaluation.report import MetricReport
 from crystalforge.evaluation.run import evaluate_candidates, featurizers_needed
-from crystalforge.execution import ExecutorConfig, catching_interrupts
+from crystalforge.execution import ExecutorConfig
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan
 from crystalforge.io.files import detect_format, iter_records, read_structures, write_structures
 from crystalforge.predictors import PredictorEnsemble, PredictorTrainConfig, PropertyGNNConfig
@@ -40,7 +40,7 @@ from crystalforge.training.predictor import train_predictor
 __all__ = [
     "BENCHMARKS", "REDUCED", "SPLITS", "Candidate", "Crystal", "CrystalBatch", "CrystalError", "DatasetStats",
     "ExecutorConfig", "LoadedModel", "MissingDependencyError", "PredictorEnsemble", "PredictorTrainConfig",
-    "PreprocessOptions", "PropertyGNNConfig", "Steering", "catching_interrupts", "check_run", "csp", "data_dir",
+    "PreprocessOptions", "PropertyGNNConfig", "Steering", "check_run", "csp", "data_dir",
     "dataset_stats", "design", "detect_format", "evaluate", "expected_rows", "generate", "iter_records",
     "known_datasets", "list_models", "load_dataset", "load_model", "parse_anti_annealing", "parse_target",
     "predict_properties", "progress_bar", "read_samples", "read_structures", "refine", "require", "serve_runs",

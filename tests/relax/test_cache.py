@@ -127,3 +127,25 @@ def test_structure_key_ignores_noise_below_1e8_and_identity() -> None:
     assert structure_key(c, "p") != structure_key(c, "q")
     moved = Crystal(c.atomic_numbers, c.frac_coords + 1e-6, c.lattice)
     assert structure_key(c, "p") != structure_key(moved, "p")
+
+
+class CtrlCAsFailureRelaxer(CountingRelaxer):
+    """A calculator that turns a Ctrl-C into its own error, which the relaxer reports as a failure."""
+
+    def relax(self, crystals: Sequence[Crystal]) -> list[RelaxResult]:
+        from tests.test_interrupt import swallowing_library
+
+        swallowing_library()
+        return [RelaxResult.failed("calculator error: interrupted", material_id=c.material_id) for c in crystals]
+
+
+def test_failures_made_of_a_ctrl_c_are_not_cached(tmp_path: Path) -> None:
+    from crystalforge.interrupt import catching_interrupts
+
+    path = tmp_path / "cache.jsonl"
+    with catching_interrupts(), pytest.raises(KeyboardInterrupt):
+        CachedRelaxer(CtrlCAsFailureRelaxer(), path, chunk_size=2).relax(crystals(2))
+    assert not path.exists() or not path.read_text().strip()  # the rerun relaxes them for real
+    inner = CountingRelaxer()
+    assert all(r.failure is None for r in CachedRelaxer(inner, path, chunk_size=2).relax(crystals(2)))
+    assert inner.seen == ["m0", "m1"]

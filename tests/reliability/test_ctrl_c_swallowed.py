@@ -1,4 +1,4 @@
-"""A Ctrl-C that library code swallows still stops the command (``execution.interrupt``).
+"""A Ctrl-C that library code swallows still stops the command (``crystalforge.interrupt``).
 
 The CI once saw a design run go on to its end (exit 0) after a Ctrl-C: some library's bare
 ``except:`` had caught the ``KeyboardInterrupt``. Here a sampler does that on purpose.
@@ -11,7 +11,7 @@ import signal
 from crystalforge.cli import main as cli_main
 from crystalforge.io.run_folder import RunFolder
 from crystalforge.sampling import runner
-from tests.execution.test_interrupt import swallowing_library
+from tests.test_interrupt import swallowing_library
 
 LINE = "interrupted: finished work is kept; rerun the same command to resume"
 

@@ -24,7 +24,7 @@ from crystalforge.evaluation.context import DEFAULT_TIME_LIMIT_S, TIME_LIMIT_ENV
 from crystalforge.evaluation.features import cached_features
 from crystalforge.evaluation.metrics import symmetry
 from crystalforge.evaluation.run import evaluate_candidates
-from crystalforge.execution.executor import StepAbortedError, StepTimeoutError, map_with_time_limit
+from crystalforge.execution.time_limit import StepAbortedError, StepTimeoutError, map_with_time_limit
 from crystalforge.testing import tiny_crystals
 
 pytest.importorskip("smact")

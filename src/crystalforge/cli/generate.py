@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Callable
 
 from crystalforge.cli.options import add_parser, add_sampling_options, add_workers, executor, print_written
+from crystalforge.interrupt import check_interrupted
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -127,6 +128,7 @@ def guarded(work: Callable[[], int]) -> int:
     except OSError as exc:
         if exc.errno not in CANNOT_WRITE | DENIED:
             raise
+        check_interrupted()  # an error made of a Ctrl-C is the Ctrl-C: no error line
         verb = "cannot write " if exc.errno in CANNOT_WRITE else ""
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {verb}{where}{exc.strerror or exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from crystalforge.cli import (
     train_predictor,
 )
 from crystalforge.cli.options import FORMATTER
+from crystalforge.interrupt import catching_interrupts, check_interrupted
 
 COMMANDS: dict[str, ModuleType] = {
     "data": data,
@@ -64,6 +65,8 @@ examples:
   crystalforge serve runs/limno
 """
 
+logger = logging.getLogger(__name__)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the --help smoke tests)."""
@@ -88,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prints one ``error:`` line and returns 2; Ctrl-C (at any point, start-up included) prints one
     line and returns 130 (the commands keep finished work, so rerunning resumes). A Ctrl-C that
     library code swallowed is raised again at the command's next unit of work
-    (``execution.interrupt``), or gives 130 when the work had run to its end; an error raised after
+    (``crystalforge.interrupt``), or gives 130 when the work had run to its end; an error raised after
     a Ctrl-C (a C extension's import turns it into ``ImportError: initialization failed``) is the
     Ctrl-C.
     """
@@ -103,31 +106,40 @@ def _dispatch(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    with catching_interrupts() as ctrl_c:  # before the api's imports (seconds of torch, ASE, pymatgen)
+        try:
+            status = _run(args)
+        except Exception:
+            if not ctrl_c.received:
+                raise
+            # a library turned the Ctrl-C into its own error ("ImportError: initialization failed")
+            logger.debug("an error after Ctrl-C, taken for it", exc_info=True)
+            raise KeyboardInterrupt from None
+    if ctrl_c.received:  # library code swallowed it and the work ran on: still a Ctrl-C
+        raise KeyboardInterrupt
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command; a clean error is one ``error:`` line and 2 (unless a Ctrl-C came first: then it is that)."""
     from crystalforge import api  # after parsing: --help and usage errors never import torch
 
     try:
-        with api.catching_interrupts() as ctrl_c:
-            try:
-                status = int(COMMANDS[args.command].run(args))
-            except Exception:
-                if ctrl_c.received:  # a library turned the Ctrl-C into its own error ("initialization failed")
-                    raise KeyboardInterrupt from None
-                raise
-        if ctrl_c.received:  # library code swallowed it and the work ran on: still a Ctrl-C
-            raise KeyboardInterrupt
-        return status
+        return int(COMMANDS[args.command].run(args))
     except api.MissingDependencyError as exc:  # names the extra to install
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     except ModuleNotFoundError as exc:
         if not exc.name or exc.name.split(".")[0] == "crystalforge":
             raise  # a broken installation of crystalforge itself: show the traceback
-        print(f"error: {api.MissingDependencyError(exc.name, f'crystalforge {args.command}')}", file=sys.stderr)
-        return 2
+        return _error(str(api.MissingDependencyError(exc.name, f"crystalforge {args.command}")))
     except (api.CrystalError, OSError, KeyError, ValueError) as exc:  # ConfigError is a ValueError
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return _error(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc))
+
+
+def _error(message: str) -> int:
+    check_interrupted()  # an error made of a Ctrl-C is the Ctrl-C: no error line
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

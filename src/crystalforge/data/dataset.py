@@ -27,6 +27,7 @@ from crystalforge.core.errors import CrystalError
 from crystalforge.data.paths import cache_dir
 from crystalforge.data.preprocess import PreprocessOptions, preprocess_structure
 from crystalforge.execution import ExecutorConfig, make_executor
+from crystalforge.interrupt import check_interrupted
 from crystalforge.io.archive import CrystalArrays
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ def _parse_rows(
         except CrystalError as exc:
             out.append((row, Candidate.failure(source, exc.problem, material_id=ident)))
         except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on malformed CIFs
+            check_interrupted()  # a Ctrl-C a library turned into an error is not a malformed CIF
             problem = f"malformed CIF: {type(exc).__name__}: {exc}"
             out.append((row, Candidate.failure(source, problem, material_id=ident)))
     return out
@@ -236,6 +238,7 @@ def cached_build(
     if not crystals:
         detail = f"; first problem: {failures[0]}" if failures else ""
         raise CrystalError(f"no usable structures ({len(failures)} bad records){detail}", source=f"{name}/{split}")
+    check_interrupted()  # nothing parsed under a swallowed Ctrl-C goes into the cache
     meta["failures"] = [_failure_to_dict(f) for f in failures]
     arrays = CrystalArrays.from_crystals(crystals, metadata=meta)
     if use_cache:

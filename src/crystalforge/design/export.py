@@ -20,6 +20,7 @@ from pathlib import Path
 
 from crystalforge.design.rank import rank
 from crystalforge.design.stages import DesignContext, stage_bar
+from crystalforge.interrupt import check_interrupted
 from crystalforge.io.atomic import atomic_write
 from crystalforge.io.files import write_structures
 
@@ -94,6 +95,7 @@ def export_top(ctx: DesignContext, order: Sequence[str]) -> list[dict[str, objec
             keep.add(sym / name)
             symmetrized = f"top/symmetrized/{name}"
         except Exception as exc:  # noqa: BLE001 - spglib can fail on an odd cell; the P1 file exists
+            check_interrupted()
             log.warning("%s: no symmetrised CIF (%s)", key, exc)
         row = {**by_key[key], "cif": f"top/{name}", "cif_symmetrized": symmetrized}
         rows.append({**row, "hull_suspect": suspect(row.get("hull_e_above_hull"), ctx.spec.suspect_e_hull)})

@@ -25,7 +25,7 @@ import numpy as np
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
 from crystalforge.design.spec import DesignSpec
-from crystalforge.execution import check_interrupted
+from crystalforge.interrupt import check_interrupted
 from crystalforge.io.run_folder import RunFolder
 from crystalforge.progress import ProgressBar
 from crystalforge.sampling.steering import Steering

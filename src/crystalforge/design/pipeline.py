@@ -47,7 +47,8 @@ from crystalforge.design.stages import (
     screen,
     stage_bar,
 )
-from crystalforge.execution import ExecutorConfig, check_interrupted
+from crystalforge.execution import ExecutorConfig
+from crystalforge.interrupt import check_interrupted
 from crystalforge.io.atomic import atomic_write, remove_temporaries
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.shipped import load_predictor
@@ -155,6 +156,7 @@ def _report(run: Path) -> Path | None:
     try:
         return writer(run)
     except Exception as exc:  # noqa: BLE001 - the results are written; a broken report must not hide them
+        check_interrupted()
         log.warning("the design report could not be written: %s: %s", type(exc).__name__, exc)
         return None
 

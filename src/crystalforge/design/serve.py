@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 from crystalforge.design.report import asset, render_report
 from crystalforge.design.report_data import read_meta, read_run
 from crystalforge.design.store import CandidateStore, StoreError
-from crystalforge.execution import interrupt_handled
+from crystalforge.interrupt import interrupt_handled
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from crystalforge.evaluation.metrics.novelty import TrainingSet, novelty
 from crystalforge.evaluation.metrics.symmetry import space_group
 from crystalforge.evaluation.metrics.uniqueness import uniqueness
 from crystalforge.evaluation.metrics.validity import composition_validity, structure_validity_many
-from crystalforge.execution import ExecutorConfig, check_interrupted
+from crystalforge.execution import ExecutorConfig
+from crystalforge.interrupt import check_interrupted
 from crystalforge.predictors.ensemble import PredictorEnsemble
 from crystalforge.predictors.training import predict_crystals
 from crystalforge.progress import ProgressBar, null_progress

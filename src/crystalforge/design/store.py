@@ -43,6 +43,7 @@ from ase.db.row import AtomsRow
 
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.crystal import Crystal
+from crystalforge.interrupt import check_interrupted
 
 Status = Literal["done", "rejected", "failed"]
 STATUSES: tuple[str, ...] = ("done", "rejected", "failed")
@@ -135,6 +136,7 @@ class CandidateStore:
         as ``candidates()`` gives them back) are stored with it. The batch is one transaction (all rows
         or none).
         """
+        check_interrupted()  # results made under a swallowed Ctrl-C are not stored
         keys = [candidate_key(round, start + i) for i in range(len(candidates))]
         new: dict[str, int] = {}
         try:
@@ -170,6 +172,7 @@ class CandidateStore:
         becomes the candidate's structure (a relaxed one), the first structure being kept as
         ``data["initial"]``.
         """
+        check_interrupted()  # a failure a library made of a Ctrl-C is not stored as the stage's result
         where = f"{self.path}: record {key!r}, stage {stage!r}"
         _check_stage(stage, where)
         if "status" in (values or {}):

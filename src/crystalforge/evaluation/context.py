@@ -13,7 +13,7 @@ each candidate predicts. Things that live in other packages (fingerprint featuri
 come in as objects satisfying ``FeaturizerLike`` and ``Relaxer``.
 
 Per-structure steps that a library can hang on (cell reduction, structure matching, spglib,
-fingerprints) run under ``time_limit_s`` (``execution.executor.map_with_time_limit``); a structure
+fingerprints) run under ``time_limit_s`` (``execution.time_limit.map_with_time_limit``); a structure
 a step gave up on is noted with ``note_aborted`` and reported in the per-structure ``failure``
 column and ``details["aborted"]``, and the run goes on.
 """

@@ -15,7 +15,7 @@ done under ``<stem>.parts/`` and reused by the next call, and the folder is remo
 array is written, so a killed run loses at most one chunk.
 
 With ``time_limit_s``, each crystal is featurized on its own under that limit
-(``execution.executor.map_with_time_limit``; matminer's CrystalNN can spend minutes on an extremely
+(``execution.time_limit.map_with_time_limit``; matminer's CrystalNN can spend minutes on an extremely
 skewed cell): a crystal over it gets a NaN row and its reason in ``aborted``, and nothing holding
 such a row is cached, so the next run tries it again. The rows of a ``FeaturizerLike`` must not
 depend on each other (true of every fingerprint here).
@@ -37,7 +37,8 @@ import numpy as np
 
 from crystalforge.core.crystal import Crystal
 from crystalforge.execution import make_executor
-from crystalforge.execution.executor import StepAbortedError, map_with_time_limit
+from crystalforge.execution.time_limit import StepAbortedError, map_with_time_limit
+from crystalforge.interrupt import check_interrupted
 from crystalforge.io.atomic import atomic_write
 
 __all__ = ["FeaturizerLike", "cached_features", "crystals_digest", "featurizer_token"]
@@ -155,6 +156,7 @@ def cached_features(
     else:
         blocks = []
         for start in range(0, len(crystals), chunk_size):
+            check_interrupted()
             chunk = crystals[start : start + chunk_size]
             part = parts / f"{start:08d}.npy"
             block = _load(part, len(chunk))
@@ -163,11 +165,13 @@ def cached_features(
                 block = _compute(featurizer, chunk, time_limit_s, found)
                 for i, why in found.items():
                     stopped.setdefault(start + i, why)
+                check_interrupted()  # rows made under a swallowed Ctrl-C are not cached
                 if not found:
                     with atomic_write(part, "wb") as handle:
                         np.save(handle, block, allow_pickle=False)
             blocks.append(block)
         features = np.concatenate(blocks, axis=0)
+    check_interrupted()
     if stopped:  # a later run (another limit, a faster machine) tries the stopped crystals again
         return features
     with atomic_write(path, "wb") as handle:

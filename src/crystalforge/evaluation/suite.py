@@ -29,7 +29,7 @@ from crystalforge.evaluation.metrics.targeting import TargetingMetric
 from crystalforge.evaluation.metrics.uniqueness import UniquenessMetric
 from crystalforge.evaluation.metrics.validity import ValidityMetric
 from crystalforge.evaluation.report import MetricReport
-from crystalforge.execution import check_interrupted
+from crystalforge.interrupt import check_interrupted
 
 __all__ = ["CSP_METRICS", "DNG_METRICS", "run_evaluation"]
 
@@ -83,6 +83,7 @@ def run_evaluation(ctx: EvaluationContext, metrics: Sequence[Metric] | None = No
         except MissingDependencyError:
             raise  # a missing extra stops the evaluation (the CLI exits 2), never becomes a metric error
         except Exception as exc:  # noqa: BLE001 - one metric's failure must not lose the others
+            check_interrupted()
             logger.error("metric %s failed: %s", metric.name, exc)
             errors[metric.name] = f"{type(exc).__name__}: {exc}"
             details.setdefault("tracebacks", {})[metric.name] = traceback.format_exc(limit=5)

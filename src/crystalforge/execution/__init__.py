@@ -10,9 +10,5 @@ from crystalforge.execution.executor import (
     SerialExecutor,
     make_executor,
 )
-from crystalforge.execution.interrupt import catching_interrupts, check_interrupted, interrupt_handled
 
-__all__ = [
-    "Executor", "ExecutorConfig", "ProcessExecutor", "RayExecutor", "SerialExecutor", "catching_interrupts",
-    "check_interrupted", "interrupt_handled", "make_executor",
-]  # fmt: skip
+__all__ = ["Executor", "ExecutorConfig", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]

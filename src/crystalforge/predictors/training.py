@@ -30,6 +30,7 @@ from torch import Tensor
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.neighbors import searchable
+from crystalforge.interrupt import check_interrupted
 from crystalforge.io.torch_files import read_torch_file
 from crystalforge.predictors.batch_predict import predict_crystals
 from crystalforge.predictors.ensemble import PredictorEnsemble, torch_save_atomic
@@ -195,6 +196,7 @@ def _train_member(
         log.info("member %d: resuming after epoch %d", k, start)
     member.train()
     for epoch in range(start, settings.epochs):
+        check_interrupted()
         order = rng.permutation(len(crystals))
         total, n = 0.0, 0
         for batch, target in _batches(crystals, targets, order, settings.batch_size):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from crystalforge.core.crystal import Crystal
-from crystalforge.execution import check_interrupted
+from crystalforge.interrupt import check_interrupted
 from crystalforge.relax.interfaces import Relaxer, RelaxResult, failure_kind
 
 __all__ = ["EXECUTION_SETTINGS", "CachedRelaxer", "ResultCache", "structure_key"]
@@ -186,6 +186,7 @@ class CachedRelaxer:
                 fresh[key] = result
                 if failure_kind(result.failure) not in UNCACHED_FAILURES and not _setup_failure(result.failure):
                     keep.append((key, result))
+            check_interrupted()  # a failure a library made of a Ctrl-C is not cached
             self.cache.add(keep)
             done += len(chunk)
             if self.progress is not None:

@@ -22,6 +22,7 @@ from crystalforge.core.crystal import Crystal
 from crystalforge.core.extras import require
 from crystalforge.core.versions import distribution_version
 from crystalforge.execution import Executor, ExecutorConfig, make_executor
+from crystalforge.interrupt import check_interrupted
 from crystalforge.relax.ase_relaxer import (
     DEFAULT_FMAX,
     DEFAULT_MAX_STEPS,
@@ -165,6 +166,7 @@ def chgnet_static_energies(
         return [float(np.asarray(p["e"]).reshape(-1)[0]) for p in preds]
 
     for start in range(0, len(items), batch_size):
+        check_interrupted()
         idx = [k for k in range(start, min(start + batch_size, len(items))) if structures[k] is not None]
         if not idx:
             continue
@@ -176,6 +178,7 @@ def chgnet_static_energies(
                 try:
                     out[k] = predict([structures[k]])[0]
                 except Exception:  # noqa: BLE001
+                    check_interrupted()  # not a bad structure: a Ctrl-C a library turned into an error
                     out[k] = np.nan
     out[~np.isfinite(out)] = np.nan
     return out

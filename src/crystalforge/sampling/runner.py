@@ -46,8 +46,9 @@ from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.errors import CrystalError
 from crystalforge.core.limits import StructureLimits
-from crystalforge.execution import ExecutorConfig, check_interrupted, make_executor
+from crystalforge.execution import ExecutorConfig, make_executor
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan, SamplerConfig, model_dtype
+from crystalforge.interrupt import check_interrupted
 from crystalforge.io.atomic import atomic_write
 from crystalforge.io.files import read_structures, write_structures
 from crystalforge.io.run_folder import ChunkRecord, JSONValue, RunFolder

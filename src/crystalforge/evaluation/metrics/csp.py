@@ -37,7 +37,7 @@ from crystalforge.evaluation.metrics.structure_matcher import (
 )
 from crystalforge.evaluation.metrics.validity import reference_validity, valid_mask
 from crystalforge.execution import ExecutorConfig
-from crystalforge.execution.executor import StepAbortedError, map_with_time_limit
+from crystalforge.execution.time_limit import StepAbortedError, map_with_time_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext

@@ -30,7 +30,7 @@ import numpy as np
 from crystalforge.core.crystal import Crystal
 from crystalforge.core.versions import distribution_version
 from crystalforge.execution import ExecutorConfig, make_executor
-from crystalforge.execution.executor import StepAbortedError, map_with_time_limit
+from crystalforge.execution.time_limit import StepAbortedError, map_with_time_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from _typeshed import DataclassInstance

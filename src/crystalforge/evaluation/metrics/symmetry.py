@@ -32,7 +32,7 @@ from crystalforge.core.crystal import Crystal
 from crystalforge.core.space_groups import CRYSTAL_SYSTEMS, crystal_system
 from crystalforge.evaluation.metrics.base import MetricResult, parsed, table_columns
 from crystalforge.execution import ExecutorConfig, make_executor
-from crystalforge.execution.executor import StepAbortedError, map_with_time_limit
+from crystalforge.execution.time_limit import StepAbortedError, map_with_time_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from crystalforge.evaluation.context import EvaluationContext

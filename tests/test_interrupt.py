@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from crystalforge.execution import catching_interrupts, check_interrupted
+from crystalforge.interrupt import catching_interrupts, check_interrupted
 
 
 def swallowing_library() -> None:
@@ -68,7 +68,7 @@ def _ctrl_c_reaches_the_child(x: int) -> int:
 
 def test_the_time_limit_child_leaves_ctrl_c_to_its_parent(capfd):
     """No traceback from the child and no lost item: the parent, which owns Ctrl-C, ends the child."""
-    from crystalforge.execution.executor import map_with_time_limit
+    from crystalforge.execution.time_limit import map_with_time_limit
 
     assert map_with_time_limit(_ctrl_c_reaches_the_child, [1, 2], seconds=60, step="test") == [2, 4]
     assert "Traceback" not in capfd.readouterr().err

@@ -9,8 +9,9 @@ called between units of work (a sampled chunk, a design stage's chunk, a relaxat
 that a Ctrl-C came even when the work ran to its end. Code for which a Ctrl-C is the normal end (a
 server) calls ``interrupt_handled()`` where it catches it.
 
-Outside ``catching_interrupts()`` (library use, a worker thread) nothing is recorded and
-``check_interrupted()`` does nothing.
+Outside ``catching_interrupts()`` (library use) nothing is recorded and ``check_interrupted()``
+does nothing; inside it, a worker thread's ``check_interrupted()`` sees the main thread's record.
+A leaf module (standard library only): the CLI installs it before importing anything heavy.
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ def catching_interrupts() -> Iterator[Interrupts]:
     if threading.current_thread() is not threading.main_thread():
         yield Interrupts()
         return
-    record, outer = Interrupts(), _current
-    before = signal.signal(signal.SIGINT, _record_and_raise)
-    _current = record
+    record, outer, before = Interrupts(), _current, signal.getsignal(signal.SIGINT)
     try:
+        _current = record  # first: a SIGINT between the two lines is recorded here, not lost
+        signal.signal(signal.SIGINT, _record_and_raise)
         yield record
     finally:
         signal.signal(signal.SIGINT, before)
