@@ -11,7 +11,7 @@ Energies must come from the same MLIP as the hull. The hull stores raw MLIP ener
 include the MP2020 corrections) or ``"mp2020"`` (pymatgen's ``MaterialsProject2020Compatibility``
 with MP's GGA/GGA+U rules: for MLIPs that output raw GGA/GGA+U energies).
 
-This module imports nothing else from crystalforge; pymatgen is imported lazily.
+This module imports only ``hull_lp`` from crystalforge; pymatgen is imported lazily.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import numpy as np
+
+from crystalforge.evaluation.hull_lp import LP_FROM_ELEMENTS, lower_hull_energy
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.analysis.phase_diagram import PhaseDiagram
@@ -315,23 +319,39 @@ class ReferenceHull:
         if missing:
             raise ValueError(f"no elemental reference for {', '.join(missing)} in hull {self.version!r}")
         pd_entries = []
-        symbols = sorted(chemsys)
-        for size in range(1, len(symbols) + 1):
-            for subset in itertools.combinations(symbols, size):
-                for index in self._by_chemsys.get(frozenset(subset), ()):
-                    energy = self._entry_energy(index)
-                    if math.isfinite(energy):
-                        comp = self._compositions[index]
-                        pd_entries.append(PDEntry(comp, energy * comp.num_atoms, name=self.entries[index].material_id))
+        for index in self._within(chemsys):
+            comp = self._compositions[index]
+            energy = self._entry_energy(index) * comp.num_atoms
+            pd_entries.append(PDEntry(comp, energy, name=self.entries[index].material_id))
         diagram = PhaseDiagram(pd_entries)
         self._diagrams[chemsys] = diagram
         return diagram
 
+    def _within(self, chemsys: frozenset[str]) -> list[int]:
+        """Indices of the entries (finite energy) whose elements all lie in ``chemsys``."""
+        symbols = sorted(chemsys)
+        subsets = (frozenset(s) for n in range(1, len(symbols) + 1) for s in itertools.combinations(symbols, n))
+        found = (i for subset in subsets for i in self._by_chemsys.get(subset, ()))
+        return [i for i in found if math.isfinite(self._entry_energy(i))]
+
     def hull_energy_per_atom(self, composition: CompositionLike) -> float:
-        """Energy per atom (treated, eV/atom) of the reference hull at ``composition``."""
+        """Energy per atom (treated, eV/atom) of the reference hull at ``composition``.
+
+        Systems of ``LP_FROM_ELEMENTS`` elements or more: a linear program (``hull_lp``), the same
+        number as the phase diagram's without its convex hull in many dimensions.
+        """
         comp = _as_composition(composition)
-        diagram = self.phase_diagram(el.symbol for el in comp.elements)
-        return float(diagram.get_hull_energy_per_atom(comp))
+        chemsys = frozenset(el.symbol for el in comp.elements)
+        if len(chemsys) < LP_FROM_ELEMENTS:
+            return float(self.phase_diagram(chemsys).get_hull_energy_per_atom(comp))
+        missing = sorted(chemsys - self.elements)
+        if missing:
+            raise ValueError(f"no elemental reference for {', '.join(missing)} in hull {self.version!r}")
+        symbols = sorted(chemsys)
+        rows = self._within(chemsys)
+        fractions = np.array([[self._compositions[i].get_atomic_fraction(e) for e in symbols] for i in rows])
+        energies = np.array([self._entry_energy(i) for i in rows])
+        return lower_hull_energy(fractions, energies, np.array([comp.get_atomic_fraction(e) for e in symbols]))
 
     def e_above_hull(self, composition: CompositionLike, energy_per_atom: float) -> float:
         """Energy above the hull (eV/atom, negative below it) of a raw MLIP ``energy_per_atom``.
