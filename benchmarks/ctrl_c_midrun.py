@@ -1,10 +1,11 @@
 """Ctrl-C at a random moment of a running design: how many runs stop cleanly (exit 130, one line).
 
     CRYSTALFORGE_DATA_DIR=../shared/data python benchmarks/ctrl_c_midrun.py [--runs 120] [--seed 1] [--form c|m]
+        [--shortest 0 --longest 3.5] [--workers 1]
 
 Starts the design of the crash test (``tests/reliability/test_crash_design.py``'s settings, a fresh
 output folder each time), waits for the run's first ``design.json`` (start-up is over: see
-``benchmarks/ctrl_c_startup.py``), then a delay drawn uniformly from ``[0, --longest]`` seconds
+``benchmarks/ctrl_c_startup.py``), then a delay drawn uniformly from ``[--shortest, --longest]`` seconds
 (seeded), sends SIGINT to its process group, and counts the exit statuses. Every other outcome is
 printed with its delay and stderr. A run whose SIGINT came after all its work (``design.json`` has
 ``finished``), while the interpreter was exiting, ends with exit 0 and is counted apart; a run that
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=120)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--shortest", type=float, default=0.0, help="shortest delay after design.json (s)")
     parser.add_argument("--longest", type=float, default=3.5, help="longest delay after design.json (s)")
+    parser.add_argument("--workers", type=int, default=1, help="the design's --workers")
     parser.add_argument("--form", choices=("c", "m"), default="c")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
@@ -65,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             out = Path(tmp) / f"run{i}"
             with open(Path(tmp) / "stderr", "w+") as err:
-                proc = subprocess.Popen(command([*DESIGN, "--out", str(out)], args.form), cwd=REPO, env=child_env(),
+                design = [*DESIGN, "--workers", str(args.workers), "--out", str(out)]
+                proc = subprocess.Popen(command(design, args.form), cwd=REPO, env=child_env(),
                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)  # fmt: skip
                 while not (out / "design.json").exists() and proc.poll() is None:
                     time.sleep(0.002)
-                delay = rng.uniform(0, args.longest)
+                delay = rng.uniform(args.shortest, args.longest)
                 time.sleep(delay)
                 if proc.poll() is not None:
                     outcomes["finished first"] += 1

@@ -10,21 +10,12 @@ import pytest
 from pymatgen.core.composition import Composition
 
 from crystalforge.evaluation.hull import ReferenceHull
-from crystalforge.evaluation.hull_lp import LP_FROM_ELEMENTS, lower_hull_energy
+from crystalforge.evaluation.hull_lp import LP_FROM_ELEMENTS
 
 
 @pytest.fixture(scope="module")
 def hull() -> ReferenceHull:
     return ReferenceHull.load()
-
-
-def _lp(hull: ReferenceHull, composition: dict[str, float]) -> float:
-    symbols = sorted(composition)
-    rows = hull._within(frozenset(symbols))
-    fractions = np.array([[hull._compositions[i].get_atomic_fraction(e) for e in symbols] for i in rows])
-    energies = np.array([hull._entry_energy(i) for i in rows])
-    total = sum(composition.values())
-    return lower_hull_energy(fractions, energies, np.array([composition[e] / total for e in symbols]))
 
 
 def test_the_linear_program_equals_the_phase_diagram_on_the_shipped_hull(hull):
@@ -41,7 +32,8 @@ def test_the_linear_program_equals_the_phase_diagram_on_the_shipped_hull(hull):
                 if len(composition) < 2:
                     continue
                 expected = diagram.get_hull_energy_per_atom(Composition(composition))
-                assert _lp(hull, composition) == pytest.approx(expected, abs=1e-6), (system, composition)
+                found = hull.lp_hull_energy_per_atom(composition)
+                assert found == pytest.approx(expected, abs=1e-6), (system, composition)
                 compared += 1
     assert compared > 100
 
@@ -53,11 +45,10 @@ def test_many_element_cells_use_the_linear_program(hull, monkeypatch):
     monkeypatch.setattr(ReferenceHull, "phase_diagram", lambda self, els: pytest.fail("built a phase diagram"))
     energy = hull.hull_energy_per_atom(composition)
     assert len(composition) >= LP_FROM_ELEMENTS
-    assert energy == pytest.approx(_lp(hull, composition))
     assert energy < elemental - 0.5  # an oxide-sulfide-phosphate mixture lies far below the elements
 
 
 def test_a_composition_without_a_terminal_is_refused(hull):
-    missing = sorted({"Li", "Na", "K", "Mg", "Xe"} - hull.elements) or ["Og"]
-    with pytest.raises(ValueError, match="no elemental reference"):
-        hull.hull_energy_per_atom({**{e: 1 for e in ["Li", "Na", "K", "Mg"]}, missing[0]: 1})
+    assert "Og" not in hull.elements
+    with pytest.raises(ValueError, match="no elemental reference for Og"):
+        hull.hull_energy_per_atom({"Li": 1, "Na": 1, "K": 1, "Mg": 1, "Og": 1})

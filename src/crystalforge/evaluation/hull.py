@@ -315,17 +315,19 @@ class ReferenceHull:
         diagram = self._diagrams.get(chemsys)
         if diagram is not None:
             return diagram
-        missing = sorted(chemsys - self.elements)
-        if missing:
-            raise ValueError(f"no elemental reference for {', '.join(missing)} in hull {self.version!r}")
+        self._require_terminals(chemsys)
         pd_entries = []
         for index in self._within(chemsys):
             comp = self._compositions[index]
             energy = self._entry_energy(index) * comp.num_atoms
             pd_entries.append(PDEntry(comp, energy, name=self.entries[index].material_id))
-        diagram = PhaseDiagram(pd_entries)
-        self._diagrams[chemsys] = diagram
+        self._diagrams[chemsys] = diagram = PhaseDiagram(pd_entries)
         return diagram
+
+    def _require_terminals(self, chemsys: frozenset[str]) -> None:
+        missing = sorted(chemsys - self.elements)
+        if missing:
+            raise ValueError(f"no elemental reference for {', '.join(missing)} in hull {self.version!r}")
 
     def _within(self, chemsys: frozenset[str]) -> list[int]:
         """Indices of the entries (finite energy) whose elements all lie in ``chemsys``."""
@@ -335,20 +337,19 @@ class ReferenceHull:
         return [i for i in found if math.isfinite(self._entry_energy(i))]
 
     def hull_energy_per_atom(self, composition: CompositionLike) -> float:
-        """Energy per atom (treated, eV/atom) of the reference hull at ``composition``.
-
-        Systems of ``LP_FROM_ELEMENTS`` elements or more: a linear program (``hull_lp``), the same
-        number as the phase diagram's without its convex hull in many dimensions.
-        """
+        """Energy per atom (treated, eV/atom) of the hull at ``composition`` (LP from ``LP_FROM_ELEMENTS`` elements)."""
         comp = _as_composition(composition)
         chemsys = frozenset(el.symbol for el in comp.elements)
-        if len(chemsys) < LP_FROM_ELEMENTS:
-            return float(self.phase_diagram(chemsys).get_hull_energy_per_atom(comp))
-        missing = sorted(chemsys - self.elements)
-        if missing:
-            raise ValueError(f"no elemental reference for {', '.join(missing)} in hull {self.version!r}")
-        symbols = sorted(chemsys)
-        rows = self._within(chemsys)
+        if len(chemsys) >= LP_FROM_ELEMENTS:
+            return self.lp_hull_energy_per_atom(comp)
+        return float(self.phase_diagram(chemsys).get_hull_energy_per_atom(comp))
+
+    def lp_hull_energy_per_atom(self, composition: CompositionLike) -> float:
+        """The phase diagram's hull energy at ``composition`` from a linear program (``hull_lp``), at any size."""
+        comp = _as_composition(composition)
+        symbols = sorted(el.symbol for el in comp.elements)
+        self._require_terminals(frozenset(symbols))
+        rows = self._within(frozenset(symbols))
         fractions = np.array([[self._compositions[i].get_atomic_fraction(e) for e in symbols] for i in rows])
         energies = np.array([self._entry_energy(i) for i in rows])
         return lower_hull_energy(fractions, energies, np.array([comp.get_atomic_fraction(e) for e in symbols]))
