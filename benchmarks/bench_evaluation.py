@@ -1,6 +1,6 @@
 """Evaluation protocol throughput: proxy-metric suite, CSP matching, CHGNet relaxation.
 
-    python benchmarks/bench_evaluation.py proxy [--n 10000] [--workers 2]
+    python benchmarks/bench_evaluation.py proxy [--n 10000] [--workers 2] [--warm] [--implementations arrays matminer]
     python benchmarks/bench_evaluation.py csp [--workers 1 2]
     python benchmarks/bench_evaluation.py relax [--n 24] [--workers 1]
 
@@ -8,7 +8,8 @@
 then mp_20 train_partial) against the mp_20 test set. The reference fingerprints are computed in
 this (cold) run and cached; timings are printed per part, so the cost of a later run with the
 reference cached is the total minus ``coverage.fingerprints_reference`` (``--warm`` measures it
-with a second run).
+with a second run). With ``--implementations arrays matminer`` both CrystalNN paths run on the same
+samples, and their fingerprints of every reference and sample structure are compared.
 ``csp``: StructureMatcher pairs/s for mp_20 test structures against perturbed copies of themselves
 (0.05 Å Gaussian noise, 2 % strain: realistic near-matches) and against themselves.
 ``relax``: CHGNet FIRE relaxations/min from mp_20 test structures perturbed the same way.
@@ -42,7 +43,7 @@ def _perturbed(crystals: list, *, seed: int = 0, noise: float = 0.05, strain: fl
     return out
 
 
-def bench_proxy(n: int, workers: int, warm: bool) -> None:
+def bench_proxy(n: int, workers: int, warm: bool, implementations: list[str]) -> None:
     from crystalforge import load_dataset
     from crystalforge.core.candidate import Candidate
     from crystalforge.evaluation.context import EvaluationContext
@@ -59,33 +60,59 @@ def bench_proxy(n: int, workers: int, warm: bool) -> None:
     atoms = sum(c.num_atoms for c in pool[:n])
     print(f"machine: {machine()}; workers={workers}")
     print(f"samples: {len(samples)} structures ({atoms} sites); reference mp_20 test {len(reference)} structures")
-    cache = Path(tempfile.mkdtemp(prefix="cf-bench-fp-"))
+    caches = {impl: Path(tempfile.mkdtemp(prefix=f"cf-bench-fp-{impl}-")) for impl in implementations}
+    runs = [(impl, "cold (reference fingerprints computed)") for impl in implementations]
+    runs += [(impl, "warm (reference fingerprints cached)") for impl in implementations if warm]
     try:
-        labels = ["cold (reference fingerprints computed)"] + (["warm (reference fingerprints cached)"] if warm else [])
-        for label in labels:
+        for number, (impl, label) in enumerate(runs):
             ctx = EvaluationContext(
                 samples=samples,
                 reference=reference,
                 reference_name="mp_20/test",
-                struct_featurizer=CrystalNNFingerprint(workers=workers),
+                struct_featurizer=CrystalNNFingerprint(implementation=impl, workers=workers),
                 comp_featurizer=MagpieComposition(scaler="cdvae", workers=workers),
                 coverage_cutoffs=COVERAGE_CUTOFFS["mp_20"],
                 workers=workers,
-                cache_dir=cache,
+                cache_dir=caches[impl],
             )
             t0 = time.perf_counter()
             report = run_evaluation(ctx, [ValidityMetric(), CoverageMetric(), PropertyDistributionMetric()])
             wall = time.perf_counter() - t0
             s = report.summary
-            print(f"\n{label}: {wall:.1f} s total")
+            print(f"\nCrystalNN implementation {impl!r}, {label}: {wall:.1f} s total", flush=True)
             for key, value in sorted(report.timings.items()):
                 print(f"  {key}: {value:.1f} s")
             print(
-                f"  validity {s['validity']:.2f} %, COV-R {s['cov_recall']:.2f} %, COV-P {s['cov_precision']:.2f} %, "
-                f"wdist density {s['wdist_density']:.4f}, wdist #elements {s['wdist_num_elements']:.4f}"
+                f"  validity {s['validity']:.2f} %, COV-R {s['cov_recall']:.4f} %, COV-P {s['cov_precision']:.4f} %, "
+                f"wdist density {s['wdist_density']:.4f}, wdist #elements {s['wdist_num_elements']:.4f}",
+                flush=True,
             )
+            if number == len(implementations) - 1 and len(caches) > 1:  # every implementation has run once
+                _compare_fingerprints(caches)
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        for cache in caches.values():
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def _compare_fingerprints(caches: dict[str, Path]) -> None:
+    """Largest difference per structure between the implementations' cached CrystalNN fingerprints."""
+    arrays = {
+        impl: {np.load(f).shape: np.load(f) for f in sorted(cache.glob("crystalnn-*.npy"))}
+        for impl, cache in caches.items()
+    }
+    (first, a), *others = arrays.items()
+    for impl, b in others:
+        for shape in sorted(set(a) & set(b)):
+            gap = np.abs(a[shape] - b[shape])
+            both_nan = np.isnan(a[shape]) & np.isnan(b[shape])
+            gap[both_nan] = 0.0
+            per_row = np.nanmax(np.where(np.isnan(gap), np.inf, gap), axis=1)
+            print(
+                f"\nCrystalNN fingerprints {first!r} against {impl!r}, {shape[0]} structures x {shape[1]}: "
+                f"largest |difference| {per_row.max():.3g}; structures above 1e-6: {int((per_row > 1e-6).sum())}; "
+                f"NaN rows {int(np.isnan(a[shape]).all(axis=1).sum())} / {int(np.isnan(b[shape]).all(axis=1).sum())}",
+                flush=True,
+            )
 
 
 def bench_csp(workers_list: list[int], n: int) -> None:
@@ -135,9 +162,16 @@ def main() -> None:
     parser.add_argument("--n", type=int)
     parser.add_argument("--workers", type=int, nargs="+", default=[2])
     parser.add_argument("--warm", action="store_true", help="proxy: run a second time with the reference cached")
+    parser.add_argument(
+        "--implementations",
+        nargs="+",
+        default=["arrays"],
+        choices=["arrays", "matminer"],
+        help="proxy: CrystalNN implementations, one after the other; with two, their fingerprints are compared",
+    )
     args = parser.parse_args()
     if args.what == "proxy":
-        bench_proxy(args.n or 10_000, args.workers[0], args.warm)
+        bench_proxy(args.n or 10_000, args.workers[0], args.warm, args.implementations)
     elif args.what == "csp":
         bench_csp(args.workers, args.n or 1000)
     else:

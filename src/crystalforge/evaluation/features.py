@@ -211,6 +211,7 @@ def _limited(
     workers = max(1, min(int(getattr(featurizer, "workers", 1)), len(crystals)))
     size = math.ceil(len(crystals) / workers)
     tasks = [(featurizer, crystals[s : s + size], seconds) for s in range(0, len(crystals), size)]
+    getattr(featurizer, "impl", None)  # imports done here are inherited by forked workers, not repeated per chunk
     with make_executor(workers) as executor:
         rows = [r for chunk in executor.map(_one_by_one, tasks) for r in chunk]
     width = next((len(r) for r in rows if not isinstance(r, StepAbortedError)), None)
