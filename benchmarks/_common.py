@@ -24,3 +24,41 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+CSP_CHUNK = 256
+"""Compositions per sampled batch, as the sampling runner uses (its seeds are per chunk)."""
+
+
+def perov_5_csp_jobs() -> tuple[object, list, list]:
+    """The shipped ``perov_5-csp`` flow model, the perov_5 test set and one CSP job per composition."""
+    from crystalforge.data.resolve import resolve_reference
+    from crystalforge.sampling.jobs import csp_jobs
+    from crystalforge.training.loading import load_model
+
+    model = load_model("perov_5-csp").model
+    reference, _ = resolve_reference("perov_5", "test", None, None)
+    jobs = csp_jobs([(str(c.material_id), c.atomic_numbers.tolist()) for c in reference], k=1)
+    return model, reference, jobs
+
+
+def sample_flow(model, jobs: list, times, anti_annealing: float) -> list:
+    """Crystals of ``jobs`` integrated over the time grid ``times`` (``[S + 1]``), seeded per chunk as the runner."""
+    import torch
+
+    from crystalforge.sampling.runner import jobs_template
+
+    crystals = []
+    steps = len(times) - 1
+    for k in range(0, len(jobs), CSP_CHUNK):
+        template = jobs_template(jobs[k : k + CSP_CHUNK], torch.float32)
+        generator = torch.Generator().manual_seed(k // CSP_CHUNK)
+        b = len(template)
+        with torch.no_grad():
+            state = model.sample_prior(template, generator)
+            for i in range(steps):
+                t, dt = times[i].expand(b), (times[i + 1] - times[i]).expand(b)
+                outputs = model.predict(state, t)
+                state = model.step(state, outputs, t, dt, anti_annealing=anti_annealing, generator=generator)
+        crystals += state.replace(properties={}, condition_mask={}).split()
+    return crystals

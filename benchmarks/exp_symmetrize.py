@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import perov_5_csp_jobs, sample_flow
 
 from crystalforge.core.crystal import Crystal
-
-CHUNK = 256
 
 
 def symmetrized(crystal: Crystal, symprec: float) -> tuple[Crystal, bool]:
@@ -43,10 +42,6 @@ def symmetrized(crystal: Crystal, symprec: float) -> tuple[Crystal, bool]:
 
 def main() -> None:
     from crystalforge import api
-    from crystalforge.data.resolve import resolve_reference
-    from crystalforge.sampling.jobs import csp_jobs
-    from crystalforge.sampling.runner import jobs_template
-    from crystalforge.training.loading import load_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="STEPS:ANTI_ANNEALING:SYMPREC rows")
@@ -54,28 +49,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = load_model("perov_5-csp").model
-    reference, _ = resolve_reference("perov_5", "test", None, None)
-    jobs = csp_jobs([(str(c.material_id), c.atomic_numbers.tolist()) for c in reference], k=1)
+    model, _, jobs = perov_5_csp_jobs()
     samples: dict[tuple[int, float], list] = {}
     rows = {}
     for spec in args.runs:
         steps, anneal, symprec = int(spec.split(":")[0]), float(spec.split(":")[1]), float(spec.split(":")[2])
         if (steps, anneal) not in samples:
-            times = torch.linspace(0, 1, steps + 1)
-            crystals = []
-            for k in range(0, len(jobs), CHUNK):
-                template = jobs_template(jobs[k : k + CHUNK], torch.float32)
-                generator = torch.Generator().manual_seed(k // CHUNK)
-                b = len(template)
-                with torch.no_grad():
-                    state = model.sample_prior(template, generator)
-                    for i in range(steps):
-                        t, dt = times[i].expand(b), (times[i + 1] - times[i]).expand(b)
-                        outputs = model.predict(state, t)
-                        state = model.step(state, outputs, t, dt, anti_annealing=anneal, generator=generator)
-                crystals += state.replace(properties={}, condition_mask={}).split()
-            samples[(steps, anneal)] = crystals
+            samples[(steps, anneal)] = sample_flow(model, jobs, torch.linspace(0, 1, steps + 1), anneal)
         start = time.perf_counter()
         pairs = [symmetrized(c, symprec) for c in samples[(steps, anneal)]]
         wall = time.perf_counter() - start

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-
-CHUNK = 256
+from _common import perov_5_csp_jobs, sample_flow
 
 
 def grid(steps: int, power: float) -> torch.Tensor:
@@ -29,10 +28,6 @@ def grid(steps: int, power: float) -> torch.Tensor:
 
 def main() -> None:
     from crystalforge import api
-    from crystalforge.data.resolve import resolve_reference
-    from crystalforge.sampling.jobs import csp_jobs
-    from crystalforge.sampling.runner import jobs_template
-    from crystalforge.training.loading import load_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="STEPS:POWER:ANTI_ANNEALING rows")
@@ -40,25 +35,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = load_model("perov_5-csp").model
-    reference, _ = resolve_reference("perov_5", "test", None, None)
-    jobs = csp_jobs([(str(c.material_id), c.atomic_numbers.tolist()) for c in reference], k=1)
+    model, _, jobs = perov_5_csp_jobs()
     rows = {}
     for spec in args.runs:
         steps, power, anneal = int(spec.split(":")[0]), float(spec.split(":")[1]), float(spec.split(":")[2])
-        times = grid(steps, power)
-        start, crystals = time.perf_counter(), []
-        for k in range(0, len(jobs), CHUNK):
-            template = jobs_template(jobs[k : k + CHUNK], torch.float32)
-            generator = torch.Generator().manual_seed(k // CHUNK)
-            b = len(template)
-            with torch.no_grad():
-                state = model.sample_prior(template, generator)
-                for i in range(steps):
-                    t, dt = times[i].expand(b), (times[i + 1] - times[i]).expand(b)
-                    outputs = model.predict(state, t)
-                    state = model.step(state, outputs, t, dt, anti_annealing=anneal, generator=generator)
-            crystals += state.replace(properties={}, condition_mask={}).split()
+        start = time.perf_counter()
+        crystals = sample_flow(model, jobs, grid(steps, power), anneal)
         wall = time.perf_counter() - start
         report = api.evaluate(crystals, reference="perov_5", task="csp", workers=args.workers)
         rows[spec] = {"match_rate": report["match_rate"], "rmse": report["rmse"], "sampling_s": round(wall, 1)}

@@ -18,13 +18,12 @@ structure without oxidation states or disorder (what generated crystals are):
 Float rounding here differs from pymatgen's in the last bits, which matters only at the recipe's
 discontinuities: a weight at a rounding boundary (x.xxx5), a neighbour at the search cutoff, a
 degenerate facet triangle (pymatgen adds 2π for a triangle of zero triple product), an unbounded
-cell. There ``neighbour_shells`` returns None and the caller asks pymatgen.
+cell. There ``StructureShells.shells`` returns the reason instead, and the caller asks pymatgen.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
@@ -44,17 +43,20 @@ FIRST_RADIUS = 5.0
 """Å: the cell is first built from the atoms within this radius (a third of the points); it is
 pymatgen's cell when all its vertices lie within half of it (no atom farther out can cut it)."""
 DEGENERATE = 1e-9  # triple product / |a||b||c| below this: a degenerate facet triangle
-"""Neighbours come in pymatgen's order (by weight, largest first; the bcc order parameter depends on
-it); ``Shells.ties`` marks those whose order float rounding may swap."""
 
 
 @dataclass(frozen=True)
 class Shells:
-    """CrystalNN's data of one site: ``weights[cn]``, and ``bonds[cn]`` ``[cn, 3]`` to its ``cn`` neighbours."""
+    """CrystalNN's data of one site: ``weights[cn]``, and ``bonds[cn]`` ``[cn, 3]`` to its ``cn`` neighbours.
+
+    Neighbours come in pymatgen's order (by weight, largest first), on which the bcc order parameter
+    depends; ``ties`` labels them in groups whose weights agree within ``ROUND_MARGIN``, i.e. whose
+    order float rounding may swap (None: pymatgen's own neighbours, in its own order).
+    """
 
     weights: dict[int, float]
     bonds: dict[int, np.ndarray]
-    ties: np.ndarray | None = None  # [neighbours] group labels: equal where weights tie within ROUND_MARGIN
+    ties: np.ndarray | None = None
 
 
 @lru_cache(maxsize=256)
@@ -86,7 +88,6 @@ class StructureShells:
         data = np.array([_element_data(s) for s in symbols], dtype=np.float64).reshape(-1, 2)
         self.chi, self.radius = data[:, 0], data[:, 1]
         self.usable = bool(np.all(np.isfinite(self.radius)))  # else pymatgen fails, and should
-        self.declined: Counter[str] = Counter()  # why sites were left to pymatgen
         # every lattice translation that can bring an atom within the cutoff of a site in the cell
         heights = abs(np.linalg.det(self.lattice)) / np.linalg.norm(
             np.cross(self.lattice[[1, 2, 0]], self.lattice[[2, 0, 1]]), axis=1
@@ -95,11 +96,6 @@ class StructureShells:
         shifts = np.stack(np.meshgrid(*spans, indexing="ij"), axis=-1).reshape(-1, 3) @ self.lattice
         self.images = (self.cart[None, :, :] + shifts[:, None, :]).reshape(-1, 3)  # [S*N, 3]
         self.image_atom = np.tile(np.arange(len(self.cart)), len(shifts))
-
-    def _decline(self, reason: str) -> Shells | None:
-        """Count why the site is left to pymatgen; None (for ``return self._decline(...)``)."""
-        self.declined[reason] += 1
-        return None
 
     def _cell(self, dist: np.ndarray, radius: float) -> tuple[np.ndarray, Any, np.ndarray, list[list[int]]] | None:
         """Voronoi cell of the site among the atoms within ``radius``.
@@ -129,49 +125,45 @@ class StructureShells:
                 return None
         return keep, voro, others, faces
 
-    def shells(self, index: int) -> Shells | None:
-        """CrystalNN's weights and neighbours of site ``index``; None where pymatgen must decide."""
+    def shells(self, index: int) -> Shells | str:
+        """CrystalNN's weights and neighbours of site ``index``, or why pymatgen must decide instead."""
         if not self.usable:
-            return self._decline("no radius for an element")
+            return "no radius for an element"
         centre = self.cart[index]
         dist = np.linalg.norm(self.images - centre, axis=1)
         cell = self._cell(dist, FIRST_RADIUS)
         if cell is None:  # the smaller set does not fix the cell: pymatgen's own point set
             if np.any(np.abs(dist - SEARCH_CUTOFF) < CUTOFF_MARGIN):
-                return self._decline("an atom at the search cutoff")
+                return "an atom at the search cutoff"
             cell = self._cell(dist, SEARCH_CUTOFF)
         if cell is None:
-            return self._decline("no closed Voronoi cell")
+            return "no closed Voronoi cell"
         keep, voro, others, faces = cell
-        points = self.images[keep]  # points[0] is the site itself
-        solid, volume = _facet_measures(voro.vertices, centre, faces)
-        if solid is None or volume is None:
-            return self._decline("a degenerate facet triangle")
-        face_dist = np.linalg.norm(points[others] - centre, axis=1) / 2
-        area = 3 * volume / face_dist
-        positive = solid > 0
-        solid, area, others = solid[positive], area[positive], others[positive]
+        measures = _facet_measures(voro.vertices, centre, faces)
+        if measures is None:
+            return "a degenerate facet triangle"
+        solid, volume = measures  # every triangle has a nonzero triple product: all solid angles are > 0
+        vectors = self.images[keep[others]] - centre
+        bond = np.linalg.norm(vectors, axis=1)
+        area = 3 * volume / (bond / 2)  # V = A d / 3, d the distance to the facet
         weight = solid / solid.max() * (solid / area)
         atoms = self.image_atom[keep[others]]
         d_chi = np.abs(self.chi[index] - self.chi[atoms])
         weight = weight * np.where(np.isnan(d_chi), 1.0, 1 + X_DIFF_WEIGHT * np.sqrt(d_chi / 3.3))
-        if weight.max() == 0:
-            return _NONE
         weight = weight / weight.max()
         diameter = self.radius[index] + self.radius[atoms]
         low, high = diameter + DISTANCE_CUTOFFS[0], diameter + DISTANCE_CUTOFFS[1]
-        bond = 2 * face_dist[positive]
         taper = (np.cos((bond - low) / (high - low) * math.pi) + 1) * 0.5
         weight = weight * np.where(bond <= low, 1.0, np.where(bond < high, taper, 0.0))
         if weight.max() == 0:
             return _NONE
         thousandths = weight * 1000
         if np.any(np.abs(thousandths - np.floor(thousandths) - 0.5) < ROUND_MARGIN * 1000):
-            return self._decline("a weight at a rounding boundary")
+            return "a weight at a rounding boundary"
         order = np.argsort(-weight, kind="stable")  # pymatgen's neighbour order: by weight, largest first
         weight = weight[order]
         rounded = np.array([round(float(w), 3) for w in weight])
-        bonds = (points[others] - centre)[order]
+        bonds = vectors[order]
         gaps = -np.diff(weight)
         ties = np.concatenate([[0], np.cumsum(gaps >= ROUND_MARGIN * np.maximum(weight[1:], 1e-300))])
         bins = [float(w) for w in dict.fromkeys(rounded.tolist()) if w > 0] + [0.0]
@@ -193,7 +185,7 @@ _NONE = Shells({0: 1.0}, {0: np.zeros((0, 3))})
 
 def _facet_measures(
     vertices: np.ndarray, centre: np.ndarray, faces: list[list[int]]
-) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Solid angle and cone volume of each facet (fans from its first vertex); None if one is degenerate."""
     first, second, third, owner = [], [], [], []
     for f, face in enumerate(faces):
@@ -208,7 +200,7 @@ def _facet_measures(
     n0, n1, n2 = (np.linalg.norm(p, axis=1) for p in (p0, p1, p2))
     triple = np.einsum("ij,ij->i", p0, np.cross(p1, p2))
     if np.any(np.abs(triple) < DEGENERATE * n0 * n1 * n2):
-        return None, None
+        return None
     tp = np.abs(triple)
     de = (
         n0 * n1 * n2

@@ -18,15 +18,16 @@ the fingerprint's time. Here the same definitions are evaluated for all pairs an
 
 pymatgen's loop has branches (an angle against a threshold such as 135°, an axis of length below
 1e-12). Float rounding here may differ from the loop's in the last bits, so where a branch value
-lies within ``MARGIN`` of its threshold the coordination number is handed to pymatgen's own code.
-The values then agree with matminer's to 1e-6 per component (``tests/representations/
-test_crystalnn_ops.py``; every mp_20 test structure in BENCHMARKS.md). The neighbours and weights
-still come from pymatgen's ``CrystalNN``.
+lies within ``MARGIN`` of its threshold the site is handed to pymatgen's own code. The values then
+agree with matminer's to 1e-6 per component (``tests/representations/test_crystalnn_ops.py``; every
+mp_20 test structure in BENCHMARKS.md). The neighbours and weights come from
+``crystalnn_neighbours.py``, or from pymatgen's ``CrystalNN`` where that module declines a site.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +69,11 @@ def ops_preset() -> dict[int, list[Motif]]:
     from matminer.featurizers.site.fingerprint import load_cn_motif_op_params, load_cn_target_motif_op
     from pymatgen.analysis.local_env import DEFAULT_OP_PARAMS
 
-    motif_params = load_cn_motif_op_params()
+    motif_params, targets = load_cn_motif_op_params(), load_cn_target_motif_op()  # two YAML files, read once
     preset: dict[int, list[Motif]] = {}
     for cn in range(1, MAX_CN + 1):
         motifs = []
-        for name in load_cn_target_motif_op().get(cn, []):
+        for name in targets.get(cn, []):
             spec = motif_params.get(cn, {}).get(name)
             kind = spec[0] if spec else name
             params = spec[1] if spec and len(spec) > 1 and spec[1] is not None else DEFAULT_OP_PARAMS[kind]
@@ -112,6 +113,23 @@ class _Geometry:
         self.triple_phi = self.triple & ~self.no_axis[:, None, :]  # and m gives one too
         self.th_k = self.theta[:, :, None]  # θ_jk over [j, k, m]
         self.th_m = self.theta[:, None, :]  # θ_jm over [j, k, m]
+        self._bcc: np.ndarray | None = None
+
+    def bcc_terms(self, p: dict[Any, float]) -> np.ndarray:
+        """``[n, n]``: the bcc parameter's term of the ordered pair (j, k); pymatgen sums those with j < k.
+
+        Computed once per shell (the tie check and the value both need it); a shell has one bcc motif.
+        """
+        if self._bcc is None:
+            th, thk, thm, phi = self.theta, self.th_k, self.th_m, self.phi
+            wide = self.pair & (th >= p["min_SPP"])
+            pair = np.where(wide, p["w_SPP"] * _gauss(p["IGW_SPP"] * (th / math.pi - 1.0)), 0.0)
+            use = self.triple_phi & (thk < p["min_SPP"])
+            sign = np.where(thk > math.pi / 2, 1.0, -1.0)
+            x = (thm - math.pi / 2) / math.asin(1 / 3)
+            triples = np.where(use, sign * np.cos(3 * phi) * math.exp(0.5) * x * _gauss(x), 0).sum(axis=2)
+            self._bcc = pair + triples
+        return self._bcc
 
     def near(self, thresholds: list[float], phi_thresholds: list[float]) -> bool:
         """True when an angle or an axis length lies within ``MARGIN`` of a branch threshold."""
@@ -121,6 +139,8 @@ class _Geometry:
         lengths = self.axis_len[self.pair]
         if np.any((lengths > TINY_AXIS / 100) & (lengths < TINY_AXIS * 100)):
             return True
+        if not phi_thresholds:
+            return False
         phis = self.phi[self.triple_phi]
         return any(np.any(np.abs(phis - t) < MARGIN) for t in phi_thresholds)
 
@@ -150,9 +170,7 @@ def _peters(motif: Motif, g: _Geometry) -> float:
     if n < 2:
         return 0.0
     th, thk, thm, phi = g.theta, g.th_k, g.th_m, g.phi
-    zeros3 = np.zeros((n, n, n))
-    q3, n3 = zeros3.copy(), zeros3.copy()  # triple terms, summed over m afterwards
-    t, tp = g.triple, g.triple_phi
+    t, tp = g.triple, g.triple_phi  # q3, n3 below: triple terms [j, k, m], summed over m at the end
     if kind == "bent":
         q2 = _gauss(p["IGW_TA"] * (th / math.pi - p["TA"]))
         total = float(q2[g.pair].sum())
@@ -207,7 +225,7 @@ def _peters(motif: Motif, g: _Geometry) -> float:
         )
         n3 = (mid | low | high).astype(float)
     elif kind == "bcc":
-        terms = _bcc_terms(p, g)
+        terms = g.bcc_terms(p)
         total = float(terms[np.triu(np.ones((n, n), dtype=bool), 1)].sum())  # pairs j < k, in neighbour order
         return total / (0.5 * n * (6 + (n - 2) * (n - 3))) if n > 3 else 0.0
     else:  # pragma: no cover - ops_preset refuses other kinds
@@ -215,20 +233,9 @@ def _peters(motif: Motif, g: _Geometry) -> float:
     return _pair_max(q2 + q3.sum(axis=2), n2 + n3.sum(axis=2), g.pair)
 
 
-def _bcc_terms(p: dict[Any, float], g: _Geometry) -> np.ndarray:
-    """``[n, n]``: the bcc parameter's term of the ordered pair (j, k); pymatgen sums those with j < k."""
-    th, thk, thm, phi = g.theta, g.th_k, g.th_m, g.phi
-    wide = g.pair & (th >= p["min_SPP"])
-    pair = np.where(wide, p["w_SPP"] * _gauss(p["IGW_SPP"] * (th / math.pi - 1.0)), 0.0)
-    use = g.triple_phi & (thk < p["min_SPP"])
-    sign = np.where(thk > math.pi / 2, 1.0, -1.0)
-    x = (thm - math.pi / 2) / math.asin(1 / 3)
-    return pair + np.where(use, sign * np.cos(3 * phi) * math.exp(0.5) * x * _gauss(x), 0).sum(axis=2)
-
-
 def _order_free(motif: Motif, g: _Geometry, ties: np.ndarray) -> bool:
     """True when no swap of tied neighbours changes the bcc value: ``A(j, k) = A(k, j)`` within each tie."""
-    terms = _bcc_terms(motif.params, g)
+    terms = g.bcc_terms(motif.params)
     same = (ties[:, None] == ties[None, :]) & g.pair
     return bool(np.all(np.abs(terms - terms.T)[same] <= 1e-12))
 
@@ -248,10 +255,11 @@ def order_parameter(motif: Motif, unit: np.ndarray, dist: np.ndarray, g: _Geomet
 
 
 class CrystalNNOps:
-    """The 61 values of matminer's ``CrystalNNFingerprint.from_preset("ops")`` for one site.
+    """The 61 values of matminer's ``CrystalNNFingerprint.from_preset("ops")`` for each site.
 
     Args:
-        cnn: pymatgen ``CrystalNN`` (matminer's featurizer's ``cnn``; its neighbours and weights).
+        cnn: pymatgen ``CrystalNN`` (matminer's featurizer's ``cnn``), asked for the sites that
+            ``crystalnn_neighbours`` or the array order parameters decline.
 
     """
 
@@ -268,8 +276,9 @@ class CrystalNNOps:
             cn: ([a for m in motifs for a in _thresholds(m)[0]], [a for m in motifs for a in _thresholds(m)[1]])
             for cn, motifs in self.preset.items()
         }
-        self.fallbacks = 0  # shells handed to pymatgen's order parameters (near a branch threshold)
-        self.library_neighbours = 0  # sites whose neighbours came from pymatgen's CrystalNN
+        self.routes: Counter[str] = Counter()
+        """Sites by route: ``"arrays"``, or the reason they went to pymatgen's CrystalNN."""
+        self.fallbacks = 0  # shells of pymatgen's neighbours handed to its order-parameter loop (near a threshold)
 
     def labels(self) -> list[str]:
         """Matminer's feature names, e.g. ``"wt CN_1"``, ``"octahedral CN_6"``."""
@@ -282,21 +291,17 @@ class CrystalNNOps:
         own = StructureShells(structure) if supported(structure) else None
         rows = []
         for index in range(len(structure)):
-            shells = own.shells(index) if own is not None else None
-            row = self._fingerprint(shells, library=False) if shells is not None else None
-            if row is None:  # pymatgen decides (a discontinuity, or an order the bcc value depends on)
-                self.library_neighbours += 1
+            shells = own.shells(index) if own is not None else "oxidation states or disorder"
+            row = shells if isinstance(shells, str) else self._fingerprint(shells, library=False)
+            self.routes["arrays" if not isinstance(row, str) else row] += 1
+            if isinstance(row, str):  # pymatgen decides (a discontinuity, or an order the bcc value depends on)
                 row = self._library_fingerprint(structure, index)
             rows.append(row)
         return np.vstack(rows)
 
-    def site(self, structure: Structure, index: int) -> np.ndarray:
-        """The fingerprint ``[61]`` of one site, from pymatgen's CrystalNN neighbours."""
-        return self._library_fingerprint(structure, index)
-
     def _library_fingerprint(self, structure: Structure, index: int) -> np.ndarray:
         row = self._fingerprint(self._library_shells(structure, index), library=True)
-        assert row is not None  # pymatgen's own neighbours never need a second opinion
+        assert not isinstance(row, str)  # pymatgen's own neighbours never need a second opinion
         return row
 
     def _library_shells(self, structure: Structure, index: int) -> Shells:
@@ -310,8 +315,8 @@ class CrystalNNOps:
         }
         return Shells(dict(data.cn_weights), bonds)
 
-    def _fingerprint(self, shells: Shells, *, library: bool) -> np.ndarray | None:
-        """The 61 values; None when shells not from pymatgen (``library``) need pymatgen's neighbours.
+    def _fingerprint(self, shells: Shells, *, library: bool) -> np.ndarray | str:
+        """The 61 values, or why shells not from pymatgen (``library``) need pymatgen's neighbours.
 
         That is when the bcc value depends on the order of tied neighbours, or when an angle lies
         near a branch threshold: pymatgen's loop decides the branch then, on its own bond vectors.
@@ -328,20 +333,21 @@ class CrystalNNOps:
                 continue
             ties = None if shells.ties is None else shells.ties[:cn]
             values = self._shell(cn, shells.bonds[cn], ties, library=library)
-            if values is None:
-                return None
+            if isinstance(values, str):
+                return values
             out += [weight * v for v in values]
         return np.asarray(out, dtype=np.float64)
 
-    def _shell(self, cn: int, bonds: np.ndarray, ties: np.ndarray | None, *, library: bool) -> list[float] | None:
+    def _shell(self, cn: int, bonds: np.ndarray, ties: np.ndarray | None, *, library: bool) -> list[float] | str:
+        """The motif values of one shell, or why pymatgen's neighbours must decide (never with ``library``)."""
         dist = np.linalg.norm(bonds, axis=1)
         unit = bonds / dist[:, None]
         g = _Geometry(unit)
         if ties is not None and any(m.kind == "bcc" and not _order_free(m, g, ties) for m in self.preset[cn]):
-            return None
+            return "tied neighbours whose order changes the bcc value"
         if g.n > 1 and g.near(*self._thresholds[cn]):
             if not library:
-                return None
+                return "an angle at a branch threshold"
             from pymatgen.core.sites import Site
 
             self.fallbacks += 1
@@ -350,5 +356,4 @@ class CrystalNNOps:
             # with indices_neighs given, pymatgen reads only sites[i].coords: a list of sites will do
             values = [op.get_order_parameters(sites, 0, indices_neighs=idx)[0] for op in self._library[cn]]  # type: ignore[arg-type]
             return [float(v or 0) for v in values]
-        values = [order_parameter(motif, unit, dist, g) for motif in self.preset[cn]]
-        return values
+        return [order_parameter(motif, unit, dist, g) for motif in self.preset[cn]]

@@ -344,10 +344,11 @@ class CrystalNNFingerprint(BaseFeaturizer[Any]):
     ``MIN_FINGERPRINT_VOLUME_PER_ATOM``, 1 Å³ per atom), on which CrystalNN does not finish.
 
     Args:
-        implementation: ``"arrays"`` (default) takes pymatgen's CrystalNN neighbours and computes the
-            order parameters as array operations (``representations/crystalnn_ops.py``; agrees with
-            matminer to 1e-6 per component, faster); ``"matminer"`` calls matminer's featurizer on
-            every site. The two have different cache keys.
+        implementation: ``"arrays"`` (default) computes CrystalNN's neighbours and the order
+            parameters as array operations (``crystalnn_neighbours.py``, ``crystalnn_ops.py``),
+            handing pymatgen the sites where rounding could take another branch (agrees with
+            matminer to 1e-6 per component, about 5× faster); ``"matminer"`` calls matminer's
+            featurizer on every site. The two have different cache keys.
         workers: Worker count or ``ExecutorConfig`` used by ``featurize``.
 
     """
