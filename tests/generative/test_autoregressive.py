@@ -29,6 +29,7 @@ from crystalforge.data.stats import compute_dataset_stats
 from crystalforge.generative.autoregressive import CrystalGPT
 from crystalforge.generative.autoregressive.decoding import FormatTables, RowDecoder, model_stream
 from crystalforge.generative.autoregressive.prefix import ConditionPrefix, quantile_edges
+from crystalforge.generative.autoregressive.sampler import _mix as sampler_mix
 from crystalforge.generative.autoregressive.sequences import order_atoms, sequence_bound
 from crystalforge.generative.interfaces import GenerativeModel, SamplePlan, SamplerConfig, last_state
 from crystalforge.registry import build_model, resolve_config
@@ -295,12 +296,44 @@ def test_a_property_prefix_changes_what_is_generated():
     assert same_structure(flipped, 0, crystals[1]) and same_structure(flipped, 1, crystals[0])
 
 
+def test_classifier_free_guidance_mixes_the_prefixes_token_by_token():
+    crystals = [replace(tiny_crystals()[1], properties={"gap": 0.0}), cscl(1.0)]
+    model, _, _ = fit(crystals, 60, properties=["gap"], condition_dropout=0.3)
+    template = template_from_num_atoms([2, 2, 2, 2, 2, 2], properties={"gap": [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]})
+    hidden = template.replace(condition_mask={"gap": torch.zeros(6, dtype=torch.bool)})
+
+    def guided(scale: float, seed: int) -> CrystalBatch:
+        return draw(model, template, seed=seed, plan=SamplePlan(guidance=(ClassifierFreeGuidance(scale),)))
+
+    for seed in (0, 1):  # temperature 1: every draw of the sequences goes through the mixed logits
+        model.temperature = 1.0
+        unconditional, conditional = draw(model, hidden, seed=seed), draw(model, template, seed=seed)
+        assert torch.equal(guided(0.0, seed).lattice, unconditional.lattice)  # w = 0: the conditions hidden
+        assert torch.equal(guided(1.0, seed).lattice, conditional.lattice)  # w = 1: plain conditioning
+        assert torch.equal(guided(0.0, seed).frac_coords, unconditional.frac_coords)
+    u, c = torch.randn(4, 9), torch.randn(4, 9)
+    mixed = torch.softmax(sampler_mix(u, c, 2.5), dim=-1)
+    expected = torch.softmax(u, -1) ** -1.5 * torch.softmax(c, -1) ** 2.5
+    torch.testing.assert_close(mixed, expected / expected.sum(-1, keepdim=True))
+    with pytest.raises(ValueError, match="one classifier-free guidance"):
+        draw(model, template, plan=SamplePlan(guidance=(ClassifierFreeGuidance(2.0), ClassifierFreeGuidance(3.0))))
+
+
 # ---- refusals ------------------------------------------------------------------------------------
+class _GradientGuidance:
+    """A predictor-gradient stand-in: it wraps a denoiser prediction, which this family does not have."""
+
+    requires_grad = True
+
+    def __call__(self, predict, state, t):
+        return predict(state, t)
+
+
 def test_what_the_family_cannot_do_is_refused(memorised):
     model = memorised[0]
     template = template_from_num_atoms([2])
     cases = [
-        (SamplePlan(guidance=(ClassifierFreeGuidance(scale=2.0),)), "cannot use guidance"),
+        (SamplePlan(guidance=(_GradientGuidance(),)), "cannot use guidance"),
         (SamplePlan(SamplerConfig(anti_annealing=5.0)), "anti_annealing"),
         (SamplePlan(SamplerConfig(start_time=0.5)), "cannot refine"),
         (SamplePlan(constraints=(FixedLattice(np.eye(3) * 4.0),)), "cannot apply constraints"),

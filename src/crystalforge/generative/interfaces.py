@@ -34,7 +34,8 @@ from crystalforge.core.batch import CrystalBatch
 from crystalforge.nn.outputs import FieldOutputs
 
 __all__ = [
-    "TASKS", "Backbone", "Constraint", "FieldOutputs", "FieldProcess", "GenerativeModel", "Guidance", "PathSample",
+    "TASKS", "Backbone", "ConditionMixing", "Constraint", "FieldOutputs", "FieldProcess", "GenerativeModel", "Guidance",
+    "PathSample",
     "PredictFn", "SamplePlan", "SampleStep", "SamplerConfig", "StepContext", "last_state", "model_dtype",
 ]  # fmt: skip
 
@@ -169,6 +170,21 @@ class Guidance(Protocol):
 
     def __call__(self, predict: PredictFn, state: CrystalBatch, t: Tensor) -> FieldOutputs:
         """The guided outputs for ``state`` at per-crystal time ``t [B]``."""
+
+
+@runtime_checkable
+class ConditionMixing(Protocol):
+    """A guidance that mixes the model's conditioned and unconditioned predictions (classifier-free).
+
+    ``scale`` is the weight ``w`` of ``u + w·(c − u)`` (1: plain conditional sampling, 0:
+    unconditional); ``conditions`` are the names hidden for ``u`` (empty: every given one). A family
+    without a denoiser prediction may apply it its own way (the autoregressive family mixes
+    next-token log-probabilities) instead of wrapping ``predict``.
+    """
+
+    mixes_conditions: bool
+    scale: float
+    conditions: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ class ClassifierFreeGuidance:
     scale: float = 1.0
     conditions: tuple[str, ...] = field(default=())
     requires_grad: bool = field(default=False, init=False)
+    mixes_conditions: bool = field(default=True, init=False)  # generative.interfaces.ConditionMixing
 
     def __post_init__(self) -> None:
         self.conditions = tuple(self.conditions)

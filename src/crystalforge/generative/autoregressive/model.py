@@ -27,9 +27,11 @@ adjustable on a loaded model's attributes of the same names.
 **Steering.** Conditions are the prefix: a template property in ``conditions`` is read from
 ``template.properties``/``condition_mask``; a visible value of any other property is refused. An
 element whitelist (a guidance with an ``elements`` attribute, ``sampling.composition.AllowedElements``,
-``--elements``) masks element tokens. Other guidance (classifier-free, predictor gradients),
-``anti_annealing``, refinement (``start_time``) and constraints (inpainting, motifs) are refused:
-they act on a denoiser's predictions or a state in time, which this family does not have.
+``--elements``) masks element tokens. Classifier-free guidance (``interfaces.ConditionMixing``, the
+``condition`` route) mixes the next-token log-probabilities of the prefix with and without the
+conditions (``sampler``). Other guidance (predictor gradients), ``anti_annealing``, refinement
+(``start_time``) and constraints (inpainting, motifs) are refused: they act on a denoiser's
+predictions or a state in time, which this family does not have.
 ``SamplerConfig.steps`` does not apply. Samples are plain crystals, so they can be FlowLLM's
 proposals for a flow model to refine.
 """
@@ -67,7 +69,7 @@ from crystalforge.generative.autoregressive.sequences import (
     training_sequences,
 )
 from crystalforge.generative.autoregressive.transformer import CrystalGPT
-from crystalforge.generative.interfaces import SamplePlan, SamplerConfig, SampleStep
+from crystalforge.generative.interfaces import ConditionMixing, SamplePlan, SamplerConfig, SampleStep
 from crystalforge.generative.joint_config import check_categories
 from crystalforge.nn.conditioning import drop_conditions, with_categories
 from crystalforge.representations.tokens import CrystalText, CrystalTokenizer
@@ -277,6 +279,8 @@ class CrystalAutoregressive(nn.Module):
             )
         allowed = set(self.config.elements)
         for guidance in plan.guidance:
+            if isinstance(guidance, ConditionMixing):
+                continue  # applied to the next-token probabilities (``mixing``)
             whitelist = getattr(guidance, "elements", None)
             if not isinstance(whitelist, (tuple, list)):
                 raise ValueError(
@@ -290,6 +294,21 @@ class CrystalAutoregressive(nn.Module):
                 raise ValueError(f"element(s) {symbols} are not in the vocabulary of this {FAMILY} model")
             allowed &= {int(z) for z in whitelist}
         return tuple(sorted(allowed))
+
+    def mixing(self, plan: SamplePlan, template: CrystalBatch) -> tuple[Tensor | None, float]:
+        """The prefixes with the guided conditions hidden and the weight ``w``; ``(None, 1)`` without guidance."""
+        mixers = [g for g in plan.guidance if isinstance(g, ConditionMixing)]
+        if not mixers:
+            return None, 1.0
+        if len(mixers) > 1:
+            raise ValueError(f"the {FAMILY} family takes one classifier-free guidance, got {len(mixers)}")
+        names = [n for n in (mixers[0].conditions or tuple(template.properties)) if n in template.properties]
+        if not names or float(mixers[0].scale) == 1.0:
+            return None, 1.0
+        hidden = {n: torch.zeros_like(template.properties[n], dtype=torch.bool) for n in names}
+        bos = torch.full((template.num_crystals, 1), self.tokenizer.bos_id, dtype=torch.int64, device=template.device)
+        masked = template.replace(condition_mask={**template.condition_mask, **hidden})
+        return torch.cat([self.prefix.encode(masked), bos], dim=1), float(mixers[0].scale)
 
     def check_conditions(self, template: CrystalBatch) -> None:
         """Refuse a visible template property the model was not trained to read."""
@@ -322,6 +341,7 @@ class CrystalAutoregressive(nn.Module):
         device = template.device
         bos = torch.full((len(rows), 1), self.tokenizer.bos_id, dtype=torch.int64, device=device)
         start = torch.cat([self.prefix.encode(template), bos], dim=1)
+        unconditional, scale = self.mixing(plan, template)
 
         def new_decoder(i: int) -> RowDecoder:
             return RowDecoder(self.tables, num_atoms=len(rows[i]), composition=compositions[i], elements=allowed)
@@ -334,6 +354,8 @@ class CrystalAutoregressive(nn.Module):
                 crystals, reasons = generate_crystals(
                     self.backbone, self.tables, start.to(self.network_device), new_decoder, names=names,
                     temperature=self.temperature, top_k=self.top_k, max_tries=self.max_tries, generator=generator,
+                    unconditional=None if unconditional is None else unconditional.to(self.network_device),
+                    guidance_scale=scale,
                 )  # fmt: skip
         finally:
             self.train(was_training)

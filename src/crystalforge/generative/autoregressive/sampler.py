@@ -7,6 +7,11 @@ the draw is ``softmax(logits / temperature)`` over the ``top_k`` largest (0: all
 at ``temperature = 0``. A sequence leaves the batch (and the cache) after its ``<eos>``; one that
 reaches the model's last position unfinished fails.
 
+Classifier-free guidance (``unconditional`` given, weight ``w = guidance_scale``): a second cache
+runs the same tokens after the prefix with the conditions hidden, and the draw uses
+``log p_u + w·(log p_c − log p_u)`` (MatterGPT-style conditioning sharpened as in diffusion models;
+``w = 1`` is the conditional model alone and needs no second pass).
+
 ``generate_crystals`` decodes the text of each finished sequence (``io.text`` via the tokenizer).
 A sequence that fails (no ``<eos>``, or text that is not a crystal: angles that form no cell, …) is
 sampled again, up to ``max_tries`` draws in all; one that never succeeds is returned as ``None``
@@ -69,6 +74,8 @@ def decode_batch(
     temperature: float = 1.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
+    unconditional: Tensor | None = None,  # [b, P + 1]: the prefix with the conditions hidden
+    guidance_scale: float = 1.0,
 ) -> None:
     """Generate every sequence until its ``<eos>`` or the last position (tokens land in the decoders).
 
@@ -79,6 +86,11 @@ def decode_batch(
     slots = torch.zeros_like(start)
     slots[:, -1] = torch.tensor([d.slot for d in decoders], dtype=torch.int64, device=start.device)
     logits = network(start, slots, cache)[:, -1]
+    mixing = unconditional is not None and guidance_scale != 1.0
+    if mixing:
+        assert unconditional is not None
+        u_cache = network.new_cache(len(decoders))
+        logits = _mix(network(unconditional, slots, u_cache)[:, -1], logits, guidance_scale)
     rows = list(range(len(decoders)))  # the decoder of each cache row
     pad = decoders[0].t.pad if decoders else 0
     while True:
@@ -98,11 +110,21 @@ def decode_batch(
         if len(running) <= 0.75 * len(rows):
             keep = torch.tensor(running, dtype=torch.int64, device=tokens.device)
             cache.keep(keep)
+            if mixing:
+                u_cache.keep(keep)
             tokens = tokens.index_select(0, keep)
             rows = [rows[j] for j in running]
         slots = torch.tensor([[decoders[row].slot] for row in rows], dtype=torch.int64, device=tokens.device)
         tokens = torch.where(slots[:, 0] > 0, tokens, pad)  # finished rows read <pad>
         logits = network(tokens[:, None], slots, cache)[:, -1]
+        if mixing:
+            logits = _mix(network(tokens[:, None], slots, u_cache)[:, -1], logits, guidance_scale)
+
+
+def _mix(unconditional: Tensor, conditional: Tensor, w: float) -> Tensor:
+    """``log p_u + w·(log p_c − log p_u)`` over the vocabulary (classifier-free guidance)."""
+    u = torch.log_softmax(unconditional.float(), dim=-1)
+    return u + w * (torch.log_softmax(conditional.float(), dim=-1) - u)
 
 
 def generate_crystals(
@@ -116,6 +138,8 @@ def generate_crystals(
     top_k: int = 0,
     max_tries: int = 5,
     generator: torch.Generator | None = None,
+    unconditional: Tensor | None = None,  # [B, P + 1], for classifier-free guidance
+    guidance_scale: float = 1.0,
 ) -> tuple[list[Crystal | None], dict[int, str]]:
     """Crystals of every row (``None`` where all ``max_tries`` draws failed) and each failure's last reason.
 
@@ -130,8 +154,10 @@ def generate_crystals(
         decoders = [new_decoder(i) for i in pending]
         rows = torch.tensor(pending, dtype=torch.int64, device=start.device)
         decode_batch(
-            network, start.index_select(0, rows), decoders, temperature=temperature, top_k=top_k, generator=generator
-        )
+            network, start.index_select(0, rows), decoders, temperature=temperature, top_k=top_k, generator=generator,
+            unconditional=None if unconditional is None else unconditional.index_select(0, rows),
+            guidance_scale=guidance_scale,
+        )  # fmt: skip
         still = []
         for i, decoder in zip(pending, decoders, strict=True):
             if not decoder.finished:
