@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -182,7 +182,7 @@ class ConditionMixing(Protocol):
     next-token log-probabilities) instead of wrapping ``predict``.
     """
 
-    mixes_conditions: bool
+    mixes_conditions: ClassVar[bool]
     scale: float
     conditions: tuple[str, ...]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -49,7 +50,7 @@ class ClassifierFreeGuidance:
     scale: float = 1.0
     conditions: tuple[str, ...] = field(default=())
     requires_grad: bool = field(default=False, init=False)
-    mixes_conditions: bool = field(default=True, init=False)  # generative.interfaces.ConditionMixing
+    mixes_conditions: ClassVar[bool] = True  # generative.interfaces.ConditionMixing
 
     def __post_init__(self) -> None:
         self.conditions = tuple(self.conditions)
