@@ -113,8 +113,13 @@ def test_kill_9_mid_run_then_the_same_command_ends_like_an_uninterrupted_run(tmp
 
 @pytest.fixture
 def restore_sigint():
-    """Lightning ignores Ctrl-C while it shuts down and leaves it so: give pytest its handler back."""
+    """Lightning ignores Ctrl-C while it shuts down and leaves it so: give pytest its handler back.
+
+    The test starts from Python's own handler, since an earlier test's training may have left
+    Ctrl-C ignored (then the signal would never reach the run under test).
+    """
     before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, before)
 
