@@ -42,6 +42,33 @@ def perov_5_csp_jobs() -> tuple[object, list, list]:
     return model, reference, jobs
 
 
+def perov_5_ablation(doc: str, runs_help: str):
+    """The perov_5 CSP ablation scripts' command line (``--runs A:B:C ... --workers --json``), model and jobs.
+
+    Returns ``(args, model, jobs, specs)`` with ``specs`` as ``(text, int A, float B, float C)``;
+    sampling runs on one torch thread.
+    """
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", required=True, help=runs_help)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    specs = []
+    for text in args.runs:
+        try:
+            first, second, third = text.split(":")
+            specs.append((text, int(first), float(second), float(third)))
+        except ValueError:
+            parser.error(f"--runs {text!r}: expected {runs_help}")
+    torch.set_num_threads(1)
+    model, _, jobs = perov_5_csp_jobs()
+    return args, model, jobs, specs
+
+
 def sample_flow(model, jobs: list, times, anti_annealing: float) -> list:
     """Crystals of ``jobs`` integrated over the time grid ``times`` (``[S + 1]``), seeded per chunk as the runner."""
     import torch

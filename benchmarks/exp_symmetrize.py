@@ -14,14 +14,12 @@ samples. A crystal spglib finds no symmetry for is kept raw. Rows are ``STEPS:AN
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from _common import perov_5_csp_jobs, sample_flow
+from _common import perov_5_ablation, sample_flow
 
 from crystalforge.core.crystal import Crystal
 
@@ -43,17 +41,10 @@ def symmetrized(crystal: Crystal, symprec: float) -> tuple[Crystal, bool]:
 def main() -> None:
     from crystalforge import api
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", required=True, help="STEPS:ANTI_ANNEALING:SYMPREC rows")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    model, _, jobs = perov_5_csp_jobs()
+    args, model, jobs, specs = perov_5_ablation(__doc__, "STEPS:ANTI_ANNEALING:SYMPREC rows")
     samples: dict[tuple[int, float], list] = {}
     rows = {}
-    for spec in args.runs:
-        steps, anneal, symprec = int(spec.split(":")[0]), float(spec.split(":")[1]), float(spec.split(":")[2])
+    for spec, steps, anneal, symprec in specs:
         if (steps, anneal) not in samples:
             samples[(steps, anneal)] = sample_flow(model, jobs, torch.linspace(0, 1, steps + 1), anneal)
         start = time.perf_counter()

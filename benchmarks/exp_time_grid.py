@@ -12,13 +12,11 @@ by the pinned protocol. Rows are ``STEPS:POWER:ANTI_ANNEALING``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
-from _common import perov_5_csp_jobs, sample_flow
+from _common import perov_5_ablation, sample_flow
 
 
 def grid(steps: int, power: float) -> torch.Tensor:
@@ -29,16 +27,9 @@ def grid(steps: int, power: float) -> torch.Tensor:
 def main() -> None:
     from crystalforge import api
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", required=True, help="STEPS:POWER:ANTI_ANNEALING rows")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    model, _, jobs = perov_5_csp_jobs()
+    args, model, jobs, specs = perov_5_ablation(__doc__, "STEPS:POWER:ANTI_ANNEALING rows")
     rows = {}
-    for spec in args.runs:
-        steps, power, anneal = int(spec.split(":")[0]), float(spec.split(":")[1]), float(spec.split(":")[2])
+    for spec, steps, power, anneal in specs:
         start = time.perf_counter()
         crystals = sample_flow(model, jobs, grid(steps, power), anneal)
         wall = time.perf_counter() - start

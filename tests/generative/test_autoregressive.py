@@ -305,12 +305,15 @@ def test_classifier_free_guidance_mixes_the_prefixes_token_by_token():
     def guided(scale: float, seed: int) -> CrystalBatch:
         return draw(model, template, seed=seed, plan=SamplePlan(guidance=(ClassifierFreeGuidance(scale),)))
 
+    differ = False
     for seed in (0, 1):  # temperature 1: every draw of the sequences goes through the mixed logits
         model.temperature = 1.0
         unconditional, conditional = draw(model, hidden, seed=seed), draw(model, template, seed=seed)
+        differ |= not torch.equal(unconditional.lattice, conditional.lattice)
         assert torch.equal(guided(0.0, seed).lattice, unconditional.lattice)  # w = 0: the conditions hidden
         assert torch.equal(guided(1.0, seed).lattice, conditional.lattice)  # w = 1: plain conditioning
         assert torch.equal(guided(0.0, seed).frac_coords, unconditional.frac_coords)
+    assert differ  # the conditions change the draws, so the equalities above tell w = 0 from w = 1
     u, c = torch.randn(4, 9), torch.randn(4, 9)
     mixed = torch.softmax(sampler_mix(u, c, 2.5), dim=-1)
     expected = torch.softmax(u, -1) ** -1.5 * torch.softmax(c, -1) ** 2.5

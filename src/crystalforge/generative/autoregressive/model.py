@@ -295,20 +295,24 @@ class CrystalAutoregressive(nn.Module):
             allowed &= {int(z) for z in whitelist}
         return tuple(sorted(allowed))
 
+    def start_tokens(self, template: CrystalBatch) -> Tensor:
+        """``[B, P + 1]``: each crystal's condition prefix and ``<bos>``."""
+        bos = torch.full((template.num_crystals, 1), self.tokenizer.bos_id, dtype=torch.int64, device=template.device)
+        return torch.cat([self.prefix.encode(template), bos], dim=1)
+
     def mixing(self, plan: SamplePlan, template: CrystalBatch) -> tuple[Tensor | None, float]:
-        """The prefixes with the guided conditions hidden and the weight ``w``; ``(None, 1)`` without guidance."""
+        """The start tokens with the guided conditions hidden and the weight ``w``; ``(None, 1)`` without guidance."""
         mixers = [g for g in plan.guidance if isinstance(g, ConditionMixing)]
         if not mixers:
             return None, 1.0
         if len(mixers) > 1:
             raise ValueError(f"the {FAMILY} family takes one classifier-free guidance, got {len(mixers)}")
         names = [n for n in (mixers[0].conditions or tuple(template.properties)) if n in template.properties]
-        if not names or float(mixers[0].scale) == 1.0:
+        if not names:
             return None, 1.0
         hidden = {n: torch.zeros_like(template.properties[n], dtype=torch.bool) for n in names}
-        bos = torch.full((template.num_crystals, 1), self.tokenizer.bos_id, dtype=torch.int64, device=template.device)
         masked = template.replace(condition_mask={**template.condition_mask, **hidden})
-        return torch.cat([self.prefix.encode(masked), bos], dim=1), float(mixers[0].scale)
+        return self.start_tokens(masked), float(mixers[0].scale)
 
     def check_conditions(self, template: CrystalBatch) -> None:
         """Refuse a visible template property the model was not trained to read."""
@@ -338,9 +342,7 @@ class CrystalAutoregressive(nn.Module):
         ids = template.material_ids
         names = [str(m) for m in ids] if ids else [f"crystal {i}" for i in range(len(rows))]
         compositions = [row_composition(z, name, allowed) for z, name in zip(rows, names, strict=True)]
-        device = template.device
-        bos = torch.full((len(rows), 1), self.tokenizer.bos_id, dtype=torch.int64, device=device)
-        start = torch.cat([self.prefix.encode(template), bos], dim=1)
+        start = self.start_tokens(template)
         unconditional, scale = self.mixing(plan, template)
 
         def new_decoder(i: int) -> RowDecoder:

@@ -86,9 +86,8 @@ def decode_batch(
     slots = torch.zeros_like(start)
     slots[:, -1] = torch.tensor([d.slot for d in decoders], dtype=torch.int64, device=start.device)
     logits = network(start, slots, cache)[:, -1]
-    mixing = unconditional is not None and guidance_scale != 1.0
-    if mixing:
-        assert unconditional is not None
+    u_cache = None  # the unconditioned sequences' cache, only when guidance mixes them in
+    if unconditional is not None and guidance_scale != 1.0:
         u_cache = network.new_cache(len(decoders))
         logits = _mix(network(unconditional, slots, u_cache)[:, -1], logits, guidance_scale)
     rows = list(range(len(decoders)))  # the decoder of each cache row
@@ -110,14 +109,14 @@ def decode_batch(
         if len(running) <= 0.75 * len(rows):
             keep = torch.tensor(running, dtype=torch.int64, device=tokens.device)
             cache.keep(keep)
-            if mixing:
+            if u_cache is not None:
                 u_cache.keep(keep)
             tokens = tokens.index_select(0, keep)
             rows = [rows[j] for j in running]
         slots = torch.tensor([[decoders[row].slot] for row in rows], dtype=torch.int64, device=tokens.device)
         tokens = torch.where(slots[:, 0] > 0, tokens, pad)  # finished rows read <pad>
         logits = network(tokens[:, None], slots, cache)[:, -1]
-        if mixing:
+        if u_cache is not None:
             logits = _mix(network(tokens[:, None], slots, u_cache)[:, -1], logits, guidance_scale)
 
 
