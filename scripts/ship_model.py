@@ -63,15 +63,18 @@ def _k_from_argv(argv: list[str] | None, spec: str) -> int:
     return int(argv[argv.index("--k") + 1]) if "--k" in argv else 1
 
 
-def _metrics(specs: list[str], task: str) -> dict:
-    """Card metrics from ``bench_models.py --json`` rows (which record k and the sampler used)."""
+def _metrics(specs: list[str]) -> dict:
+    """Card metrics from ``bench_models.py --json`` rows (which record k and the sampler used).
+
+    A row with a match rate is a CSP row, any other a DNG row, so a model doing both gets both.
+    """
     out: dict = {}
     for spec in specs:
         file, _, row = spec.rpartition(":")
         data = json.loads(Path(file).read_text())
         r = data["rows"][int(row)]
         scale = r.get("anti_annealing")
-        if task == "csp":
+        if "match_rate" in r:
             k = r["k"] if "k" in r else _k_from_argv(data.get("argv"), spec)
             suffix = f"_{r['steps']}_steps" + (f"_anti_annealing_{_scale_label(scale)}" if scale else "")
             # a best-of-k row gives only its best-of-k figures: its k=1 rates may be over a subset
@@ -115,7 +118,7 @@ def main() -> None:
     source = args.run / "model.pt"
     ckpt = torch.load(source, map_location="cpu", weights_only=True)
     scale = parse_anti_annealing(args.default_anti_annealing) if args.default_anti_annealing else None
-    model = load_model(source)[0]
+    model, loaded, _ = load_model(source)
     if scale is not None:  # a default the model cannot use would break every later generate
         fields = getattr(model, "velocity_fields", ())
         named = set(scale) if isinstance(scale, dict) else {None}
@@ -132,7 +135,7 @@ def main() -> None:
         "file": f"{args.name}.pt",
         "family": family,
         "task": tasks,
-        "kind": config["model"].get("kind", family),  # flow / diffusion for the joint family
+        "kind": getattr(loaded.model, "kind", family),  # flow / diffusion for the joint family, gan...
         "dataset": config["data"]["dataset"],
         "default_steps": args.default_steps,
         "description": args.description,
@@ -144,10 +147,11 @@ def main() -> None:
             "hardware": args.hardware,
             "parameters": int(m["parameters"]),
             "final_train_loss": round(float(m["train/loss"]), 3),
-            "final_val_loss": round(float(m["val/loss"]), 3),
         },
-        "metrics": {"protocol": args.protocol, **_metrics(args.metrics, "csp" if tasks == "csp" else "dng")},
+        "metrics": {"protocol": args.protocol, **_metrics(args.metrics)},
     }
+    if "val/loss" in m:  # a model fitted without a holdout (the search baselines) has none
+        card["training"]["final_val_loss"] = round(float(m["val/loss"]), 3)
     if scale is not None:
         card["default_anti_annealing"] = scale
     tmp = MODELS / f".{args.name}.pt.tmp"

@@ -22,6 +22,12 @@ SHIPPED = {
     "perov_5-dng-diffusion",
     "mp_20-csp-diffusion",
     "mp_20-dng-diffusion",
+    "mp_20-cdvae",
+    "perov_5-cdvae",
+    "mp_20-gpt",
+    "mp_20-matgan",
+    "mp_20-substitution",
+    "mp_20-random-symmetric",
 }
 PREDICTORS = {"mp_20-properties", "perov_5-properties"}
 

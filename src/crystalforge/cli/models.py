@@ -12,6 +12,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_parser(subparsers, "models", help="list the shipped models", epilog="example:\n  crystalforge models")
 
 
+def _kind(card: dict) -> str:
+    """The card's kind, with its family where that is not the joint flow/diffusion one: ``cdvae (flow)``."""
+    family = card.get("family", "joint")
+    if family in ("joint", card["kind"]):
+        return str(card["kind"])
+    return f"{family} ({card['kind']})"
+
+
 def run(args: argparse.Namespace) -> int:
     """List the shipped models, one line each."""
     from crystalforge import api
@@ -21,10 +29,12 @@ def run(args: argparse.Namespace) -> int:
         print("no shipped models in this installation")
         return 0
     predictors = {k: c for k, c in cards.items() if c.get("kind") == "predictor"}
-    print(f"{'name':<22}{'task':<9}{'kind':<11}{'dataset':<18}{'steps':>6}{'anti-ann.':>10}  description")
-    for name, card in sorted(cards.items()):
-        if name in predictors:
-            continue
+    models = {k: c for k, c in cards.items() if k not in predictors}
+    wide = max(map(len, cards)) + 2  # columns as wide as the longest name and kind
+    kinds = {k: _kind(c) for k, c in models.items()}
+    kind = max(map(len, kinds.values()), default=4) + 2
+    print(f"{'name':<{wide}}{'task':<9}{'kind':<{kind}}{'dataset':<18}{'steps':>6}{'anti-ann.':>10}  description")
+    for name, card in sorted(models.items()):
         scale = card.get("default_anti_annealing")
         if scale is None:
             shown = "-"
@@ -33,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             shown = f"{scale:g}"
         print(
-            f"{name:<22}{card['task']:<9}{card['kind']:<11}{card['dataset']:<18}{card['default_steps']:>6}"
+            f"{name:<{wide}}{card['task']:<9}{kinds[name]:<{kind}}{card['dataset']:<18}{card['default_steps']:>6}"
             f"{shown:>10}  {card.get('description', '')}"
         )
     if predictors:
-        print(f"\n{'predictor':<22}{'dataset':<18}properties")
+        print(f"\n{'predictor':<{wide}}{'dataset':<18}properties")
         for name, card in sorted(predictors.items()):
-            print(f"{name:<22}{card['dataset']:<18}{', '.join(card['properties'])}")
+            print(f"{name:<{wide}}{card['dataset']:<18}{', '.join(card['properties'])}")
     return 0
