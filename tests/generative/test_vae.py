@@ -231,6 +231,44 @@ def test_csp_keeps_the_composition_and_element_guidance_restricts_dng():
     assert set(dng.atomic_numbers.tolist()) <= {8, 22}
 
 
+def test_csp_latents_are_resampled_towards_the_given_composition():
+    from crystalforge.generative.vae.csp_latent import composition_log_likelihood, latents_for_compositions
+
+    model = tiny_model().eval()
+    with torch.no_grad():  # heads that depend strongly on z, so the draws differ in how they read a formula
+        model.heads.composition[-1].weight.mul_(30.0)
+        model.heads.num_atoms[-1].weight.mul_(30.0)
+    template = CrystalBatch.collate(tiny_crystals() * 8, dtype=torch.float64)
+    plain = model.sample_latent(template, generator=gen(1))
+    assert torch.equal(latents_for_compositions(model, template, 1, generator=gen(1)), plain)
+    fitted = latents_for_compositions(model, template, 64, generator=gen(1))
+    with torch.no_grad():
+        before = composition_log_likelihood(model, plain, template)
+        after = composition_log_likelihood(model, fitted, template)
+    assert float(after.mean()) > float(before.mean()) + 1.0  # nats per crystal
+    assert int((after > before).sum()) > 0.75 * template.num_crystals
+
+    # the likelihood is the heads' multinomial: n Σ f log p plus the size class's log-probability
+    one = template.index_select([0])
+    n = int(one.num_atoms[0])
+    with torch.no_grad():
+        c = model.conditioning(plain, template)
+        log_p = torch.log_softmax(model.heads.composition_logits(c[:1]), -1)[0]
+        size = torch.log_softmax(model.heads.num_atoms_logits(c[:1]), -1)[0, n - 1]
+    classes = torch.as_tensor(model.vocab.class_of_z())[one.atomic_numbers] - 1
+    expected = log_p[classes].sum() + size
+    torch.testing.assert_close(before[0], expected)
+
+    # DNG crystals of a mixed template keep their own first draw
+    typed = CrystalBatch.collate(tiny_crystals() * 2, dtype=torch.float64)
+    dng = torch.arange(typed.num_crystals) >= len(tiny_crystals())
+    mixed = typed.replace(atomic_numbers=torch.where(dng[typed.crystal_idx], MASK_Z, typed.atomic_numbers))
+    z = latents_for_compositions(model, mixed, 16, generator=gen(2))
+    torch.testing.assert_close(z[dng], model.sample_latent(mixed, generator=gen(2))[dng])
+    with pytest.raises(ValueError, match="csp_latent_draws"):
+        tiny_model(csp_latent_draws=0)
+
+
 def test_refusals_are_clear():
     model = tiny_model().eval()
     template = CrystalBatch.collate(tiny_crystals(), dtype=torch.float64)

@@ -52,6 +52,9 @@ class CDVAEConfig:
             posterior means: a two-stage VAE). With a small ``beta`` the posteriors leave holes in
             ``N(0, I)`` that decode to implausible compositions (docs/models.md measures it).
             Con-CDVAE (``conditions``) always uses the DDPM, given the properties.
+        csp_latent_draws: CSP only: prior draws of ``z`` per crystal, one kept by importance resampling
+            on the heads' likelihood of the given composition (``csp_latent``); 1 keeps the plain draw,
+            blind to the composition, as CDVAE.
         prior_steps / prior_layers: levels and depth of the latent DDPM.
         latent_momentum: rate of the running mean/covariance of the posterior (the latent
             optimisation's distance to the data).
@@ -72,6 +75,7 @@ class CDVAEConfig:
     beta_warmup_steps: int = 1000
     loss_weights: dict[str, float] = field(default_factory=dict)
     latent_prior: Literal["normal", "posterior", "ddpm"] = "normal"
+    csp_latent_draws: int = 1
     prior_steps: int = 100
     prior_layers: int = 3
     latent_momentum: float = 0.01
@@ -91,6 +95,8 @@ class CDVAEConfig:
             )
         if self.latent_prior not in ("normal", "posterior", "ddpm"):
             raise ValueError(f"cdvae: latent_prior must be 'normal', 'posterior' or 'ddpm', got {self.latent_prior!r}")
+        if self.csp_latent_draws < 1:
+            raise ValueError(f"cdvae: csp_latent_draws must be >= 1, got {self.csp_latent_draws}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(f"cdvae: condition_dropout must be in [0, 1), got {self.condition_dropout}")
         if not 0.0 < self.latent_momentum <= 1.0:

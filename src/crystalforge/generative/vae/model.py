@@ -50,6 +50,7 @@ from crystalforge.core.segment import segment_sum
 from crystalforge.generative.interfaces import SamplePlan, SamplerConfig, SampleStep, last_state
 from crystalforge.generative.process_base import LatticeStandardizer
 from crystalforge.generative.vae.config import CDVAEConfig, check_resolved, resolve_cdvae
+from crystalforge.generative.vae.csp_latent import latents_for_compositions
 from crystalforge.generative.vae.decoder import build_decoder, split_guidance
 from crystalforge.generative.vae.networks import (
     LATENT_KEY,
@@ -258,8 +259,8 @@ class CDVAE(nn.Module):
     def sample(
         self, template: CrystalBatch, plan: SamplePlan, *, generator: torch.Generator | None = None
     ) -> Iterator[SampleStep]:
-        """``z`` from the prior, atoms/composition/lattice from the heads, coordinates from the decoder."""
-        z = self.sample_latent(template, generator=generator)
+        """``z`` from the prior (fitted to a CSP composition: ``csp_latent``), heads, then the decoder."""
+        z = latents_for_compositions(self, template, self.config.csp_latent_draws, generator=generator)
         return self.decode_steps(z, template, plan, generator=generator)
 
     def decode(
