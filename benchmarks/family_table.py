@@ -142,8 +142,8 @@ def _dng(spec: str | None) -> list[str]:
     stability = "—" if not relaxed else f"{relaxed['metastable_rate']:.1f} / {relaxed['sun_rate']:.1f}"
     return [
         f"{r['validity']:.1f} ({r['validity_struct']:.1f} / {r['validity_comp']:.1f})",
-        f"{r['cov_recall']:.2f} ({r['cov_recall_valid_only']:.2f})",
-        f"{r['cov_precision']:.1f} ({r['cov_precision_valid_only']:.1f})",
+        _coverage(r, "cov_recall", 2),
+        _coverage(r, "cov_precision", 1),
         f"{r['wdist_density']:.3f}",
         f"{r['wdist_num_elements']:.3f}",
         f"{r['unique_rate']:.1f}",
@@ -152,11 +152,23 @@ def _dng(spec: str | None) -> list[str]:
     ]
 
 
+def _coverage(r: dict, key: str, digits: int) -> str:
+    """Headline (every fingerprinted sample) with the valid-only variant in brackets.
+
+    Rows measured before the headline was corrected hold only the valid-only variant, under the
+    headline's key: their headline is shown as "n/m" (not measured).
+    """
+    if f"{key}_valid_only" not in r:
+        return f"n/m ({r[key]:.{digits}f})"
+    return f"{r[key]:.{digits}f} ({r[key + '_valid_only']:.{digits}f})"
+
+
 def _csp(spec: str | None, k: int) -> str:
     if spec is None:
         return "—"
-    r, _ = _row(spec)
-    rows_k = r.get("k", 1)
+    r, data = _row(spec)
+    argv = data.get("argv") or []
+    rows_k = r.get("k", int(argv[argv.index("--k") + 1]) if "--k" in argv else 1)  # older rows: the run's --k
     if rows_k != k:
         sys.exit(f"{spec}: a k={rows_k} row where k={k} was named")
     rate, rmse = (r["match_rate_k"], r["rmse_k"]) if k > 1 else (r["match_rate"], r["rmse"])

@@ -28,6 +28,8 @@ SHIPPED = {
     "mp_20-matgan",
     "mp_20-substitution",
     "mp_20-random-symmetric",
+    "perov_5-gpt",
+    "perov_5-matgan",
 }
 PREDICTORS = {"mp_20-properties", "perov_5-properties"}
 
