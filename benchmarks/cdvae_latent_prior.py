@@ -1,6 +1,6 @@
 """Where a CDVAE's ``z`` comes from: the same weights sampled with each ``latent_prior`` setting.
 
-    python benchmarks/cdvae_latent_prior.py checkpoints/mp_20-cdvae/model.pt --priors normal posterior \\
+    python benchmarks/cdvae_latent_prior.py mp_20-cdvae --priors normal posterior \\
         [--n 100] [--reference mp_20_reduced] [--work runs/bench/cdvae-prior] [--json OUT.json]
 
 For each setting: the checkpoint with that ``latent_prior`` written into its stored config, ``n``
@@ -31,7 +31,7 @@ def _elements_per_cell(crystals) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", help="a cdvae model.pt or shipped name (e.g. mp_20-cdvae)")
     parser.add_argument("--priors", nargs="+", default=["normal", "posterior"])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--reference", default="mp_20_reduced")
@@ -44,9 +44,10 @@ def main() -> None:
     from crystalforge.core.elements import MASK_Z
     from crystalforge.generative.vae import CDVAE
     from crystalforge.generative.vae.networks import composition_fractions
+    from crystalforge.training.adapters import resolve_init
 
     torch.set_num_threads(1)
-    data = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    data = torch.load(resolve_init(args.checkpoint), map_location="cpu", weights_only=True)
     rows = []
     for prior in args.priors:
         folder = args.work / prior

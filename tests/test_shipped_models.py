@@ -30,6 +30,7 @@ SHIPPED = {
     "mp_20-random-symmetric",
     "perov_5-gpt",
     "perov_5-matgan",
+    "perov_5-con-cdvae",
 }
 PREDICTORS = {"mp_20-properties", "perov_5-properties"}
 

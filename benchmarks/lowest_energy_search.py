@@ -1,9 +1,12 @@
-"""The random-symmetric baseline in its published form: k candidates per composition, relaxed, lowest energy kept.
+"""k candidates per composition, relaxed, the lowest energy kept: the random-symmetric baseline's published form.
 
-    python benchmarks/random_symmetric_search.py --model mp_20-random-symmetric --reference mp_20_reduced \\
-        --limit 20 --k 10 --work runs/bench/rs-search --json benchmarks/results/random-symmetric-search.json
+    python benchmarks/lowest_energy_search.py --model mp_20-random-symmetric --reference mp_20_reduced \\
+        --limit 20 --k 10 --work runs/bench/rs-search --json OUT.json
 
-For the first ``--limit`` test compositions: ``k`` PyXtal structures each (``crystalforge csp``), every one
+Any CSP model can be put through the same search (``--model mp_20-csp``), so the generative model
+and the baseline can be compared at the same budget of relaxations.
+
+For the first ``--limit`` test compositions: ``k`` structures each from the model (``crystalforge csp``), every one
 relaxed with CHGNet against the shipped hull (``crystalforge evaluate --relax chgnet``, cached in
 ``--work``: a rerun resumes), then per composition the candidate of lowest relaxed energy per atom is
 kept. Reported for the kept candidates, for the first candidate alone (relaxed: what one relaxation per
