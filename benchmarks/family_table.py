@@ -53,6 +53,12 @@ ROWS: dict[str, tuple[Row, ...]] = {
             "families-mp_20-csp-k1.json:1",
             "families-mp_20-csp-k20.json:1",
         ),
+        Row(
+            "Con-CDVAE",
+            ("mp_20-con-cdvae",),
+            "families-mp_20-dng-con-cdvae.json:0",
+            "families-mp_20-csp-k1-con-cdvae.json:0",
+        ),
         Row("MatGAN + flow CSP", ("mp_20-matgan", "mp_20-csp"), "families-mp_20-dng-matgan.json:0"),
         Row(
             "autoregressive transformer",
@@ -91,6 +97,12 @@ ROWS: dict[str, tuple[Row, ...]] = {
             "families-perov_5-dng.json:1",
             "families-perov_5-csp-k1.json:1",
             "families-perov_5-csp-k20.json:1",
+        ),
+        Row(
+            "Con-CDVAE",
+            ("perov_5-con-cdvae",),
+            "families-perov_5-dng-con-cdvae.json:0",
+            "families-perov_5-csp-k1-con-cdvae.json:0",
         ),
         Row("MatGAN + flow CSP", ("perov_5-matgan", "perov_5-csp"), "families-perov_5-dng-gpt-matgan.json:1"),
         Row(

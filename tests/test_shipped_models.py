@@ -31,6 +31,7 @@ SHIPPED = {
     "perov_5-gpt",
     "perov_5-matgan",
     "perov_5-con-cdvae",
+    "mp_20-con-cdvae",
 }
 PREDICTORS = {"mp_20-properties", "perov_5-properties"}
 
