@@ -112,6 +112,14 @@ ROWS: dict[str, tuple[Row, ...]] = {
             "families-perov_5-csp-k1-gpt.json:0",
             "families-perov_5-csp-k20.json:2",
         ),
+        Row("ion substitution (baseline)", ("perov_5-substitution",), "families-perov_5-dng-baselines.json:0"),
+        Row(
+            "random symmetric, unrelaxed (baseline)",
+            ("perov_5-random-symmetric",),
+            "families-perov_5-dng-baselines.json:1",
+            None,
+            "families-perov_5-csp-k20-random-symmetric.json:0",
+        ),
     ),
 }
 

@@ -32,6 +32,8 @@ SHIPPED = {
     "perov_5-matgan",
     "perov_5-con-cdvae",
     "mp_20-con-cdvae",
+    "perov_5-substitution",
+    "perov_5-random-symmetric",
 }
 PREDICTORS = {"mp_20-properties", "perov_5-properties"}
 
