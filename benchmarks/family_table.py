@@ -11,6 +11,7 @@ file or row is an error naming it, never an empty cell.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -141,13 +142,19 @@ HEADER = (
 )
 
 
+@functools.cache
+def _results(name: str) -> dict | None:
+    """A results file's data, read once per run (a row's file is named by several columns)."""
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _row(spec: str) -> tuple[dict, dict]:
     """``(row, file)`` of ``FILE:ROW``; a missing file or row is named."""
     name, _, index = spec.rpartition(":")
-    path = RESULTS / name
-    if not path.is_file():
+    data = _results(name)
+    if data is None:
         sys.exit(f"{spec}: no such results file (benchmarks/results/{name})")
-    data = json.loads(path.read_text())
     rows = data.get("rows", [])
     if not index.isdigit() or int(index) >= len(rows):
         sys.exit(f"{spec}: the file has {len(rows)} rows")

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from crystalforge.io.atomic import atomic_write
 from crystalforge.io.torch_files import read_torch_file
@@ -25,20 +24,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a shipped model name or a model.pt")
     parser.add_argument("out", type=Path)
-    parser.add_argument("options", nargs="+", help="KEY=VALUE (VALUE read as YAML: 32, posterior, [1, 2])")
+    parser.add_argument("options", nargs="+", help="KEY=VALUE under model: (as --set; VALUE read as YAML)")
     args = parser.parse_args()
 
-    from crystalforge.pretrained import model_path
+    from crystalforge.config import apply_overrides
+    from crystalforge.training.adapters import resolve_init
     from crystalforge.training.loading import load_checkpoint_model
 
-    source = model_path(args.model) or Path(args.model)
-    payload = read_torch_file(source)
-    model_config = payload["config"]["model"]
-    for option in args.options:
-        key, sep, value = option.partition("=")
-        if not sep or not key:
-            sys.exit(f"{option!r}: expected KEY=VALUE")
-        model_config[key] = yaml.safe_load(value)
+    try:
+        source = resolve_init(args.model)
+        payload = read_torch_file(source)
+        payload["config"]["model"] = apply_overrides(payload["config"]["model"], args.options)
+    except (FileNotFoundError, ValueError) as exc:  # ConfigError is a ValueError: a malformed KEY=VALUE
+        sys.exit(f"{args.model}: {exc}")
     try:
         load_checkpoint_model(payload)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:

@@ -118,7 +118,7 @@ def main() -> None:
     source = args.run / "model.pt"
     ckpt = torch.load(source, map_location="cpu", weights_only=True)
     scale = parse_anti_annealing(args.default_anti_annealing) if args.default_anti_annealing else None
-    model, loaded, _ = load_model(source)
+    model, loaded, _ = load_model(ckpt)  # the file read once
     if scale is not None:  # a default the model cannot use would break every later generate
         fields = getattr(model, "velocity_fields", ())
         named = set(scale) if isinstance(scale, dict) else {None}

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from crystalforge.core.batch import CrystalBatch
-from crystalforge.core.elements import MASK_Z, TypeVocabulary
-from crystalforge.generative.vae.networks import LatentHeads, composition_fractions
+from crystalforge.core.elements import TypeVocabulary
+from crystalforge.generative.vae.networks import LatentHeads, composition_fractions, typed_atoms
 
 __all__ = ["composition_log_likelihood", "latents_for_compositions"]
 
@@ -62,27 +62,15 @@ def latents_for_compositions(
     if draws < 1:
         raise ValueError(f"csp_latent_draws must be >= 1, got {draws}")
     first = model.sample_latent(template, generator=generator)
-    b = template.num_crystals
-    typed = torch.zeros(b, dtype=torch.int64, device=template.device)
-    typed.index_add_(0, template.crystal_idx, (template.atomic_numbers != MASK_Z).to(torch.int64))
-    csp = typed == template.num_atoms
+    csp = typed_atoms(template) == template.num_atoms
     if draws == 1 or not bool(csp.any()):
         return first
     rows = torch.nonzero(csp).flatten()
     subset = template if bool(csp.all()) else template.index_select(rows)
     candidates = [first[rows]] + [model.sample_latent(subset, generator=generator) for _ in range(draws - 1)]
     scores = torch.stack([composition_log_likelihood(model, z, subset) for z in candidates])  # [M, b]
-    weights = torch.softmax(scores.to(torch.float64), dim=0).T  # [b, M]
-    chosen = torch.multinomial(weights.cpu(), 1, generator=_cpu(generator)).flatten().to(first.device)
+    chosen = torch.multinomial(torch.softmax(scores, dim=0).T, 1, generator=generator).flatten()  # [b] of M
     stacked = torch.stack(candidates, dim=1)  # [b, M, d]
     out = first.clone()
     out[rows] = stacked[torch.arange(rows.numel(), device=first.device), chosen]
     return out
-
-
-def _cpu(generator: torch.Generator | None) -> torch.Generator | None:
-    """``multinomial`` on CPU weights needs a CPU generator; another device's draws a fresh seed from it."""
-    if generator is None or generator.device.type == "cpu":
-        return generator
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    return torch.Generator().manual_seed(seed)

@@ -46,7 +46,6 @@ from torch import Tensor, nn
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.dataset_stats import DatasetStats
 from crystalforge.core.elements import MASK_Z, TypeVocabulary
-from crystalforge.core.segment import segment_sum
 from crystalforge.generative.interfaces import SamplePlan, SamplerConfig, SampleStep, last_state
 from crystalforge.generative.process_base import LatticeStandardizer
 from crystalforge.generative.vae.config import CDVAEConfig, check_resolved, resolve_cdvae
@@ -61,6 +60,7 @@ from crystalforge.generative.vae.networks import (
     gaussian_kl,
     reparameterise,
     round_composition,
+    typed_atoms,
 )
 from crystalforge.generative.vae.prior import LatentDDPM
 from crystalforge.nn.conditioning import Conditioner, drop_conditions
@@ -321,7 +321,7 @@ class CDVAE(nn.Module):
         b = template.num_crystals
         if z.shape != (b, self.config.latent_dim):
             raise ValueError(f"z must have shape ({b}, {self.config.latent_dim}), got {tuple(z.shape)}")
-        typed = segment_sum((template.atomic_numbers != MASK_Z).to(torch.int64), template.crystal_idx, b)
+        typed = typed_atoms(template)
         csp = typed == template.num_atoms
         partial = (typed > 0) & ~csp
         if bool(partial.any()):

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from crystalforge.core.batch import CrystalBatch
 from crystalforge.core.elements import MASK_Z, TypeVocabulary
 from crystalforge.core.lattice import LATTICE_CODE_DIM
+from crystalforge.core.segment import segment_sum
 from crystalforge.generative.joint_config import BackboneConfig
 from crystalforge.nn.backbones import PeriodicMP, PeriodicMPConfig
 from crystalforge.nn.conditioning import Conditioner
@@ -137,6 +138,11 @@ class LatentHeads(nn.Module):
         size = num_atoms.to(c.dtype).log()[:, None]
         out: Tensor = self.lattice(torch.cat([c, fractions.to(c.dtype), size], dim=-1))
         return out
+
+
+def typed_atoms(batch: CrystalBatch) -> Tensor:
+    """Atoms per crystal ``[B]`` whose type is given (not ``MASK_Z``): ``num_atoms`` for a CSP crystal, 0 for DNG."""
+    return segment_sum((batch.atomic_numbers != MASK_Z).to(torch.int64), batch.crystal_idx, batch.num_crystals)
 
 
 def crystal_name(batch: CrystalBatch, i: int) -> str:
